@@ -1,0 +1,66 @@
+"""The package's own exceptions: each message says what was wrong and what to do.
+
+The CLI prints ``str(error)`` on one line and exits with ``error.exit_code``; no traceback.
+"""
+
+from __future__ import annotations
+
+
+class WorkbenchError(Exception):
+    """Base of every error the workbench raises on purpose."""
+
+    exit_code = 1
+
+
+class ModelSpecError(WorkbenchError):
+    """A model spec that names nothing the loader knows (not a path, short name or hub id)."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(WorkbenchError):
+    """A path, wheel or cache entry the spec points to does not exist."""
+
+    exit_code = 3
+
+
+class GGUFError(WorkbenchError):
+    """A GGUF file that is corrupt or of an architecture transformers cannot de-quantize."""
+
+    exit_code = 4
+
+
+class OfflineError(WorkbenchError):
+    """A hub id was asked for while offline and nothing is cached locally."""
+
+    exit_code = 5
+
+
+class LayerError(WorkbenchError, IndexError):
+    """A block, head or layer index that the model does not have."""
+
+    exit_code = 6
+
+
+class TokenError(WorkbenchError, ValueError):
+    """A target that is not one token, text that is not in the prompt, or prompts that do not align."""
+
+    exit_code = 7
+
+
+class ProbeError(WorkbenchError, ValueError):
+    """A probe that is unknown, misconfigured, or would produce meaningless numbers."""
+
+    exit_code = 8
+
+
+class ExportError(WorkbenchError):
+    """A figure or result that cannot be written (e.g. no browser for static images)."""
+
+    exit_code = 9
+
+
+class SamplingError(WorkbenchError, ValueError):
+    """A sampler setting outside its domain (non-finite temperature, top-p outside (0, 1], ...)."""
+
+    exit_code = 10

