@@ -1,0 +1,78 @@
+"""Write Plotly figures to HTML, PNG, SVG or PDF; static formats go through kaleido and a system Chromium.
+
+HTML needs nothing. Static images need a Chrome/Chromium (Debian: ``apt-get install chromium``);
+without one the error says so instead of kaleido's long traceback. ``static_export()`` keeps one
+browser alive for a batch of figures (each standalone call would start a new one, ≈3.5 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+from workbench.errors import ExportError
+
+STATIC_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+_server_depth = 0
+
+
+def find_browser() -> str | None:
+    """A Chrome/Chromium executable: ``$BROWSER_PATH`` first, then the usual names on ``PATH``."""
+    if (env := os.environ.get("BROWSER_PATH")) and Path(env).is_file():
+        return env
+    for name in _BROWSERS:
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def _require_browser() -> None:
+    browser = find_browser()
+    if browser is None:
+        raise ExportError(
+            "Static figure export (PNG/SVG/PDF) needs Chrome or Chromium and none was found: "
+            "install it (`apt-get install chromium`) or set BROWSER_PATH, or save as .html instead."
+        )
+    os.environ.setdefault("BROWSER_PATH", browser)
+
+
+@contextlib.contextmanager
+def static_export():
+    """Keep one headless browser for every static export inside the block."""
+    global _server_depth
+    _require_browser()
+    import kaleido
+
+    if _server_depth == 0:
+        kaleido.start_sync_server(silence_warnings=True)
+    _server_depth += 1
+    try:
+        yield
+    finally:
+        _server_depth -= 1
+        if _server_depth == 0:
+            kaleido.stop_sync_server(silence_warnings=True)
+
+
+def write_figure(fig, path: str | Path, *, width: int | None = None, height: int | None = None, scale: float = 2) -> Path:
+    """Write ``fig`` by the file suffix: .html (self-contained, offline), .json, or a static image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix in (".html", ".htm"):
+        fig.write_html(path, include_plotlyjs=True, full_html=True)
+    elif suffix == ".json":
+        path.write_text(fig.to_json())
+    elif suffix in STATIC_FORMATS:
+        _require_browser()
+        try:
+            fig.write_image(path, width=width, height=height, scale=scale)
+        except Exception as exc:  # kaleido wraps browser failures in many types
+            path.unlink(missing_ok=True)
+            raise ExportError(f"Could not render {path.name} with kaleido ({exc}): save as .html instead.") from None
+    else:
+        raise ExportError(f"Unknown figure format {suffix!r} for {path}: use .html, .json, .png, .svg or .pdf.")
+    return path

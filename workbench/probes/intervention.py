@@ -1,0 +1,78 @@
+"""What every intervention reports: the next-token distribution before and after the edit.
+
+Block replacement, attention masking and patching all answer one question ("what does the output
+become?"), so they share one result type; each adds the arrays that describe its own edit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from workbench import plots
+from workbench.probes.base import CLEAN, INTERVENED, ProbeRecord
+from workbench.results import Named, Result
+
+TOP = 10
+
+
+def distribution_arrays(record: ProbeRecord) -> dict[str, Named]:
+    """Target-token probabilities and the top tokens, clean vs intervened, at the readout position."""
+    ctx = record.context
+    tokenizer = ctx.model.tokenizer
+    phases = [CLEAN, INTERVENED]
+    probs = torch.stack([record.readout_logits(p).float().softmax(-1) for p in phases])  # phase batch vocab
+    top_p, top_i = probs.topk(TOP, dim=-1)
+    top_t = np.vectorize(lambda i: tokenizer.decode([int(i)]), otypes=[object])(top_i.cpu().numpy())
+    coords = dict(phase=phases, prompt=list(range(len(ctx.prompts))), target=ctx.target_labels, rank=list(range(TOP)))
+    logp = probs.clamp_min(1e-30).log()
+    arrays = {
+        "top_probs": Named(top_p, ("phase", "prompt", "rank"), coords),
+        "top_tokens": Named(top_t, ("phase", "prompt", "rank"), coords),
+        "kl": Named((probs[0] * (logp[0] - logp[1])).sum(-1), ("prompt",), coords),
+        "total_variation": Named(0.5 * (probs[0] - probs[1]).abs().sum(-1), ("prompt",), coords),
+    }
+    if ctx.target_ids:
+        arrays["target_probs"] = Named(probs[..., ctx.target_ids], ("phase", "prompt", "target"), coords)
+    return arrays
+
+
+@dataclass(repr=False)
+class InterventionResult(Result):
+    """Before/after next-token distributions of an intervention, plus arrays describing the edit."""
+
+    def distribution(self, phase: str = INTERVENED, prompt: int = 0) -> dict[str, float]:
+        """Target token → probability at the readout position (``clean`` or ``intervened``)."""
+        array = self["target_probs"].sel(phase=phase, prompt=prompt)
+        return {t: float(p) for t, p in zip(array.coords["target"], array.numpy())}
+
+    def top_k(self, phase: str = INTERVENED, prompt: int = 0) -> list[tuple[str, float]]:
+        toks = self["top_tokens"].sel(phase=phase, prompt=prompt).numpy()
+        probs = self["top_probs"].sel(phase=phase, prompt=prompt).numpy()
+        return [(str(t), float(p)) for t, p in zip(toks, probs)]
+
+    def summary(self) -> str:
+        kl = float(self["kl"].numpy()[0])
+        before, after = self.top_k(CLEAN)[0], self.top_k(INTERVENED)[0]
+        return (f"{self.meta.get('description', self.probe)}: top token {before[0]!r} {before[1]:.3f} → "
+                f"{after[0]!r} {after[1]:.3f}, KL(clean ‖ intervened) = {kl:.4f} nats")
+
+    def figure(self, kind: str = "distribution", prompt: int = 0, **_: Any):
+        """``distribution``: target probabilities before and after (grouped bars); ``top``: the top tokens."""
+        title = f"{self.meta.get('description', self.probe)} ({self.model})"
+        if kind == "distribution" and "target_probs" in self.arrays:
+            before, after = self.distribution(CLEAN, prompt), self.distribution(INTERVENED, prompt)
+            return plots.bars({"clean": list(before.values()), "intervened": list(after.values())},
+                              labels=list(before), title=title, x_title="next token", y_title="probability")
+        before, after = self.top_k(CLEAN, prompt), self.top_k(INTERVENED, prompt)
+        labels = list(dict.fromkeys([t for t, _ in before] + [t for t, _ in after]))
+        b, a = dict(before), dict(after)
+        return plots.bars({"clean": [b.get(t, 0.0) for t in labels], "intervened": [a.get(t, 0.0) for t in labels]},
+                          labels=labels, title=title + ": top tokens (0 = not in that top-10)",
+                          x_title="next token", y_title="probability")
+
+    def figures(self) -> dict[str, Any]:
+        return {"distribution": self.figure("distribution"), "top": self.figure("top")}

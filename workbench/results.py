@@ -1,0 +1,220 @@
+"""Results: the numbers a probe produced, with named dimensions, figures, Jupyter display and export.
+
+A :class:`Named` array is a tensor plus a name and a label list per dimension (``layer``, ``head``,
+``query``, ``key``, ``position``, ``token`` ...), so a table or a figure never guesses what an axis is.
+A :class:`Result` is a plain bag of named arrays with a few domain helpers; each probe subclasses it
+only to draw its own figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from workbench.errors import ProbeError
+
+
+@dataclass
+class Named:
+    """A tensor (or array of strings) with named dimensions and labelled coordinates."""
+
+    values: Any
+    dims: tuple[str, ...]
+    coords: dict[str, list] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.values, torch.Tensor):
+            self.values = self.values.detach().to("cpu")
+            if self.values.is_floating_point():
+                self.values = self.values.float()
+        else:
+            self.values = np.asarray(self.values)
+        self.dims = tuple(self.dims)
+        if len(self.dims) != self.values.ndim:
+            raise ValueError(f"{len(self.dims)} dims {self.dims} for an array of shape {tuple(self.values.shape)}")
+        for i, dim in enumerate(self.dims):
+            labels = self.coords.get(dim)
+            if labels is None:
+                self.coords[dim] = list(range(self.values.shape[i]))
+            elif len(labels) != self.values.shape[i]:
+                raise ValueError(f"dim {dim!r} has {self.values.shape[i]} entries but {len(labels)} labels")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    @property
+    def is_numeric(self) -> bool:
+        return isinstance(self.values, torch.Tensor) or np.issubdtype(self.values.dtype, np.number)
+
+    def numpy(self) -> np.ndarray:
+        return self.values.numpy() if isinstance(self.values, torch.Tensor) else self.values
+
+    def index(self, dim: str, label: Any) -> int:
+        """Position of ``label`` along ``dim``; an int that is not a label is taken as a position."""
+        labels = self.coords[dim]
+        if label in labels:
+            return labels.index(label)
+        if isinstance(label, int) and -len(labels) <= label < len(labels):
+            return label % len(labels)
+        raise ProbeError(f"{label!r} is not on the {dim!r} axis; it has {labels[:8]}{'…' if len(labels) > 8 else ''}.")
+
+    def sel(self, **selection: Any) -> Named:
+        """Select one entry of some dimensions by label (or position), dropping those dimensions."""
+        values, dims, coords = self.values, list(self.dims), dict(self.coords)
+        for dim, label in selection.items():
+            if dim not in dims:
+                raise ProbeError(f"{dim!r} is not a dimension of this array; it has {tuple(dims)}.")
+            axis = dims.index(dim)
+            i = self.index(dim, label)
+            values = values[(slice(None),) * axis + (i,)]
+            dims.pop(axis)
+            coords.pop(dim)
+        return Named(values, tuple(dims), coords)
+
+    def to_dataframe(self, name: str = "value"):
+        """Long format: one row per entry, one column per dimension plus ``name``."""
+        import pandas as pd
+
+        arr = self.numpy()
+        grids = np.meshgrid(*[np.arange(n) for n in arr.shape], indexing="ij")
+        columns = {dim: np.asarray(self.coords[dim], dtype=object)[g.ravel()] for dim, g in zip(self.dims, grids)}
+        columns[name] = arr.ravel()
+        return pd.DataFrame(columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dims": list(self.dims), "coords": {d: list(map(_jsonable, c)) for d, c in self.coords.items()},
+                "values": _jsonable(self.numpy().tolist())}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return _jsonable(float(value))
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.tolist())
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+_PLOTLYJS_SHOWN = False
+
+
+@dataclass
+class Result:
+    """What one probe returns: named arrays, metadata, and (for observers of an intervened run) a baseline."""
+
+    probe: str
+    model: str
+    prompts: list[str]
+    tokens: list[list[str]]
+    arrays: dict[str, Named]
+    meta: dict[str, Any] = field(default_factory=dict)
+    baseline: Result | None = None
+
+    kind: ClassVar[str] = "result"
+
+    def __getitem__(self, name: str) -> Named:
+        try:
+            return self.arrays[name]
+        except KeyError:
+            raise ProbeError(f"{self.probe} has no array {name!r}; it has {sorted(self.arrays)}.") from None
+
+    def figure(self, **options: Any):
+        """The probe's main Plotly figure; subclasses draw their own."""
+        from workbench import plots
+
+        name, array = next(((n, a) for n, a in self.arrays.items() if a.is_numeric), (None, None))
+        if array is None:
+            raise ProbeError(f"{self.probe} has no numeric array to draw.")
+        return plots.auto(array, title=f"{self.probe}: {name}")
+
+    def figures(self) -> dict[str, Any]:
+        """Every figure worth exporting, by a file-name-safe key."""
+        return {"main": self.figure()}
+
+    def summary(self) -> str:
+        return f"{self.probe} on {self.model}: arrays {', '.join(f'{k}{list(v.dims)}' for k, v in self.arrays.items())}"
+
+    def to_dataframe(self, name: str | None = None):
+        """One array in long format (the first numeric one by default)."""
+        if name is None:
+            name = next(n for n, a in self.arrays.items() if a.is_numeric)
+        return self[name].to_dataframe(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "probe": self.probe,
+            "model": self.model,
+            "prompts": self.prompts,
+            "tokens": self.tokens,
+            "meta": _jsonable(self.meta),
+            "arrays": {k: v.to_dict() for k, v in self.arrays.items()},
+        }
+        if self.baseline is not None:
+            out["baseline"] = self.baseline.to_dict()
+        return out
+
+    def save(self, path: str | Path, **figure_options: Any) -> Path:
+        """Write by suffix: ``.json`` the data; ``.html``/``.png``/``.svg``/``.pdf`` the main figure."""
+        from workbench.export import write_figure
+
+        path = Path(path)
+        if path.suffix.lower() == ".json":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.to_dict()))
+            return path
+        return write_figure(self.figure(**figure_options), path)
+
+    def compare(self, other: Result) -> Comparison:
+        """Element-wise ``self − other`` for every numeric array both results share with the same shape."""
+        if type(other) is not type(self):
+            raise ProbeError(f"Cannot compare a {type(self).__name__} with a {type(other).__name__}.")
+        deltas = {}
+        for name, array in self.arrays.items():
+            theirs = other.arrays.get(name)
+            if array.is_numeric and theirs is not None and theirs.is_numeric and theirs.shape == array.shape:
+                deltas[name] = Named(torch.as_tensor(array.numpy() - theirs.numpy()), array.dims, dict(array.coords))
+        if not deltas:
+            raise ProbeError(f"The two {self.probe} results share no numeric array of the same shape.")
+        return Comparison(
+            probe=f"{self.probe} (delta)", model=self.model, prompts=self.prompts, tokens=self.tokens,
+            arrays=deltas, meta={"minuend": self.meta, "subtrahend": other.meta},
+        )
+
+    def _repr_html_(self) -> str:
+        global _PLOTLYJS_SHOWN
+        include = not _PLOTLYJS_SHOWN
+        _PLOTLYJS_SHOWN = True
+        html = self.figure().to_html(full_html=False, include_plotlyjs=include)
+        return f"<div><p><b>{type(self).__name__}</b>: {self.summary()}</p>{html}</div>"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.summary()})"
+
+
+@dataclass(repr=False)
+class Comparison(Result):
+    """Before/after deltas of two results of the same probe; the figure shows the first delta."""
+
+    kind: ClassVar[str] = "comparison"
+
+    def figure(self, name: str | None = None, **options: Any):
+        from workbench import plots
+
+        name = name or next(iter(self.arrays))
+        return plots.auto(self[name], title=f"{self.probe}: Δ {name}", diverging=True)
