@@ -24,12 +24,13 @@ STUDY_FIRST_BLOCK = 13
 
 
 def resolve_positions(ctx: RunContext, where: list[str | int] | str | int, prompt: int) -> list[int]:
-    """Token positions from text (located in the prompt) or indices (negative count from the end)."""
+    """Token positions from text (a ``str``, located in the prompt) or indices (an ``int``; negative
+    counts from the end). The text "9" is the token 9, never position 9."""
     items = [where] if isinstance(where, (str, int)) else list(where)
     n = ctx.n_positions
     out = []
     for item in items:
-        if isinstance(item, str) and not item.lstrip("-").isdigit():
+        if isinstance(item, str):
             out.append(find_position(ctx.model, ctx.prompts[prompt], item))
             continue
         index = int(item)
