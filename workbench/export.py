@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 from workbench.errors import ExportError
@@ -69,7 +70,9 @@ def write_figure(fig, path: str | Path, *, width: int | None = None, height: int
     elif suffix in STATIC_FORMATS:
         _require_browser()
         try:
-            fig.write_image(path, width=width, height=height, scale=scale)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "kopts ignored" when a server is running
+                fig.write_image(path, width=width, height=height, scale=scale)
         except Exception as exc:  # kaleido wraps browser failures in many types
             path.unlink(missing_ok=True)
             raise ExportError(f"Could not render {path.name} with kaleido ({exc}): save as .html instead.") from None

@@ -26,13 +26,15 @@ def style(fig: go.Figure, title: str, *, height: int | None = None, width: int |
     return fig
 
 
+def show_token(token: str) -> str:
+    """A token as readable text: spaces as ␣, newlines as ⏎, other control characters escaped."""
+    text = str(token).replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def tick_labels(labels: Sequence) -> list[str]:
-    """Unique, visible tick labels: spaces shown as ␣, duplicates made distinct by their index."""
-    out = []
-    for i, label in enumerate(labels):
-        text = str(label).replace(" ", "␣").replace("\n", "⏎")
-        out.append(f"{i}:{text}" if isinstance(label, str) else text)
-    return out
+    """Unique, visible tick labels: tokens shown with :func:`show_token`, prefixed by their index."""
+    return [f"{i}:{show_token(label)}" if isinstance(label, str) else str(label) for i, label in enumerate(labels)]
 
 
 def heatmap(

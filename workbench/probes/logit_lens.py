@@ -125,7 +125,7 @@ class LogitLensResult(Result):
         if kind == "top_tokens":
             probs = self["top_probs"].sel(prompt=prompt, rank=0).numpy()
             text = self["top_tokens"].sel(prompt=prompt, rank=0).numpy()
-            text = np.vectorize(lambda t: repr(str(t))[1:-1][:8])(text)
+            text = np.vectorize(lambda t: plots.show_token(t)[:8])(text)
             return plots.heatmap(probs, x=positions, y=layers, text=text, colorbar="p(top-1)", zmin=0, zmax=1,
                                  title=f"Logit lens: top-1 token per layer and position ({self.model})",
                                  x_title="position: token", y_title="residual stream")
