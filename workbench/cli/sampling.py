@@ -1,0 +1,316 @@
+"""``workbench sample``: samplers, generation, beam search, anomalous tokens, the temperature explorer
+and the randomness audit (also ``workbench study randomness`` via :func:`register_randomness`).
+
+``--model`` takes any model spec, or ``bigram:PATH`` for a word-level bigram model counted from a
+text file (the one-token-context contrast).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from workbench.cli import app
+from workbench.errors import SamplingError
+
+sample_app = typer.Typer(
+    help="Sampling lab: samplers (temperature of any sign, top-k/p, min-p, top-nσ), generation, beam search, "
+    "anomalous tokens, temperature explorer, randomness audit.",
+    no_args_is_help=True,
+)
+app.add_typer(sample_app, name="sample")
+
+MODEL_HELP = "Model spec (smollm2, tiny-qwen2, tiny-llama, a .gguf, a HF folder, a hub id) or bigram:PATH for a bigram model of a text file."
+SAMPLER_HELP = "Sampler spec, repeatable: 'greedy' or key=value pairs, e.g. 't=0.7,top_p=0.9', 't=-0.001', 'top_n_sigma=1'."
+PROMPT_DEFAULT = "I'm generating a random number between [0, 9]. The number is "
+
+
+def load_next_token_model(spec: str):
+    """A workbench Model for a model spec; a word-level BigramModel for ``bigram:PATH``."""
+    from workbench.sampling import BigramModel
+
+    if spec.startswith("bigram:"):
+        path = Path(spec.removeprefix("bigram:")).expanduser()
+        if not path.is_file():
+            raise SamplingError(f"No corpus file at {path}: pass bigram:PATH with PATH a text file.")
+        return BigramModel.from_text(path.read_text(encoding="utf-8", errors="replace"), name=f"bigram({path.name})")
+    from workbench.models import load_model
+
+    return load_model(spec)
+
+
+def _samplers(specs: list[str] | None, seed: int | None, default: str = "t=1"):
+    from workbench.sampling import parse_sampler
+
+    specs = specs or [default]
+    return [parse_sampler(s, seed=None if seed is None else seed + i) for i, s in enumerate(specs)]
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return str(value)
+
+
+def _dumps(data) -> str:
+    return json.dumps(_finite(data), default=_json_default)
+
+
+def _finite(data):
+    """JSON has no inf/NaN: write them as strings so every consumer can parse the file."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+def write_figure(fig, out: Path, stem: str, png: bool = True) -> list[Path]:
+    """HTML always; PNG through kaleido and the system Chromium when one is there (skipped with a message)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / f"{stem}.html"]
+    fig.write_html(written[0], include_plotlyjs="cdn")
+    if not png:
+        return written
+    browser = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        typer.secho(f"note: no Chromium found, skipped {stem}.png (install chromium or set BROWSER_PATH).", err=True)
+        return written
+    os.environ.setdefault("BROWSER_PATH", browser)
+    try:
+        fig.write_image(out / f"{stem}.png", scale=2)
+        written.append(out / f"{stem}.png")
+    except Exception as exc:  # kaleido raises many types when the browser cannot start
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        typer.secho(f"note: skipped {stem}.png, static export failed ({first}).", err=True)
+    return written
+
+
+def _write_results(data: dict, fig, out: Path, stem: str, png: bool) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(_dumps(data) + "\n")
+    return [out / "results.json", *write_figure(fig, out, stem, png)]
+
+
+def randomness(
+    model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
+    samples: int = typer.Option(1000, "--samples", "-n", help="Answers to draw per sampler (and from secrets)."),
+    sampler: list[str] = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
+    prompt: str = typer.Option(PROMPT_DEFAULT, "--prompt", "-p", help="Raw prompt; it should end where the number begins."),
+    low: int = typer.Option(0, "--low", help="Smallest valid answer."),
+    high: int = typer.Option(9, "--high", help="Largest valid answer."),
+    method: str = typer.Option("auto", "--method", help="auto, first-token (one batch draw) or generate (multi-token answers)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first sampler (the i-th gets seed + i)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Rows per forward when generating answers."),
+    out: Path = typer.Option(None, "--out", help="Folder for results.json, randomness.html and randomness.png."),
+    no_png: bool = typer.Option(False, "--no-png", help="Skip the PNG (no browser needed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
+) -> None:
+    """Is the model's random number random? Histogram vs exact law vs uniform, χ², entropy, and secrets."""
+    from workbench.sampling import randomness_audit
+
+    lm = load_next_token_model(model)
+    audit = randomness_audit(
+        lm, samples=samples, samplers=_samplers(sampler, seed), prompt=prompt, low=low, high=high,
+        method=method, seed=seed, batch_size=batch_size, progress=not as_json and sys.stderr.isatty(),
+    )
+    if out is not None:
+        written = _write_results(audit.to_dict(), audit.figure(), out, "randomness", not no_png)
+        if not as_json:
+            typer.echo("wrote " + ", ".join(str(p) for p in written))
+    if as_json:
+        typer.echo(_dumps(audit.to_dict()))
+        return
+    console = Console()
+    console.print(
+        f"[bold]{audit.model}[/bold] — {audit.method}, {audit.samples} answers per source, values {low}–{high}; "
+        f"model exact entropy {audit.model_exact_entropy_bits:.3f} bits vs log2(range) {audit.uniform_entropy_bits:.3f}; "
+        f"P(valid answer) {audit.model_valid_mass:.3f}"
+    )
+    table = Table()
+    for column in ("source", "valid", "failed", "entropy bits", "exact bits", "χ² vs uniform", "p", "χ² vs exact", "p (exact)"):
+        table.add_column(column)
+    fmt = lambda x, spec: "—" if x is None else format(x, spec)  # noqa: E731
+    for row in audit.rows():
+        table.add_row(
+            row["source"], str(row["valid"]), str(row["failed"]), fmt(row["entropy_bits"], ".3f"),
+            fmt(row["exact_entropy_bits"], ".3f"), fmt(row["chi2_uniform"], ".1f"), fmt(row["p_uniform"], ".3g"),
+            fmt(row["chi2_exact"], ".1f"), fmt(row["p_exact"], ".3g"),
+        )
+    console.print(table)
+
+
+def register_randomness(study_app: typer.Typer) -> None:
+    """Add ``randomness`` (the audit) to another Typer group, e.g. ``workbench study``."""
+    study_app.command("randomness")(randomness)
+
+
+sample_app.command("audit")(randomness)
+
+
+@sample_app.command("next")
+def next_token(
+    model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
+    prompt: str = typer.Option(PROMPT_DEFAULT, "--prompt", "-p", help="Raw prompt."),
+    sampler: list[str] = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
+    top: int = typer.Option(10, "--top", help="Tokens to list per sampler."),
+    draws: int = typer.Option(0, "--draws", help="Also draw this many tokens per sampler (seeded)."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The next-token distribution after each sampler's processors, with its monitors."""
+    import torch
+
+    from workbench.sampling import as_next_token_model, distribution_stats
+    from workbench.sampling.lm import prompt_tokens
+
+    lm = as_next_token_model(load_next_token_model(model))
+    tokens = prompt_tokens(lm, prompt)
+    logits = lm.next_token_logits(tokens)
+    report = []
+    for s in _samplers(sampler, seed):
+        probs = s.probs(logits, input_ids=tokens)[0]
+        values, ids = probs.topk(min(top, probs.numel()))
+        entry = {
+            "sampler": s.describe(),
+            "top": [{"id": int(i), "text": lm.decode([int(i)]), "prob": float(v)} for v, i in zip(values, ids) if v > 0],
+            "monitors": distribution_stats(torch.log(probs.clamp(min=0)), k=top).to_dict(),
+        }
+        if draws:
+            entry["draws"] = [lm.decode([int(t)]) for t in s.sample(logits, input_ids=tokens, num_samples=draws)[0]]
+        report.append(entry)
+    if as_json:
+        typer.echo(_dumps({"model": lm.name, "prompt": prompt, "samplers": report}))
+        return
+    console = Console()
+    for entry in report:
+        m = entry["monitors"]
+        table = Table(title=f"{entry['sampler']}: entropy {m['entropy_bits']:.3f} bits, perplexity {m['perplexity']:.2f}, "
+                            f"top-{m['top_k']} mass {m['top_k_mass']:.3f}, kept {m['size'] - m['n_zero']}")
+        table.add_column("id")
+        table.add_column("token")
+        table.add_column("P")
+        for row in entry["top"]:
+            table.add_row(str(row["id"]), repr(row["text"]), f"{row['prob']:.4f}")
+        console.print(table)
+        if "draws" in entry:
+            console.print("draws: " + " ".join(repr(d) for d in entry["draws"]))
+
+
+@sample_app.command("generate")
+def generate_command(
+    model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
+    prompt: str = typer.Option("Once upon a time", "--prompt", "-p", help="Raw prompt."),
+    sampler: str = typer.Option("greedy", "--sampler", "-s", help=SAMPLER_HELP),
+    max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Tokens to generate."),
+    n: int = typer.Option(1, "--n", help="Continuations of the prompt."),
+    stop: list[str] = typer.Option(None, "--stop", help="Stop string, repeatable (EOS always stops)."),
+    identity_block: int = typer.Option(None, "--identity-block", help="Make this block the identity during generation (e.g. 21)."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Generate with a sampler, optionally with a block made the identity."""
+    from workbench.sampling import as_next_token_model, generate, identity_block_hooks, parse_sampler
+
+    lm = as_next_token_model(load_next_token_model(model))
+    hooks = None
+    if identity_block is not None:
+        from workbench.layers import resolve_blocks
+
+        if not hasattr(lm, "model"):
+            raise SamplingError("--identity-block needs a transformer model, not a bigram.")
+        hooks = identity_block_hooks(resolve_blocks(lm.model.facts, identity_block)[0])
+    result = generate(lm, prompt, parse_sampler(sampler, seed=seed), max_new_tokens, stop=stop or None, n=n, fwd_hooks=hooks)
+    if as_json:
+        typer.echo(_dumps({"model": lm.name, "prompt": prompt} | result.to_dict()))
+        return
+    for i, text in enumerate(result.texts):
+        typer.echo(f"[{i}] {prompt}{text}")
+
+
+@sample_app.command("beam")
+def beam_command(
+    model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
+    prompt: str = typer.Option("Once upon a time", "--prompt", "-p", help="Raw prompt."),
+    width: int = typer.Option(4, "--width", "-k", help="Beams kept per step (1 = greedy)."),
+    max_new_tokens: int = typer.Option(10, "--max-new-tokens"),
+    length_penalty: float = typer.Option(1.0, "--length-penalty", help="score = log P / length ** penalty."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Beam search: the WIDTH best continuations with their log-probabilities."""
+    from workbench.sampling import beam_search
+
+    result = beam_search(load_next_token_model(model), prompt, width, max_new_tokens, length_penalty)
+    typer.echo(_dumps(result.to_dict()) if as_json else str(result))
+
+
+@sample_app.command("anomalous")
+def anomalous_command(
+    model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
+    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="Prompt, repeatable (default: three generic prompts)."),
+    temperature: float = typer.Option(-0.001, "--temperature", "-t", help="A negative temperature (T → 0⁻ picks the least likely token)."),
+    max_new_tokens: int = typer.Option(8, "--max-new-tokens"),
+    samples: int = typer.Option(1, "--samples", help="Continuations per prompt."),
+    top: int = typer.Option(100, "--top", help="How many tokens closest to the embedding centroid to compare with."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(None, "--out", help="Folder for results.json and anomalous.html/.png."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Sample at negative temperature and locate the tokens that come out in the embedding space."""
+    from workbench.sampling import find_anomalous_tokens
+    from workbench.sampling.anomalous import DEFAULT_PROMPTS
+
+    result = find_anomalous_tokens(
+        load_next_token_model(model), prompt or DEFAULT_PROMPTS, temperature, max_new_tokens, samples, top, seed
+    )
+    if out is not None:
+        written = _write_results(result.to_dict(), result.figure(), out, "anomalous", True)
+        if not as_json:
+            typer.echo("wrote " + ", ".join(str(p) for p in written))
+    typer.echo(_dumps(result.to_dict()) if as_json else str(result))
+
+
+@sample_app.command("explore")
+def explore_command(
+    model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
+    prompt: str = typer.Option(PROMPT_DEFAULT, "--prompt", "-p", help="Raw prompt."),
+    low: float = typer.Option(-2.0, "--from", help="Lowest temperature."),
+    high: float = typer.Option(2.0, "--to", help="Highest temperature."),
+    steps: int = typer.Option(41, "--steps", help="Temperatures in the sweep (odd keeps T = 0)."),
+    full_vocab: bool = typer.Option(False, "--full-vocab", help="Digit probabilities in the full vocabulary, not renormalised."),
+    out: Path = typer.Option(None, "--out", help="Folder for results.json and temperature.html/.png."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The digit distribution over T from −2 to 2 and the set each filter keeps."""
+    import numpy as np
+
+    from workbench.sampling import temperature_sweep
+
+    temps = [float(t) for t in np.round(np.linspace(low, high, steps), 6)]
+    sweep = temperature_sweep(load_next_token_model(model), prompt, temps, restricted=not full_vocab)
+    if out is not None:
+        written = _write_results(sweep.to_dict(), sweep.figure(), out, "temperature", True)
+        if not as_json:
+            typer.echo("wrote " + ", ".join(str(p) for p in written))
+    if as_json:
+        typer.echo(_dumps(sweep.to_dict()))
+        return
+    table = Table(title=f"{sweep.model}: P(digit | T)")
+    table.add_column("T")
+    for text in sweep.token_texts:
+        table.add_column(text)
+    for name in sweep.kept:
+        table.add_column(name)
+    for i, t in enumerate(sweep.temperatures):
+        table.add_row(f"{t:g}", *(f"{p:.2f}" for p in sweep.probs[i]), *(str(sweep.kept[n][i]) for n in sweep.kept))
+    Console().print(table)

@@ -1,0 +1,408 @@
+"""The randomness audit: ask a model for a "random" number N times and test the answers.
+
+For each sampler the audit reports the empirical histogram of parsed answers, the exact distribution
+the sampler draws from (so a χ² test against it should accept), a χ² goodness-of-fit test against
+uniform (``scipy.stats.chisquare``), the entropy in bits against log2(range), and the failed parses.
+Python's :mod:`secrets` (a CSPRNG) draws the same number of answers and goes through the same tests:
+that is the baseline a "random" answer should look like.
+
+Two ways to get answers:
+
+- ``first-token`` (automatic when every number in the range is one token, e.g. 0–9): the answer is the
+  first generated token, so N answers are one batch draw from the exact next-token distribution;
+- ``generate``: N continuations generated in batches; an answer is the digits at the very start of the
+  continuation (the prompt should end where the number begins, e.g. "The number is ").
+  The exact distribution is computed by enumeration: P(digits of n, then a non-digit token), each
+  factor from the sampler's processed distribution, using the tokenizer's own spelling of n.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets as secrets_module
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import chisquare
+
+from workbench.errors import SamplingError
+from workbench.sampling.generate import generate
+from workbench.sampling.lm import as_next_token_model, encode_continuation, prompt_tokens, single_token
+from workbench.sampling.monitors import entropy_bits
+from workbench.sampling.processors import Sampler, make_sampler, parse_sampler
+
+DEFAULT_PROMPT = "I'm generating a random number between [0, 9]. The number is "
+ANSWER = re.compile(r"\d+")
+
+
+@dataclass
+class HistogramStats:
+    """One source of answers (a sampler, or ``secrets``) and its tests.
+
+    ``exact`` is the distribution over the range the answers are drawn from, given the answer parses
+    (None when unknown); ``valid_mass`` is the exact probability that an answer parses.
+    """
+
+    label: str
+    counts: list[int]
+    failed: int
+    entropy_bits: float
+    chi2_uniform: float
+    p_uniform: float
+    exact: list[float] | None = None
+    valid_mass: float | None = None
+    exact_entropy_bits: float | None = None
+    chi2_exact: float | None = None
+    p_exact: float | None = None
+    failed_examples: list[str] = field(default_factory=list)
+
+    @property
+    def n_valid(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def frequencies(self) -> list[float]:
+        n = self.n_valid
+        return [c / n if n else 0.0 for c in self.counts]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"n_valid": self.n_valid, "frequencies": self.frequencies}
+
+
+@dataclass
+class RandomnessAudit:
+    """Everything the audit measured; ``figure()`` draws it, ``to_dict()`` serialises it."""
+
+    model: str
+    prompt: str
+    values: list[int]
+    samples: int
+    method: str
+    model_exact: list[float]
+    model_valid_mass: float
+    samplers: list[HistogramStats]
+    secrets: HistogramStats
+
+    @property
+    def uniform_entropy_bits(self) -> float:
+        return math.log2(len(self.values))
+
+    @property
+    def model_exact_entropy_bits(self) -> float:
+        return entropy_bits(self.model_exact)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "prompt": self.prompt,
+            "values": self.values,
+            "samples": self.samples,
+            "method": self.method,
+            "uniform_entropy_bits": self.uniform_entropy_bits,
+            "model_exact": self.model_exact,
+            "model_exact_entropy_bits": self.model_exact_entropy_bits,
+            "model_valid_mass": self.model_valid_mass,
+            "samplers": [s.to_dict() for s in self.samplers],
+            "secrets": self.secrets.to_dict(),
+        }
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One summary row per source (samplers, then secrets), for a table."""
+        out = []
+        for s in [*self.samplers, self.secrets]:
+            out.append(
+                {
+                    "source": s.label,
+                    "valid": s.n_valid,
+                    "failed": s.failed,
+                    "entropy_bits": s.entropy_bits,
+                    "exact_entropy_bits": s.exact_entropy_bits,
+                    "log2_range": self.uniform_entropy_bits,
+                    "chi2_uniform": s.chi2_uniform,
+                    "p_uniform": s.p_uniform,
+                    "chi2_exact": s.chi2_exact,
+                    "p_exact": s.p_exact,
+                }
+            )
+        return out
+
+    def __str__(self) -> str:
+        lines = [
+            f"randomness audit of {self.model} ({self.method}, {self.samples} samples, values {self.values[0]}–{self.values[-1]})",
+            f"model exact (T=1): entropy {self.model_exact_entropy_bits:.3f} bits vs log2(range) {self.uniform_entropy_bits:.3f}; "
+            f"P(answer parses) {self.model_valid_mass:.3f}",
+        ]
+        for r in self.rows():
+            exact = "" if r["p_exact"] is None else f"  χ² vs exact {r['chi2_exact']:.1f} (p={r['p_exact']:.3g})"
+            lines.append(
+                f"{r['source']:>28}: valid {r['valid']}, failed {r['failed']}, entropy {r['entropy_bits']:.3f} bits, "
+                f"χ² vs uniform {r['chi2_uniform']:.1f} (p={r['p_uniform']:.3g}){exact}"
+            )
+        return "\n".join(lines)
+
+    def figure(self):
+        return audit_figure(self)
+
+
+def chi_square(counts: Sequence[int], probs: Sequence[float]) -> tuple[float, float]:
+    """Pearson's χ² goodness of fit of ``counts`` to ``probs`` (scipy), with impossible cells handled.
+
+    Cells with expected probability 0 are dropped when empty; an observation in one makes the fit
+    impossible (χ² = inf, p = 0). With one possible cell left the fit is exact (χ² = 0, p = 1).
+    """
+    observed = np.asarray(counts, dtype=float)
+    expected_p = np.asarray(probs, dtype=float)
+    n = observed.sum()
+    if n == 0 or expected_p.sum() <= 0:
+        return float("nan"), float("nan")
+    expected_p = expected_p / expected_p.sum()
+    impossible = expected_p <= 1e-12
+    if (observed[impossible] > 0).any():
+        return float("inf"), 0.0
+    keep = ~impossible
+    if keep.sum() <= 1:
+        return 0.0, 1.0
+    expected = expected_p[keep] / expected_p[keep].sum() * n
+    result = chisquare(observed[keep], expected)
+    return float(result.statistic), float(result.pvalue)
+
+
+def histogram_stats(
+    label: str,
+    counts: Sequence[int],
+    failed: int = 0,
+    exact: Sequence[float] | None = None,
+    valid_mass: float | None = None,
+    failed_examples: Sequence[str] = (),
+) -> HistogramStats:
+    """The audit's tests on one histogram: entropy, χ² against uniform and (when known) the exact law."""
+    counts = [int(c) for c in counts]
+    chi2_u, p_u = chi_square(counts, [1.0] * len(counts))
+    chi2_e = p_e = exact_h = None
+    if exact is not None:
+        chi2_e, p_e = chi_square(counts, exact)
+        exact_h = entropy_bits(exact)
+    return HistogramStats(
+        label=label,
+        counts=counts,
+        failed=int(failed),
+        entropy_bits=entropy_bits(counts) if sum(counts) else float("nan"),
+        chi2_uniform=chi2_u,
+        p_uniform=p_u,
+        exact=None if exact is None else [float(x) for x in exact],
+        valid_mass=valid_mass,
+        exact_entropy_bits=exact_h,
+        chi2_exact=chi2_e,
+        p_exact=p_e,
+        failed_examples=list(failed_examples)[:5],
+    )
+
+
+def secrets_histogram(values: Sequence[int], samples: int) -> HistogramStats:
+    """N draws from :func:`secrets.randbelow`: what uniform randomness looks like at this sample size."""
+    counts = [0] * len(values)
+    for _ in range(samples):
+        counts[secrets_module.randbelow(len(values))] += 1
+    return histogram_stats("secrets.randbelow", counts, 0, exact=[1.0 / len(values)] * len(values), valid_mass=1.0)
+
+
+def _resolve_samplers(samplers, seed: int | None) -> list[Sampler]:
+    if samplers is None:
+        samplers = [make_sampler(1.0, seed=seed, name="t=1")]
+    if isinstance(samplers, (Sampler, str)):
+        samplers = [samplers]
+    out = []
+    for i, s in enumerate(samplers):
+        if isinstance(s, str):
+            s = parse_sampler(s, seed=None if seed is None else seed + i)
+        elif not isinstance(s, Sampler):
+            raise SamplingError(f"{s!r} is not a sampler: pass Sampler objects or specs such as 't=0.7,top_p=0.9'.")
+        out.append(s)
+    if not out:
+        raise SamplingError("No sampler given: pass at least one (e.g. 't=1').")
+    return out
+
+
+def _starts_with_digit(lm) -> torch.Tensor:
+    """Which token ids decode to text starting with a digit (they would extend a number)."""
+    cached = getattr(lm, "_digit_start_mask", None)
+    if cached is not None:
+        return cached
+    mask = torch.tensor([lm.decode([i])[:1].isdigit() for i in range(lm.d_vocab)], dtype=torch.bool)
+    try:
+        lm._digit_start_mask = mask
+    except AttributeError:
+        pass
+    return mask
+
+
+@torch.no_grad()
+def exact_number_distribution(
+    model: Any, prompt: str, values: Sequence[int], sampler: Sampler | None = None
+) -> tuple[list[float], float]:
+    """P(the continuation starts with exactly the digits of n) for each n, under ``sampler`` (T=1 default).
+
+    Returns the distribution given a valid answer, and the total probability of a valid answer.
+    """
+    lm = as_next_token_model(model)
+    sampler = sampler or make_sampler(1.0)
+    base = prompt_tokens(lm, prompt)[0]
+    spellings = [encode_continuation(lm, str(v)) for v in values]
+    prefixes = sorted({tuple(s[:i]) for s in spellings for i in range(len(s) + 1)}, key=len)
+    digit_start = _starts_with_digit(lm).to(base.device)
+    probs: dict[tuple[int, ...], torch.Tensor] = {}
+    for length in sorted({len(p) for p in prefixes}):
+        group = [p for p in prefixes if len(p) == length]
+        rows = torch.stack([torch.cat([base, torch.tensor(p, dtype=torch.long, device=base.device)]) for p in group])
+        dist = sampler.probs(lm.next_token_logits(rows).float(), input_ids=rows).double()
+        for p, row in zip(group, dist):
+            probs[p] = row
+    joint = []
+    for s in spellings:
+        p = 1.0
+        for i, token in enumerate(s):
+            p *= float(probs[tuple(s[:i])][token])
+        p *= float(1.0 - probs[tuple(s)][digit_start].sum())
+        joint.append(max(p, 0.0))
+    total = sum(joint)
+    return ([j / total for j in joint] if total > 0 else [0.0] * len(joint)), total
+
+
+def parse_answer(text: str, values: Sequence[int]) -> int | None:
+    """The number at the very start of ``text`` if it is in ``values``, else None (a failed parse)."""
+    match = ANSWER.match(text)
+    if match is None:
+        return None
+    number = int(match.group())
+    return number if number in set(values) else None
+
+
+@torch.no_grad()
+def randomness_audit(
+    model: Any,
+    samples: int = 1000,
+    samplers: Sequence[Sampler | str] | Sampler | str | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    low: int = 0,
+    high: int = 9,
+    method: str = "auto",
+    seed: int | None = 0,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> RandomnessAudit:
+    """Ask ``model`` for a number in [low, high] ``samples`` times under each sampler and test the answers.
+
+    ``method`` is ``auto`` (first-token when every number is one token, else generate),
+    ``first-token`` or ``generate``. String samplers are parsed with :func:`parse_sampler` and seeded
+    ``seed + i`` unless they name their own seed.
+    """
+    lm = as_next_token_model(model)
+    if samples < 1:
+        raise SamplingError(f"samples is {samples}: ask for at least 1 answer.")
+    if low < 0 or high < low:
+        raise SamplingError(f"The range [{low}, {high}] is not valid: pass 0 ≤ low ≤ high.")
+    values = list(range(int(low), int(high) + 1))
+    chosen = _resolve_samplers(samplers, seed)
+    value_tokens = [single_token(lm, str(v)) for v in values]
+    one_token = all(t is not None for t in value_tokens)
+    if method not in ("auto", "first-token", "generate"):
+        raise SamplingError(f"Unknown method {method!r}: use auto, first-token or generate.")
+    if method == "first-token" and not one_token:
+        split = [v for v, t in zip(values, value_tokens) if t is None][:5]
+        raise SamplingError(f"Numbers such as {split} are several tokens for {lm.name}: use method='generate'.")
+    method = ("first-token" if one_token else "generate") if method == "auto" else method
+    base = prompt_tokens(lm, prompt)
+    if method == "first-token":
+        logits = lm.next_token_logits(base).float()
+        model_probs = logits.softmax(dim=-1)[0]
+        ids = torch.tensor(value_tokens, device=logits.device)
+        model_valid = float(model_probs[ids].sum())
+        model_exact = (model_probs[ids] / model_valid).tolist() if model_valid > 0 else [0.0] * len(values)
+        results = [_first_token_stats(lm, s, logits, base, ids, values, samples) for s in chosen]
+    else:
+        model_exact, model_valid = exact_number_distribution(lm, prompt, values)
+        results = [_generated_stats(lm, s, prompt, values, samples, batch_size, progress) for s in chosen]
+    return RandomnessAudit(
+        model=lm.name,
+        prompt=prompt,
+        values=values,
+        samples=int(samples),
+        method=method,
+        model_exact=[float(x) for x in model_exact],
+        model_valid_mass=model_valid,
+        samplers=results,
+        secrets=secrets_histogram(values, samples),
+    )
+
+
+def _first_token_stats(lm, sampler: Sampler, logits, base, ids, values, samples) -> HistogramStats:
+    probs = sampler.probs(logits, input_ids=base)[0].double()
+    valid_mass = float(probs[ids].sum())
+    exact = (probs[ids] / valid_mass).tolist() if valid_mass > 0 else None
+    draws = sampler.sample(logits, input_ids=base, num_samples=samples)[0]
+    position = {int(t): i for i, t in enumerate(ids.tolist())}
+    counts = [0] * len(values)
+    failed_tokens = []
+    for token in draws.tolist():
+        if token in position:
+            counts[position[token]] += 1
+        else:
+            failed_tokens.append(token)
+    examples = [lm.decode([t]) for t in dict.fromkeys(failed_tokens)]
+    return histogram_stats(sampler.describe(), counts, len(failed_tokens), exact, valid_mass, examples)
+
+
+def _generated_stats(lm, sampler: Sampler, prompt, values, samples, batch_size, progress) -> HistogramStats:
+    exact, valid_mass = exact_number_distribution(lm, prompt, values, sampler)
+    longest = max(len(encode_continuation(lm, str(v))) for v in values)
+    non_digit = (~_starts_with_digit(lm)).nonzero()[:, 0].tolist()
+    generation = generate(
+        lm, prompt, sampler, max_new_tokens=longest + 1, stop=non_digit, n=samples,
+        stop_at_eos=True, batch_size=batch_size, progress=progress,
+    )
+    counts = [0] * len(values)
+    index = {v: i for i, v in enumerate(values)}
+    failed = []
+    for text in generation.texts:
+        answer = parse_answer(text, values)
+        if answer is None:
+            failed.append(text)
+        else:
+            counts[index[answer]] += 1
+    return histogram_stats(
+        sampler.describe(), counts, len(failed), exact if valid_mass > 0 else None, valid_mass, list(dict.fromkeys(failed))
+    )
+
+
+def audit_figure(audit: RandomnessAudit):
+    """Histograms side by side: the model's exact distribution, each sampler's answers (exact law as
+    markers), ``secrets``, each with the uniform level as a dashed line."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = [("model exact (T=1)", audit.model_exact, None)]
+    panels += [(s.label, s.frequencies, s.exact) for s in audit.samplers]
+    panels.append(("secrets.randbelow", audit.secrets.frequencies, None))
+    titles = [label if len(label) < 32 else label[:29] + "…" for label, _, _ in panels]
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
+    x = [str(v) for v in audit.values]
+    uniform = 1.0 / len(audit.values)
+    for col, (label, heights, exact) in enumerate(panels, start=1):
+        fig.add_trace(go.Bar(x=x, y=heights, name=label, showlegend=False, marker_color="#4C78A8" if col > 1 else "#F58518"), row=1, col=col)
+        if exact is not None:
+            fig.add_trace(
+                go.Scatter(x=x, y=exact, mode="markers", marker=dict(symbol="line-ew-open", size=14, color="black"),
+                           name="exact law of the sampler", showlegend=col == 2),
+                row=1, col=col,
+            )
+        fig.add_hline(y=uniform, line_dash="dash", line_color="gray", row=1, col=col)
+    fig.update_yaxes(title_text="probability / frequency", row=1, col=1)
+    fig.update_layout(
+        title=f"Is {audit.model}'s random number random? {audit.samples} answers per source; dashed: uniform",
+        bargap=0.15, height=380, width=max(700, 260 * len(panels)), template="plotly_white",
+    )
+    return fig
