@@ -89,23 +89,23 @@ class Named:
         return pd.DataFrame(columns)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dims": list(self.dims), "coords": {d: list(map(_jsonable, c)) for d, c in self.coords.items()},
-                "values": _jsonable(self.numpy().tolist())}
+        return {"dims": list(self.dims), "coords": {d: list(map(to_jsonable, c)) for d, c in self.coords.items()},
+                "values": to_jsonable(self.numpy().tolist())}
 
 
-def _jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):
-        return _jsonable(float(value))
+        return to_jsonable(float(value))
     if isinstance(value, torch.Tensor):
-        return _jsonable(value.tolist())
+        return to_jsonable(value.tolist())
     if isinstance(value, (str, int, bool)) or value is None:
         return value
     return str(value)
@@ -162,7 +162,7 @@ class Result:
             "model": self.model,
             "prompts": self.prompts,
             "tokens": self.tokens,
-            "meta": _jsonable(self.meta),
+            "meta": to_jsonable(self.meta),
             "arrays": {k: v.to_dict() for k, v in self.arrays.items()},
         }
         if self.baseline is not None:

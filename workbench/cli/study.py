@@ -1,0 +1,82 @@
+"""``workbench study``: whole investigations that write a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from workbench.cli import app
+from workbench.cli.models import SPEC_HELP
+
+study_app = typer.Typer(help="Whole studies that write a report (the founding random-number study, the randomness audit).",
+                        no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+def _blocks(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        from workbench.errors import LayerError
+
+        raise LayerError(f"--patch-blocks {text!r} is not a comma list of block numbers: write e.g. 6,14.") from None
+
+
+@study_app.command("random-number")
+def random_number(
+    model: str = typer.Option("smollm2", "--model", "-m", help=SPEC_HELP),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for report.html, figures/ and results.json."),
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="Extra prompt for the distribution step (repeatable)."),
+    prompts: Path = typer.Option(None, "--prompts", help="File of extra sweep prompts, one per line."),
+    block: int = typer.Option(None, help="Block replaced by the identity (study: 21, scaled on shallower models)."),
+    patch_blocks: str = typer.Option(None, help="Blocks whose keys/values are patched (study: 6,14)."),
+    late_from: int = typer.Option(None, help="Also patch every block from this one on (study: 21)."),
+    mask_from: int = typer.Option(None, help="Mask attention to the bound from this block on (study: 13)."),
+    bound: str = typer.Option("9", help="The upper bound's text in the prompt."),
+    source_bound: str = typer.Option("5", help="The bound of the patching source prompt."),
+    show_sink: bool = typer.Option(False, "--show-sink", help="Keep the first token and the diagonal in attention grids."),
+    device: str = typer.Option(None, help="cpu, cuda or mps."),
+    static: bool = typer.Option(True, help="Also write PNG and SVG figures (needs Chromium)."),
+) -> None:
+    """Reproduce the random-number investigation (MISSION.md §1–7) and write a report."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from workbench.models import load_model
+    from workbench.studies.random_number import StudyOptions, read_prompts_file, run_study
+    from workbench.studies.report import prepare_out_dir, write_report
+
+    prepare_out_dir(out)
+    if prompts is not None:
+        read_prompts_file(prompts)  # fail before loading the model
+    options = StudyOptions(extra_prompts=list(prompt), prompts_file=prompts, block=block,
+                           patch_blocks=_blocks(patch_blocks), late_from=late_from, mask_from=mask_from,
+                           bound=bound, source_bound=source_bound, hide_sink=not show_sink, hide_diagonal=not show_sink)
+    steps = ["load model", "digit distributions", "logit lens and attention", "identity block",
+             "identity sweep", "attention figures", "patching and masking", "prompt sweep", "figures", "report"]
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), transient=False) as bar:
+        task = bar.add_task("loading the model", total=len(steps))
+
+        def advance(description: str) -> None:
+            bar.update(task, advance=1, description=description)
+
+        loaded = load_model(model, device=device)
+        study = run_study(loaded, options, progress=advance)
+        path = write_report(study, out, static=static, progress=advance)
+        bar.update(task, completed=len(steps), description="done")
+    for line in study.record["headline"]:
+        typer.echo(f"• {line}")
+    for note in study.plan.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"report: {path}")
+
+
+try:
+    from workbench.cli.sampling import register_randomness
+except ImportError:  # the sampling lab is optional for this command group
+    register_randomness = None
+if register_randomness is not None:
+    register_randomness(study_app)

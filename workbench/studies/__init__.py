@@ -1,0 +1,1 @@
+"""Studies: whole investigations composed from probes, each writing a report."""

@@ -1,0 +1,138 @@
+"""Write a study to a folder: ``report.html`` (self-contained, offline), ``figures/`` and ``results.json``.
+
+Everything is written into a temporary sibling folder and moved into place at the end, so a failed
+run leaves no half-written report behind.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+from workbench.export import find_browser, static_export, write_figure
+from workbench.plots import show_token
+from workbench.results import to_jsonable
+
+STYLE = """
+body { font-family: Arial, Helvetica, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.8em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .9em; }
+td, th { border: 1px solid #ddd; padding: .25em .5em; text-align: left; }
+th { background: #f5f5f5; } .caption { color: #555; font-size: .95em; max-width: 60em; }
+.figure { margin: 1.5em 0 2.5em; } .note { background: #fff8e1; padding: .5em 1em; border-left: 4px solid #f0b400; }
+code { background: #f3f3f3; padding: 0 .2em; }
+"""
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Refuse to overwrite a folder that is not a previous report (nothing is written here)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
+        raise WorkbenchError(f"{out} exists and is not a workbench report folder: choose another --out.")
+
+
+def write_report(study, out: str | Path, *, static: bool = True, progress: Callable[[str], None] | None = None) -> Path:
+    """Write ``report.html``, ``figures/`` (HTML, and PNG + SVG when a browser exists) and ``results.json``."""
+    out = Path(out)
+    prepare_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    step = progress or (lambda _: None)
+    try:
+        figures_dir = tmp / "figures"
+        figures_dir.mkdir()
+        step("writing figures (HTML)")
+        for fig in study.figures:
+            write_figure(fig.figure, figures_dir / f"{fig.key}.html")
+        if static and find_browser():
+            step("writing figures (PNG, SVG)")
+            with static_export():
+                for fig in study.figures:
+                    write_figure(fig.figure, figures_dir / f"{fig.key}.png")
+                    write_figure(fig.figure, figures_dir / f"{fig.key}.svg")
+        elif static:
+            study.record.setdefault("warnings", []).append(
+                "No Chromium found: figures were written as HTML only (apt-get install chromium for PNG/SVG).")
+        (tmp / "results.json").write_text(json.dumps(to_jsonable(study.record), indent=1))
+        step("writing report.html")
+        (tmp / "report.html").write_text(render_html(study))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "report.html"
+
+
+def render_html(study) -> str:
+    """One page: headline numbers, tables, then every figure with its caption; plotly.js inlined once."""
+    from plotly.offline import get_plotlyjs
+
+    record = study.record
+    facts = record["model"]
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>Is an LLM's random number random? — {e(facts['name'])}</title>",
+        f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
+        f"<h1>Is an LLM's random number random?</h1><p>Model <b>{e(facts['name'])}</b> "
+        f"({facts['n_layers']} blocks, {facts['n_heads']} query heads in {facts['n_kv_heads']} key/value groups, "
+        f"d_model {facts['d_model']}, vocabulary {facts['d_vocab']}; source <code>{e(facts['source'])}</code>).</p>",
+        f"<p>Prompt: <code>{e(record['prompt'])}</code> — tokens: "
+        + " | ".join(f"<code>{i}:{e(show_token(t))}</code>" for i, t in enumerate(record["tokens"])) + "</p>",
+        "<p class='caption'>Layer convention: blocks are counted from 0 (as in TransformerLens); logit-lens rows are "
+        "<i>embeddings</i>, <i>after block i</i> and <i>final</i> (the model's own output).</p>",
+        "<h2>Summary</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in record["headline"]) + "</ul>",
+    ]
+    notes = record["options"].get("notes", []) + record.get("warnings", [])
+    if notes:
+        parts.append("<div class='note'>" + "<br>".join(e(n) for n in notes) + "</div>")
+    parts.append(_distribution_table(record))
+    parts.append(_lens_table(record))
+    parts.append(_sweep_table(record))
+    parts.append("<h2>Contents</h2><ul>" + "".join(
+        f"<li><a href='#{f.key}'>{e(f.section)} — {e(f.title)}</a></li>" for f in study.figures) + "</ul>")
+    section = None
+    for fig in study.figures:
+        if fig.section != section:
+            section = fig.section
+            parts.append(f"<h2>{e(section)}</h2>")
+        div = fig.figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{fig.key}")
+        parts.append(f"<div class='figure' id='{fig.key}'><h3>{e(fig.title)}</h3>"
+                     f"<p class='caption'>{e(fig.caption)}</p>{div}</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _distribution_table(record) -> str:
+    e = html.escape
+    digits = [str(d) for d in range(10)]
+    rows = "".join(
+        f"<tr><th>{e(name)}</th>" + "".join(f"<td>{dist[d]:.3f}</td>" for d in digits) + "</tr>"
+        for name, dist in record["distributions"].items())
+    return ("<h2>Digit distributions at the last position</h2><table><tr><th>condition</th>"
+            + "".join(f"<th>{d}</th>" for d in digits) + f"</tr>{rows}</table>")
+
+
+def _lens_table(record) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><th>{e(row['layer'])}</th>" + "".join(f"<td><code>{e(show_token(t))}</code> {p:.3f}</td>" for t, p in row["top"][:5])
+        + "</tr>" for row in record["logit_lens"])
+    return "<h2>Logit lens: top-5 tokens at the last position</h2><table>" + rows + "</table>"
+
+
+def _sweep_table(record) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td><code>{e(r['prompt'])}</code></td><td>"
+        + ", ".join(f"{d} ({p:.2f})" for d, p in r["top5"])
+        + f"</td><td>{r['entropy_bits']:.2f}</td><td>{r['total_variation_from_uniform']:.2f}</td><td>{r['digit_mass']:.2f}</td></tr>"
+        for r in record["prompt_sweep"])
+    return ("<h2>Prompt sweep</h2><table><tr><th>prompt</th><th>top-5 digits</th><th>entropy (bits, max 3.32)</th>"
+            "<th>TV from uniform</th><th>digit mass</th></tr>" + rows + "</table>")
