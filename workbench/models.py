@@ -250,12 +250,17 @@ def _first_line(exc: BaseException) -> str:
 
 def gguf_architecture(path: Path) -> str:
     """Read ``general.architecture`` from a GGUF header; a file that does not parse is corrupt."""
+    return _gguf_header(path)[0]
+
+
+def _gguf_header(path: Path) -> tuple[str, int]:
+    """``(architecture, number of tensors)`` of a GGUF file."""
     from gguf import GGUFReader
 
     try:
         reader = GGUFReader(str(path))
         field_ = reader.fields["general.architecture"]
-        return bytes(field_.parts[field_.data[0]]).decode()
+        return bytes(field_.parts[field_.data[0]]).decode(), len(reader.tensors)
     except Exception as exc:  # the reader raises many types on garbage
         raise GGUFError(
             f"{path} is not a valid GGUF file ({_first_line(exc)}): re-download it or convert the model again."
@@ -265,7 +270,8 @@ def gguf_architecture(path: Path) -> str:
 def supported_gguf_architectures() -> list[str]:
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    return sorted(GGUF_CONFIG_MAPPING)
+    # "general" and "tokenizer" are metadata sections of the mapping, not architectures.
+    return sorted(set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"})
 
 
 def gguf_cache_dir(path: Path, dtype: torch.dtype) -> Path:
@@ -284,18 +290,29 @@ def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
     cached = gguf_cache_dir(path, dtype)
     if cache and (cached / "done.json").is_file():
         return _load_hf_folder(cached, dtype)
-    architecture = gguf_architecture(path)
+    architecture, n_tensors = _gguf_header(path)
     supported = supported_gguf_architectures()
     if architecture not in supported:
         raise GGUFError(
             f"{path.name} has architecture {architecture!r}, which transformers cannot de-quantize; "
             f"supported: {', '.join(supported)}. Convert the model to a Hugging Face folder instead."
         )
+    if n_tensors == 0:
+        # transformers would build the architecture's default config (a 7B llama) from random weights.
+        raise GGUFError(f"{path.name} holds no weight tensors, only metadata: the file is incomplete; convert it again.")
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        hf_model, info = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=dtype, output_loading_info=True
+        )
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:
         raise GGUFError(f"transformers could not load {path.name} ({_first_line(exc)}): the file may be corrupt.") from None
+    if missing := sorted(info["missing_keys"]):
+        # transformers fills missing weights with random values and only logs it.
+        raise GGUFError(
+            f"{path.name} lacks {len(missing)} weight tensor(s) (first: {missing[0]}): the file is incomplete; "
+            "re-download it or convert the model again."
+        )
     if cache:
         _write_cache(hf_model, tokenizer, cached, path)
     return hf_model, tokenizer
