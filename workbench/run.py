@@ -77,11 +77,14 @@ def run(
     *,
     readout: int = -1,
     targets: Iterable[str] | None = None,
+    clean_logits: Float[torch.Tensor, "batch pos vocab"] | None = None,
 ) -> RunResult:
     """Run ``probes`` on ``prompts`` (one string or a batch of equal token length).
 
     ``readout`` is the position whose next-token distribution interventions report (the last by
-    default); ``targets`` the tokens they report on (the digits by default).
+    default); ``targets`` the tokens they report on (the digits by default). ``clean_logits`` (from
+    an earlier run on the same prompts) skips the clean pass when every probe is an intervention,
+    which halves the cost of a loop over interventions.
     """
     model = load_model(model)
     probes = [probes] if isinstance(probes, Probe) else list(probes)
@@ -104,6 +107,12 @@ def run(
     phases = [CLEAN, INTERVENED] if interventions else [CLEAN]
     saved: dict[str, dict[str, dict]] = {name: {} for name in names.values()}
     logits: dict[str, torch.Tensor] = {}
+    if clean_logits is not None:
+        if any(not p.intervenes for p in probes) or clean_logits.shape[:2] != tokens.shape:
+            raise ProbeError("clean_logits can only replace the clean pass of interventions on the same prompts "
+                             f"(logits of shape {tuple(tokens.shape)} + vocab, no observer): drop it or the observers.")
+        logits[CLEAN] = clean_logits
+        phases = [INTERVENED]
     for phase in phases:
         active = [p for p in probes if not p.intervenes] + (interventions if phase == INTERVENED else [])
         # Interventions' hooks go first so observers at the same hook point see the edit.

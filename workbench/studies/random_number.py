@@ -219,7 +219,8 @@ def run_study(model: Model, options: StudyOptions | None = None, progress: Calla
 
     # 3. Identity block, and a sweep replacing each block in turn.
     step(f"block {plan.block} as the identity")
-    identity = run(model, prompt, BlockReplacement(blocks=[plan.block]))["block_replacement"]
+    clean_logits = observed.logits["clean"]
+    identity = run(model, prompt, BlockReplacement(blocks=[plan.block]), clean_logits=clean_logits)["block_replacement"]
     results["identity"] = identity
     add("identity", "3. Identity block", f"Block {plan.block} replaced by the identity",
         f"Digit probabilities at the last position with block {plan.block}'s output set equal to its input.",
@@ -228,7 +229,7 @@ def run_study(model: Model, options: StudyOptions | None = None, progress: Calla
     sweep_rows = []
     clean_digits = torch.tensor(list(clean.values()))
     for b in range(n):
-        replaced = run(model, prompt, BlockReplacement(blocks=[b]))
+        replaced = run(model, prompt, BlockReplacement(blocks=[b]), clean_logits=clean_logits)
         moved = torch.tensor(list(digit_distribution(replaced.probs()[0], digit_ids).values()))
         sweep_rows.append({"block": b, "kl_digits": _kl(clean_digits, moved),
                            "kl_full": float(replaced["block_replacement"]["kl"].numpy()[0])})
@@ -265,12 +266,13 @@ def run_study(model: Model, options: StudyOptions | None = None, progress: Calla
     patch_late = ActivationPatch(source=plan.source_prompt, site="kv", positions=[plan.bound_position],
                                  blocks=sorted(set(plan.patch_blocks) | set(plan.late_blocks)))
     mask = AttentionMask(keys=[plan.bound_position], blocks=plan.mask_blocks)
-    patched = run(model, prompt, patch)["patch"]
-    patched_late = run(model, prompt, patch_late)["patch"]
-    masked = run(model, prompt, mask)["attention_mask"]
+    patched = run(model, prompt, patch, clean_logits=clean_logits)["patch"]
+    patched_late = run(model, prompt, patch_late, clean_logits=clean_logits)["patch"]
+    masked = run(model, prompt, mask, clean_logits=clean_logits)["attention_mask"]
     both = run(model, prompt, [ActivationPatch(source=plan.source_prompt, site="kv", blocks=plan.patch_blocks,
                                                positions=[plan.bound_position]),
-                               AttentionMask(keys=[plan.bound_position], blocks=plan.mask_blocks)])
+                               AttentionMask(keys=[plan.bound_position], blocks=plan.mask_blocks)],
+               clean_logits=clean_logits)
     results.update(patch=patched, patch_late=patched_late, mask=masked, patch_and_mask=both["patch"])
     names = {
         "clean": clean,
