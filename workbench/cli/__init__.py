@@ -5,6 +5,7 @@ Every ``WorkbenchError`` ends the command with its one-line message and its exit
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -33,7 +34,21 @@ def _register() -> None:
                 raise
 
 
+def _quiet_libraries() -> None:
+    """The CLI shows its own progress; transformers' per-tensor bars and warnings are noise there."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
+    _quiet_libraries()
     _register()
     try:
         app(args=argv, standalone_mode=True)
