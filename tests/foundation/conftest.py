@@ -156,3 +156,21 @@ def from_pretrained_calls(monkeypatch) -> list[tuple[str, dict]]:
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recording)
     return calls
+
+
+@pytest.fixture(scope="session")
+def smollm2_converted(tmp_path_factory):
+    """Convert SmolLM2's Q4_1 GGUF once per session into a fresh cache: ``(cache, tokens, logits)``.
+
+    The only real conversion of the test session (tens of seconds); tests that need a converted
+    SmolLM2 in their own ``WORKBENCH_CACHE`` point it here.
+    """
+    from workbench.models import load_model
+
+    cache = tmp_path_factory.mktemp("smollm2-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORKBENCH_CACHE", str(cache))
+        model = load_model("smollm2", cache=True)
+        tokens = model.to_tokens(PROMPT)
+        logits = model.logits(tokens)
+    return cache, tokens, logits

@@ -163,18 +163,6 @@ def test_gguf_whose_tokenizer_transformers_cannot_build(tmp_path, workbench_cach
 # --- SmolLM2's GGUF: one real conversion per session ------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def smollm2_converted(tmp_path_factory):
-    """Convert SmolLM2's Q4_1 GGUF once into a fresh cache; return the cache and the logits it gave."""
-    cache = tmp_path_factory.mktemp("smollm2-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WORKBENCH_CACHE", str(cache))
-        model = load_model("smollm2", cache=True)
-        tokens = model.to_tokens(PROMPT)
-        logits = model.logits(tokens)
-    return cache, tokens, logits
-
-
 @pytest.mark.real
 def test_smollm2_gguf_second_load_comes_from_the_cache(smollm2_converted, monkeypatch, from_pretrained_calls):
     from workbench.models import smollm2_gguf_path

@@ -263,7 +263,7 @@ class Sampler:
             gen = generator if generator is not None else self.new_generator(flat.device)
             draws = torch.multinomial(flat.softmax(dim=-1), n, replacement=True, generator=gen)
         shape = processed.shape[:-1]
-        return draws.reshape(*shape) if num_samples is None else draws.reshape(*shape, n)
+        return draws.reshape(shape) if num_samples is None else draws.reshape(*shape, n)
 
     def __call__(self, logits, input_ids=None, generator=None):
         return self.sample(logits, input_ids, generator=generator)
