@@ -21,18 +21,41 @@ from workbench.probes.registry import register_probe
 from workbench.results import Named, Result
 
 
+def decode_ids(tokenizer, ids: torch.Tensor) -> np.ndarray:
+    """Token strings for an id tensor, decoding each distinct id once."""
+    unique, inverse = np.unique(ids.cpu().numpy(), return_inverse=True)
+    texts = np.array([tokenizer.decode([int(i)]) for i in unique], dtype=object)
+    return texts[inverse].reshape(tuple(ids.shape))
+
+
 @register_probe
 @dataclass
 class LogitLens(Probe):
     """Logit lens: top-k tokens, target probabilities and ranks, KL to the output, per layer."""
 
     k: int = 10
+    positions: list[int] | None = None
     name: ClassVar[str] = "logit_lens"
 
+    def _positions(self, ctx: RunContext) -> list[int]:
+        """Absolute positions read (all by default; a subset saves the unembedding of the others)."""
+        n = ctx.n_positions
+        if self.positions is None:
+            return list(range(n))
+        for p in self.positions:
+            if not -n <= p < n:
+                raise ProbeError(f"Position {p} is outside the prompt's {n} tokens (0–{n - 1}).")
+        return sorted({p % n for p in self.positions})
+
+    def prepare(self, ctx: RunContext) -> None:
+        self._positions(ctx)
+
     def hooks(self, ctx: RunContext):
+        keep = self._positions(ctx)
+
         def save_as(key: str):
             def hook(resid: Float[torch.Tensor, "batch pos d_model"], hook: Any) -> None:
-                ctx.save(key, resid)
+                ctx.save(key, resid[:, keep])
 
             return hook
 
@@ -43,15 +66,18 @@ class LogitLens(Probe):
 
     @torch.no_grad()
     def result(self, record: ProbeRecord) -> LogitLensResult:
-        ctx, phase = record.context, record.last_phase
+        ctx = record.context
         labels = resid_labels(ctx.facts.n_layers)
-        stack = [self.unembed(ctx.model, record.saved[phase][label]) for label in labels[:-1]]
-        stack.append(record.logits[phase].float())
-        result = self._summarise(ctx, stack, labels)
+        keep = self._positions(ctx)
+
+        def summarise(phase: str) -> LogitLensResult:
+            stack = [self.unembed(ctx.model, record.saved[phase][label]) for label in labels[:-1]]
+            stack.append(record.logits[phase][:, keep].float())
+            return self._summarise(ctx, stack, labels, keep)
+
+        result = summarise(record.last_phase)
         if len(record.phases) > 1:
-            clean = [self.unembed(ctx.model, record.saved["clean"][label]) for label in labels[:-1]]
-            clean.append(record.logits["clean"].float())
-            result.baseline = self._summarise(ctx, clean, labels)
+            result.baseline = summarise("clean")
         return result
 
     @staticmethod
@@ -60,8 +86,7 @@ class LogitLens(Probe):
         bridge = model.bridge
         return bridge.unembed(bridge.ln_final(resid)).float()
 
-    def _summarise(self, ctx: RunContext, stack: list[torch.Tensor], labels: list[str]) -> LogitLensResult:
-        tokenizer = ctx.model.tokenizer
+    def _summarise(self, ctx: RunContext, stack: list[torch.Tensor], labels: list[str], keep: list[int]) -> LogitLensResult:
         final_logp = stack[-1].log_softmax(-1)
         top_p, top_tok, kl, t_prob, t_rank = [], [], [], [], []
         target_ids = torch.tensor(ctx.target_ids, dtype=torch.long, device=final_logp.device)
@@ -69,13 +94,13 @@ class LogitLens(Probe):
             logp = logits.log_softmax(-1)
             p, idx = logp.exp().topk(self.k, dim=-1)
             top_p.append(p)
-            top_tok.append(np.vectorize(lambda i: tokenizer.decode([int(i)]), otypes=[object])(idx.cpu().numpy()))
+            top_tok.append(decode_ids(ctx.model.tokenizer, idx))
             kl.append((final_logp.exp() * (final_logp - logp)).sum(-1))
             if len(target_ids):
                 target_logits = logits[..., target_ids]
                 t_prob.append(logp[..., target_ids].exp())
                 t_rank.append((logits.unsqueeze(-2) > target_logits.unsqueeze(-1)).sum(-1))
-        coords = dict(prompt=list(range(len(ctx.prompts))), layer=labels, position=ctx.str_tokens[0],
+        coords = dict(prompt=list(range(len(ctx.prompts))), layer=labels, position=[ctx.str_tokens[0][p] for p in keep],
                       rank=list(range(self.k)), target=ctx.target_labels)
         dims = ("prompt", "layer", "position")
         arrays = {
@@ -88,7 +113,7 @@ class LogitLens(Probe):
             arrays["target_ranks"] = Named(torch.stack(t_rank, 1), dims + ("target",), coords)
         return LogitLensResult(
             probe=self.name, model=ctx.facts.name, prompts=ctx.prompts, tokens=ctx.str_tokens, arrays=arrays,
-            meta={"readout": ctx.readout, "k": self.k, "layer_convention": "embeddings, after block i (from 0), final"},
+            meta={"readout": ctx.readout, "positions": keep, "k": self.k, "layer_convention": "embeddings, after block i (from 0), final"},
         )
 
 
@@ -98,10 +123,18 @@ class LogitLensResult(Result):
 
     def top_k(self, layer: str | int, position: int | None = None, prompt: int = 0) -> list[tuple[str, float]]:
         """The top-k (token, probability) pairs of one layer at one position (the readout by default)."""
-        position = self.meta["readout"] if position is None else position
+        position = self.column(self.meta["readout"] if position is None else position)
         toks = self["top_tokens"].sel(prompt=prompt, layer=layer, position=position).numpy()
         probs = self["top_probs"].sel(prompt=prompt, layer=layer, position=position).numpy()
         return [(str(t), float(p)) for t, p in zip(toks, probs)]
+
+    def column(self, position: int) -> int:
+        """Index along the ``position`` axis of an absolute token position (negative counts from the end)."""
+        kept = self.meta["positions"]
+        absolute = position % len(self.tokens[0])
+        if absolute not in kept:
+            raise ProbeError(f"Position {position} was not read by this lens (it read {kept}): pass positions=None.")
+        return kept.index(absolute)
 
     def table(self, position: int | None = None, prompt: int = 0):
         """A DataFrame: one row per layer, the top-k tokens with probabilities at one position."""
@@ -120,17 +153,18 @@ class LogitLensResult(Result):
     def figure(self, kind: str = "top_tokens", prompt: int = 0, **_: Any):
         """``top_tokens`` (layer × position, top-1 token and probability), ``targets``, ``ranks`` or ``kl``."""
         layers = self["top_probs"].coords["layer"]
-        positions = plots.tick_labels(self.tokens[prompt])
+        positions = [f"{p}:{plots.show_token(self.tokens[prompt][p])}" for p in self.meta["positions"]]
         pos = self.meta["readout"]
         if kind == "top_tokens":
             probs = self["top_probs"].sel(prompt=prompt, rank=0).numpy()
             text = self["top_tokens"].sel(prompt=prompt, rank=0).numpy()
             text = np.vectorize(lambda t: plots.show_token(t)[:8])(text)
             return plots.heatmap(probs, x=positions, y=layers, text=text, colorbar="p(top-1)", zmin=0, zmax=1,
+                                 width=max(900, 75 * len(positions) + 250),
                                  title=f"Logit lens: top-1 token per layer and position ({self.model})",
                                  x_title="position: token", y_title="residual stream")
         if kind in ("targets", "ranks"):
-            array = self["target_probs" if kind == "targets" else "target_ranks"].sel(prompt=prompt, position=pos)
+            array = self["target_probs" if kind == "targets" else "target_ranks"].sel(prompt=prompt, position=self.column(pos))
             what = "probability" if kind == "targets" else "rank (0 = top)"
             return plots.heatmap(array.numpy(), x=array.coords["target"], y=layers, colorbar=what,
                                  text=np.vectorize(lambda v: f"{v:.2f}" if kind == "targets" else f"{int(v)}")(array.numpy()),
