@@ -1,0 +1,99 @@
+"""Logit lens: exact at the last block, and equal to a lens written with plain transformers modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.layers import resid_labels
+from workbench.probes import LogitLens
+from workbench.run import run
+
+from .helpers import PROMPT, hf_lens, hf_residuals
+
+
+def check_final_equals_output(model, result):
+    """The lens after the last block is the model's own output distribution."""
+    n = model.facts.n_layers
+    tokens = model.to_tokens(PROMPT)
+    with torch.no_grad():
+        own = model.bridge(tokens).float().softmax(-1)
+        resid = model.bridge.run_with_cache(tokens, names_filter=f"blocks.{n - 1}.hook_resid_post")[1]
+    lensed = LogitLens.unembed(model, resid[f"blocks.{n - 1}.hook_resid_post"]).softmax(-1)
+    torch.testing.assert_close(lensed, own, atol=1e-5, rtol=0)
+    last, final = f"after block {n - 1}", "final"
+    for array in ("top_probs", "target_probs"):
+        torch.testing.assert_close(result[array].sel(layer=last).values, result[array].sel(layer=final).values,
+                                   atol=1e-5, rtol=0)
+    assert (result["top_tokens"].sel(layer=last).numpy() == result["top_tokens"].sel(layer=final).numpy()).all()
+    assert result["kl_to_final"].sel(layer=last).values.abs().max() <= 1e-5
+    own_top = own.topk(result.meta["k"], dim=-1)
+    torch.testing.assert_close(result["top_probs"].sel(layer=final).values, own_top.values, atol=1e-6, rtol=0)
+
+
+def check_against_hf(model, hf, result, layers=None):
+    """Every row equals lm_head(norm(h)) where h is read from the HF modules' outputs."""
+    tokens = model.to_tokens(PROMPT)
+    resids, hf_logits = hf_residuals(hf, tokens)
+    labels = resid_labels(model.facts.n_layers)
+    assert len(resids) == len(labels) - 1
+    rows = range(len(labels)) if layers is None else layers
+    k = result.meta["k"]
+    for row in rows:
+        logits = hf_logits.float() if labels[row] == "final" else hf_lens(hf, resids[row])
+        probs = logits.softmax(-1)
+        top = probs.topk(k, dim=-1)
+        torch.testing.assert_close(result["top_probs"].sel(layer=labels[row]).values, top.values, atol=1e-5, rtol=0)
+        decoded = [[[model.tokenizer.decode([int(i)]) for i in pos] for pos in prompt] for prompt in top.indices]
+        ours = result["top_tokens"].sel(layer=labels[row]).numpy().tolist()
+        assert ours == decoded, labels[row]
+        targets = torch.tensor([model.tokenizer.encode(str(d), add_special_tokens=False)[0] for d in range(10)])
+        torch.testing.assert_close(result["target_probs"].sel(layer=labels[row]).values, probs[..., targets],
+                                   atol=1e-5, rtol=0)
+        # Rank: how many tokens have a larger logit, counted by sorting instead of comparing.
+        order = torch.sort(logits, dim=-1, descending=True, stable=True).indices
+        ranks = order.argsort(-1)[..., targets]
+        assert torch.equal(result["target_ranks"].sel(layer=labels[row]).values, ranks), labels[row]
+        final = hf_logits.float().log_softmax(-1)
+        kl = torch.nn.functional.kl_div(logits.log_softmax(-1), final, log_target=True, reduction="none").sum(-1)
+        torch.testing.assert_close(result["kl_to_final"].sel(layer=labels[row]).values, kl, atol=1e-5, rtol=0)
+
+
+def test_final_layer_equals_output(tiny_model):
+    result = run(tiny_model, PROMPT, LogitLens())["logit_lens"]
+    check_final_equals_output(tiny_model, result)
+
+
+def test_matches_plain_transformers(tiny_model, hf_twins):
+    result = run(tiny_model, PROMPT, LogitLens(k=5))["logit_lens"]
+    check_against_hf(tiny_model, hf_twins(tiny_model), result)
+
+
+def test_layer_labels_follow_the_convention(tiny_model):
+    result = run(tiny_model, PROMPT, LogitLens(k=3))["logit_lens"]
+    n = tiny_model.facts.n_layers
+    assert result["top_probs"].coords["layer"] == ["embeddings", *(f"after block {i}" for i in range(n)), "final"]
+    assert result["top_probs"].shape == (1, n + 2, len(tiny_model.str_tokens(PROMPT)), 3)
+    assert result["top_probs"].coords["position"] == tiny_model.str_tokens(PROMPT)
+    assert result["target_probs"].coords["target"] == [str(d) for d in range(10)]
+
+
+def test_top_k_and_table_read_the_readout(tiny_qwen2):
+    result = run(tiny_qwen2, PROMPT, LogitLens(k=4))["logit_lens"]
+    readout = result.meta["readout"]
+    assert readout == len(tiny_qwen2.str_tokens(PROMPT)) - 1
+    pairs = result.top_k("final")
+    assert [p for _, p in pairs] == pytest.approx(result["top_probs"].values[0, -1, readout].tolist())
+    assert [p for _, p in pairs] == sorted((p for _, p in pairs), reverse=True)
+    table = result.table()
+    assert list(table["layer"]) == result["top_probs"].coords["layer"]
+    assert list(table.columns) == ["layer", "top 1", "top 2", "top 3", "top 4"]
+
+
+@pytest.mark.real
+def test_smollm2_lens(smollm2, hf_twins):
+    result = run(smollm2, PROMPT, LogitLens(k=5))["logit_lens"]
+    check_final_equals_output(smollm2, result)
+    n = smollm2.facts.n_layers
+    # Embeddings, the study's layer 21, the last block and the output row.
+    check_against_hf(smollm2, hf_twins(smollm2), result, layers=[0, 22, n, n + 1])
