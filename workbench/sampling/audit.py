@@ -232,7 +232,12 @@ def _starts_with_digit(lm) -> torch.Tensor:
     cached = getattr(lm, "_digit_start_mask", None)
     if cached is not None:
         return cached
-    mask = torch.tensor([lm.decode([i])[:1].isdigit() for i in range(lm.d_vocab)], dtype=torch.bool)
+    tokenizer = getattr(lm, "tokenizer", None)
+    if tokenizer is not None and hasattr(tokenizer, "batch_decode"):
+        texts = tokenizer.batch_decode([[i] for i in range(lm.d_vocab)])
+    else:
+        texts = [lm.decode([i]) for i in range(lm.d_vocab)]
+    mask = torch.tensor([t[:1].isdigit() for t in texts], dtype=torch.bool)
     try:
         lm._digit_start_mask = mask
     except AttributeError:

@@ -116,7 +116,7 @@ def generate(
                     break
                 index = torch.tensor(alive, device=prompts.device)
                 context = torch.cat([prompts[index], new[index, :step]], dim=1)
-                logits = lm.next_token_logits(context).float()
+                logits = _dedup_next_token_logits(lm, context)
                 chosen = sampler.sample(logits, input_ids=context, generator=generator)
                 chosen_logprob = logits.log_softmax(dim=-1).gather(1, chosen[:, None])[:, 0]
                 new[index, step] = chosen
@@ -143,6 +143,15 @@ def generate(
         pad_id=pad_id,
         hooks=[name for name, _ in (fwd_hooks or [])],
     )
+
+
+def _dedup_next_token_logits(lm, context: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch vocab"]:
+    """One forward per distinct row: N samples of one prompt share their prefixes (an audit's first
+    step is one row, not N), and rows never interact without padding, so this is exact."""
+    unique, inverse = torch.unique(context, dim=0, return_inverse=True)
+    if unique.shape[0] == context.shape[0]:
+        return lm.next_token_logits(context).float()
+    return lm.next_token_logits(unique).float()[inverse]
 
 
 def identity_block_hooks(block: int) -> list[tuple[str, Any]]:

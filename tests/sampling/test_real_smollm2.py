@@ -1,0 +1,57 @@
+"""The sampling lab on the real SmolLM2-135M-Instruct: a few forwards each."""
+
+import math
+
+import pytest
+import torch
+from transformers import LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from workbench.sampling import DEFAULT_PROMPT, beam_search, generate, greedy, identity_block_hooks, make_sampler, randomness_audit
+from workbench.tokens import digit_token_ids
+
+pytestmark = pytest.mark.real
+
+
+def test_audit_on_smollm2_rejects_uniform_and_matches_the_model(smollm2):
+    logits = smollm2.bridge(smollm2.to_tokens(DEFAULT_PROMPT))[0, -1].detach()
+    ids = digit_token_ids(smollm2)
+    direct = logits.softmax(-1)[ids]
+    audit = randomness_audit(smollm2, samples=1000, samplers=["t=1", "t=0.7,top_p=0.9"], seed=0)
+    torch.testing.assert_close(torch.tensor(audit.model_exact), direct / direct.sum(), atol=1e-5, rtol=1e-4)
+    assert audit.model_valid_mass == pytest.approx(float(direct.sum()), abs=1e-5)
+    t1 = audit.samplers[0]
+    assert t1.p_uniform < 1e-10 and t1.p_exact > 1e-3
+    assert audit.model_exact_entropy_bits < math.log2(10) - 0.3
+    # the same logits through transformers' chain give the second sampler's law
+    chain = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopPLogitsWarper(0.9)])
+    theirs = chain(None, logits[None].clone()).softmax(-1)[0, ids]
+    torch.testing.assert_close(torch.tensor(audit.samplers[1].exact), theirs / theirs.sum(), atol=1e-5, rtol=1e-4)
+    ours = make_sampler(1.3, top_k=50, min_p=0.05).process(logits[None])
+    reference = LogitsProcessorList([TemperatureLogitsWarper(1.3), TopKLogitsWarper(50), MinPLogitsWarper(0.05)])(None, logits[None].clone())
+    torch.testing.assert_close(ours, reference)
+
+
+def test_beam_width_one_is_greedy_and_scores_recompute(smollm2):
+    prompt = "The capital of France is"
+    greedy_tokens = generate(smollm2, prompt, greedy(), 3).row_tokens(0)
+    assert beam_search(smollm2, prompt, width=1, max_new_tokens=3).beams[0].tokens == greedy_tokens
+    result = beam_search(smollm2, prompt, width=2, max_new_tokens=2, length_penalty=0.0)
+    prompt_ids = smollm2.to_tokens(prompt)
+    rows = torch.cat([prompt_ids.expand(2, -1), torch.tensor([b.tokens for b in result.beams])], dim=1)
+    logp = smollm2.bridge(rows).log_softmax(-1).detach()
+    start = prompt_ids.shape[1]
+    for row, beam in enumerate(result.beams):
+        expected = sum(float(logp[row, start - 1 + i, t]) for i, t in enumerate(beam.tokens))
+        assert beam.logprob == pytest.approx(expected, abs=1e-3)
+
+
+def test_generation_with_block_21_removed_equals_a_manual_loop(smollm2):
+    hooks = identity_block_hooks(21)
+    result = generate(smollm2, DEFAULT_PROMPT, greedy(), 2, fwd_hooks=hooks)
+    tokens = smollm2.to_tokens(DEFAULT_PROMPT)
+    manual = []
+    for _ in range(2):
+        with smollm2.bridge.hooks(fwd_hooks=identity_block_hooks(21)):
+            manual.append(int(smollm2.bridge(tokens)[0, -1].argmax()))
+        tokens = torch.cat([tokens, torch.tensor([[manual[-1]]])], dim=1)
+    assert result.row_tokens(0) == manual
