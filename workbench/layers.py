@@ -30,6 +30,26 @@ def resid_labels(n_layers: int) -> list[str]:
     return ["embeddings", *(f"after block {i}" for i in range(n_layers)), "final"]
 
 
+def format_blocks(blocks: Iterable[int]) -> str:
+    """Compact block list for titles: [6, 14, 21, 22, 23] → "6, 14, 21–23"."""
+    blocks = sorted(set(blocks))
+    parts, start = [], None
+    for i, b in enumerate(blocks):
+        start = b if start is None else start
+        if i + 1 == len(blocks) or blocks[i + 1] != b + 1:
+            parts.append(str(b) if b == start else f"{start}–{b}")
+            start = None
+    return ", ".join(parts)
+
+
+def describe_blocks(resolved: list[int], given: int | Iterable[int] | None, default: str) -> str:
+    """``block 21`` / ``blocks 6, 14`` for titles, from resolved blocks, or the raw option before a run."""
+    blocks = resolved or ([given] if isinstance(given, int) else list(given or []))
+    if not blocks:
+        return default
+    return f"block{'s' if len(blocks) > 1 else ''} {format_blocks(blocks)}"
+
+
 def resolve_blocks(facts, blocks: int | Iterable[int] | None, default: Iterable[int] | None = None) -> list[int]:
     """Validate block indices (negative ones count from the end) against the model."""
     n = facts.n_layers

@@ -18,9 +18,21 @@ SEQUENTIAL = "Viridis"
 DIVERGING = "RdBu_r"
 
 
+def wrap(title: str, width: int = 80) -> str:
+    """Break a long title into lines (plotly does not wrap) at spaces."""
+    lines, line = [], ""
+    for word in title.split(" "):
+        if line and len(line) + len(word) + 1 > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return "<br>".join(lines + [line])
+
+
 def style(fig: go.Figure, title: str, *, height: int | None = None, width: int | None = None) -> go.Figure:
     fig.update_layout(
-        title=dict(text=title, x=0.5, xanchor="center"), template="plotly_white", font=FONT,
+        title=dict(text=wrap(title), x=0.5, xanchor="center"), template="plotly_white", font=FONT,
         margin=dict(l=80, r=40, t=80, b=80), height=height, width=width,
     )
     return fig
@@ -32,9 +44,13 @@ def show_token(token: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def tick_labels(labels: Sequence) -> list[str]:
-    """Unique, visible tick labels: tokens shown with :func:`show_token`, prefixed by their index."""
-    return [f"{i}:{show_token(label)}" if isinstance(label, str) else str(label) for i, label in enumerate(labels)]
+def tick_labels(labels: Sequence, indexed: bool = True) -> list[str]:
+    """Visible tick labels: tokens shown with :func:`show_token`, prefixed by their index (positions),
+    or with ``indexed=False`` only where two labels would otherwise collide."""
+    shown = [show_token(label) if isinstance(label, str) else str(label) for label in labels]
+    if not indexed and len(set(shown)) == len(shown):
+        return shown
+    return [f"{i}:{text}" for i, text in enumerate(shown)]
 
 
 def heatmap(
@@ -62,11 +78,12 @@ def bars(
     groups: dict[str, Sequence[float]], *, labels: Sequence, title: str, x_title: str, y_title: str,
 ) -> go.Figure:
     """Grouped bars, one series per key (e.g. ``before`` / ``after``)."""
-    fig = go.Figure([go.Bar(name=name, x=tick_labels(labels), y=list(values)) for name, values in groups.items()])
+    fig = go.Figure([go.Bar(name=name, x=tick_labels(labels, indexed=False), y=list(values))
+                     for name, values in groups.items()])
     fig.update_layout(barmode="group")
     fig.update_xaxes(title=x_title, type="category")
     fig.update_yaxes(title=y_title)
-    return style(fig, title, height=460)
+    return style(fig, title, height=480, width=max(760, 40 * len(labels) * max(1, len(groups)) + 300))
 
 
 def auto(array, *, title: str, diverging: bool = False) -> go.Figure:

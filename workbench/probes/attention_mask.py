@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from workbench.errors import ProbeError
-from workbench.layers import resolve_blocks, resolve_heads, scale_block
+from workbench.layers import describe_blocks, resolve_blocks, resolve_heads, scale_block
 from workbench.probes.base import Probe, ProbeRecord, RunContext
 from workbench.probes.intervention import InterventionResult, distribution_arrays
 from workbench.probes.registry import register_probe
@@ -77,17 +77,19 @@ class AttentionMask(Probe):
                     )
 
     def describe(self) -> str:
-        blocks = self._blocks or self.blocks
-        span = f"blocks {blocks[0]}–{blocks[-1]}" if isinstance(blocks, list) and len(blocks) > 1 else f"block {blocks}"
+        span = describe_blocks(self._blocks, self.blocks, f"blocks {STUDY_FIRST_BLOCK}–last")
         return f"attention to {self.keys!r} masked in {span}"
 
     def hooks(self, ctx: RunContext):
         n = ctx.n_positions
         mask = torch.zeros(len(ctx.prompts), ctx.facts.n_heads, n, n, dtype=torch.bool)
         queries = list(range(n)) if self.queries is None else list(self.queries)
+        if not any(self._keys) or not queries:
+            return []  # nothing to mask: the run is exactly the clean one
+        q_index = torch.tensor(queries, dtype=torch.long)[:, None]
         for p, keys in enumerate(self._keys):
             for h in self._heads:
-                mask[p, h][torch.tensor(queries)[:, None], torch.tensor(keys)[None, :]] = True
+                mask[p, h][q_index, torch.tensor(keys, dtype=torch.long)[None, :]] = True
 
         def apply(scores, hook):  # [batch, head, query, key], after the causal mask
             return scores.masked_fill(mask.to(scores.device), float("-inf"))

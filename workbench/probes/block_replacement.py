@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from workbench.errors import ProbeError
-from workbench.layers import resolve_blocks, scale_block
+from workbench.layers import describe_blocks, resolve_blocks, scale_block
 from workbench.probes.base import Probe, ProbeRecord, RunContext
 from workbench.probes.intervention import InterventionResult, distribution_arrays
 from workbench.probes.registry import register_probe
@@ -46,10 +46,10 @@ class BlockReplacement(Probe):
             self._blocks = resolve_blocks(ctx.facts, self.blocks)
 
     def describe(self) -> str:
-        blocks = ", ".join(map(str, self._blocks or ([self.blocks] if isinstance(self.blocks, int) else self.blocks or [])))
+        blocks = describe_blocks(self._blocks, self.blocks, f"block {STUDY_BLOCK}")
         what = {"identity": "identity", "zero_attn": "attention zeroed", "zero_mlp": "MLP zeroed",
                 "mean_attn": "attention mean-ablated", "mean_mlp": "MLP mean-ablated"}[self.mode]
-        return f"block {blocks} → {what}"
+        return f"{blocks} → {what}"
 
     def hooks(self, ctx: RunContext):
         hooks = []

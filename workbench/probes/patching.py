@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 
 from workbench.errors import ProbeError
-from workbench.layers import resolve_blocks, scale_block
+from workbench.layers import describe_blocks, resolve_blocks, scale_block
 from workbench.probes.attention_mask import resolve_positions
 from workbench.probes.base import Probe, ProbeRecord, RunContext
 from workbench.probes.intervention import InterventionResult, distribution_arrays
@@ -127,8 +127,9 @@ class ActivationPatch(Probe):
         return heads
 
     def describe(self) -> str:
-        blocks = self._blocks or self.blocks
-        return f"{self.site} patched from the source prompt in blocks {blocks} at positions {self._positions or self.positions}"
+        blocks = describe_blocks(self._blocks, self.blocks, "blocks 6, 14")
+        positions = self._positions or self.positions or "where the prompts differ"
+        return f"{self.site} patched from the source prompt in {blocks} at positions {positions}"
 
     def hooks(self, ctx: RunContext):
         hooks = []
