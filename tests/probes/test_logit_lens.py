@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from workbench.errors import ProbeError
 from workbench.layers import resid_labels
 from workbench.probes import LogitLens
 from workbench.run import run
@@ -97,3 +98,19 @@ def test_smollm2_lens(smollm2, hf_twins):
     n = smollm2.facts.n_layers
     # Embeddings, the study's layer 21, the last block and the output row.
     check_against_hf(smollm2, hf_twins(smollm2), result, layers=[0, 22, n, n + 1])
+
+
+def test_positions_subset_equals_the_full_lens_columns(tiny_model):
+    n = len(tiny_model.str_tokens(PROMPT))
+    full = run(tiny_model, PROMPT, LogitLens(k=3))["logit_lens"]
+    part = run(tiny_model, PROMPT, LogitLens(k=3, positions=[-1, 2]))["logit_lens"]
+    assert part.meta["positions"] == [2, n - 1]
+    assert part["top_probs"].coords["position"] == [tiny_model.str_tokens(PROMPT)[p] for p in (2, n - 1)]
+    for name in ("top_probs", "target_probs", "kl_to_final"):  # a subset is a smaller matmul: not bit-equal
+        torch.testing.assert_close(part[name].values, full[name].values[:, :, [2, n - 1]], atol=1e-6, rtol=1e-5)
+    assert torch.equal(part["target_ranks"].values, full["target_ranks"].values[:, :, [2, n - 1]])
+    assert (part["top_tokens"].numpy() == full["top_tokens"].numpy()[:, :, [2, n - 1]]).all()
+    with pytest.raises(ProbeError, match="not read"):
+        part.top_k("final", position=5)
+    with pytest.raises(ProbeError, match="outside"):
+        run(tiny_model, PROMPT, LogitLens(positions=[n]))

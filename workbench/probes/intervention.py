@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from workbench import plots
+from workbench.errors import ProbeError
 from workbench.probes.base import CLEAN, INTERVENED, ProbeRecord
 from workbench.results import Named, Result
 
@@ -60,9 +61,22 @@ class InterventionResult(Result):
         return (f"{self.meta.get('description', self.probe)}: top token {before[0]!r} {before[1]:.3f} → "
                 f"{after[0]!r} {after[1]:.3f}, KL(clean ‖ intervened) = {kl:.4f} nats")
 
+    def sites(self) -> Named | None:
+        """Where the edit was made: a block × position grid (1 = edited), or None for whole-block edits."""
+        return next((self.arrays[k] for k in ("patched", "masked") if k in self.arrays), None)
+
     def figure(self, kind: str = "distribution", prompt: int = 0, **_: Any):
-        """``distribution``: target probabilities before and after (grouped bars); ``top``: the top tokens."""
+        """``distribution``: target probabilities before and after (grouped bars); ``top``: the top tokens;
+        ``sites``: the block × position grid of what was edited (patching and masking)."""
         title = f"{self.meta.get('description', self.probe)} ({self.model})"
+        if kind == "sites":
+            grid = self.sites()
+            if grid is None:
+                raise ProbeError(f"{self.probe} edits whole blocks; it has no block × position sites to draw.")
+            dims = grid.dims
+            return plots.heatmap(grid.numpy(), x=plots.tick_labels(grid.coords[dims[1]]),
+                                 y=[f"block {b}" for b in grid.coords[dims[0]]], zmin=0, zmax=1, colorbar="edited",
+                                 title=f"Edited sites: {title}", x_title=f"{dims[1]}: token", y_title="block")
         if kind == "distribution" and "target_probs" in self.arrays:
             before, after = self.distribution(CLEAN, prompt), self.distribution(INTERVENED, prompt)
             return plots.bars({"clean": list(before.values()), "intervened": list(after.values())},
@@ -75,4 +89,7 @@ class InterventionResult(Result):
                           x_title="next token", y_title="probability")
 
     def figures(self) -> dict[str, Any]:
-        return {"distribution": self.figure("distribution"), "top": self.figure("top")}
+        out = {"distribution": self.figure("distribution"), "top": self.figure("top")}
+        if self.sites() is not None:
+            out["sites"] = self.figure("sites")
+        return out

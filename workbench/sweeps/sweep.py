@@ -102,7 +102,8 @@ def patch_sweep(
     if method == "fast":
         eng = fast.Engine(model, tokens)
         eng.run_clean((site,), readout)
-        source_acts, source_logits = eng.capture(source_tokens, {site}, readout)
+        with torch.no_grad():
+            source_acts, source_logits = eng.capture(source_tokens, {site}, readout)
         skip = first_difference(tokens, source_tokens) if reuse_prefix else 0
         cells = [_patch_cell(s, source_acts[s.site][s.block], skip, n) for s in specs]
         logits = eng.run_cells(cells, readout)
