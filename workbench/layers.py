@@ -78,7 +78,11 @@ def resolve_heads(facts, heads: int | Iterable[int] | None) -> list[int]:
 
 
 def scale_block(study_block: int, n_layers: int) -> int:
-    """A study block on a model that has it; on a shallower model, the same relative depth."""
-    if n_layers >= STUDY_N_LAYERS or study_block < n_layers:
+    """A study block on a model at least as deep as the study's; on a shallower one, the same relative depth.
+
+    Every default scales together on a shallower model (never some kept and some scaled), so the
+    study's order survives: blocks 6, 14, 21 stay in that order on an 8-block model (2, 4, 6).
+    """
+    if n_layers >= STUDY_N_LAYERS:
         return study_block
     return min(n_layers - 1, round(study_block * (n_layers - 1) / (STUDY_N_LAYERS - 1)))

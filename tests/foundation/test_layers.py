@@ -93,7 +93,10 @@ def test_resolve_heads(tiny_llama):
     [
         (21, 24, 21),  # the study's own depth: unchanged
         (21, 30, 21),  # a deeper model (SmolLM2) has the block: unchanged
-        (2, 4, 2),  # a shallow model that has the block: unchanged
+        (2, 4, 0),  # a shallow model scales every block, even one it has: round(2 * 3 / 23)
+        (6, 8, 2),  # on 8 blocks the study's 6, 14, 21 become 2, 4, 6: the order survives
+        (14, 8, 4),
+        (21, 8, 6),
         (6, 4, 1),  # round(6 * 3 / 23)
         (14, 4, 2),  # round(14 * 3 / 23)
         (21, 4, 3),  # round(21 * 3 / 23)
