@@ -1,0 +1,115 @@
+"""``workbench bench``: timings of sweeps and probes; ``workbench sweep``: run a sweep from the shell."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from workbench.cli import app
+
+bench_app = typer.Typer(help="Benchmarks: our sweeps vs TransformerLens' patching, and the cost of observers.", no_args_is_help=True)
+sweep_app = typer.Typer(help="Sweeps over every block × position (× head): patching, block replacement, masking.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+app.add_typer(sweep_app, name="sweep")
+
+MODEL = typer.Option("smollm2", "--model", help="Model spec (smollm2, tiny-qwen2, tiny-llama, a path or hub id).")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda or mps (default: the best available).")
+THREADS = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice).")
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _print(data: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    for key, value in data.items():
+        typer.echo(f"{key:>24}: {value:.4g}" if isinstance(value, float) else f"{key:>24}: {value}")
+
+
+@bench_app.command("patching-sweep")
+def patching_sweep(model: str = MODEL, site: str = typer.Option("resid_pre", help="resid_pre or z (per head, all positions)."),
+                   device: str = DEVICE, threads: int = THREADS,
+                   as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """Our sweep vs TransformerLens' get_act_patch_* on the study prompt: ours_s, baseline_s, speedup, max_abs_diff, cells."""
+    from workbench.sweeps import bench
+
+    _threads(threads)
+    _print(bench.patching_sweep(model, site=site, device=device), as_json)
+
+
+@bench_app.command("probe-overhead")
+def probe_overhead(model: str = MODEL, repeats: int = typer.Option(10, help="Timed repeats (the minimum is reported)."),
+                   device: str = DEVICE, threads: int = THREADS,
+                   as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """A plain forward vs one with the five core observers; kept bytes vs run_with_cache."""
+    from workbench.sweeps import bench
+
+    _threads(threads)
+    _print(bench.probe_overhead(model, repeats=repeats, device=device), as_json)
+
+
+def _emit(result, as_json: bool, out: str | None) -> None:
+    if out:
+        path = result.save(out)
+        typer.echo(f"wrote {path}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        typer.echo(result.summary())
+        for cell, value in result.top_cells(5):
+            typer.echo(f"  {value:+.4f}  " + ", ".join(f"{k} {v!r}" for k, v in cell.items()))
+
+
+PROMPT_OPT = typer.Option("I'm generating a random number between [0, 9]. The number is ", "--prompt")
+METRIC_OPT = typer.Option("digits_above:5", "--metric", help="digits_above:5, prob:6,7,8,9, logit_diff:9,5 or kl.")
+METHOD_OPT = typer.Option("auto", "--method", help="auto, fast or naive (one hooked forward per cell).")
+OUT_OPT = typer.Option(None, "--out", help="Write the result: .json data, or .html/.png/.svg/.pdf heatmap.")
+JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+@sweep_app.command("patch")
+def sweep_patch(model: str = MODEL, prompt: str = PROMPT_OPT,
+                source: str = typer.Option("I'm generating a random number between [0, 5]. The number is ", "--source"),
+                site: str = typer.Option("resid_pre", "--site", help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v."),
+                by_position: bool = typer.Option(False, "--by-position", help="Head sites: one cell per position too."),
+                metric: str = METRIC_OPT, method: str = METHOD_OPT, device: str = DEVICE,
+                out: str = OUT_OPT, as_json: bool = JSON_OPT) -> None:
+    """Activation patching from SOURCE into PROMPT over every block × position (× head)."""
+    from workbench.models import load_model
+    from workbench.sweeps import patch_sweep
+
+    result = patch_sweep(load_model(model, device=device), prompt, source, site=site, by_position=by_position,
+                         metric=metric, method=method)
+    _emit(result, as_json, out)
+
+
+@sweep_app.command("blocks")
+def sweep_blocks(model: str = MODEL, prompt: str = PROMPT_OPT,
+                 mode: list[str] = typer.Option(["identity"], "--mode", help="identity, zero_attn, zero_mlp, mean_attn, mean_mlp (repeatable)."),
+                 metric: str = METRIC_OPT, method: str = METHOD_OPT, device: str = DEVICE,
+                 out: str = OUT_OPT, as_json: bool = JSON_OPT) -> None:
+    """Block replacement of every block, one at a time."""
+    from workbench.models import load_model
+    from workbench.sweeps import block_sweep
+
+    _emit(block_sweep(load_model(model, device=device), prompt, modes=mode, metric=metric, method=method), as_json, out)
+
+
+@sweep_app.command("mask")
+def sweep_mask(model: str = MODEL, prompt: str = PROMPT_OPT,
+               cumulative: bool = typer.Option(False, "--cumulative", help="Mask from the block to the last one."),
+               metric: str = METRIC_OPT, method: str = METHOD_OPT, device: str = DEVICE,
+               out: str = OUT_OPT, as_json: bool = JSON_OPT) -> None:
+    """Attention to each key position masked, per block."""
+    from workbench.models import load_model
+    from workbench.sweeps import mask_sweep
+
+    _emit(mask_sweep(load_model(model, device=device), prompt, cumulative=cumulative, metric=metric, method=method),
+          as_json, out)
