@@ -275,9 +275,12 @@ def supported_gguf_architectures() -> list[str]:
 
 
 def gguf_cache_dir(path: Path, dtype: torch.dtype) -> Path:
-    """A cache folder keyed by the file's path, size, mtime and the dtype asked for."""
+    """A cache folder keyed by the file's path, size, mtime, the dtype asked for and the transformers version."""
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}"
+    import transformers
+
+    # The transformers version is part of the key: its GGUF de-quantization has changed between releases.
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|{transformers.__version__}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_root() / "gguf" / f"{path.stem}-{digest}"
 
