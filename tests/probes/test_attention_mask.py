@@ -118,6 +118,17 @@ def test_key_text_not_in_prompt_raises_token_error(tiny_model, keys):
         run(tiny_model, PROMPT, AttentionMask(keys=keys))
 
 
+@pytest.mark.xfail(strict=True, reason="AttentionMask.prepare does not resolve `queries`: -1 is refused as a query "
+                   "with no visible key, and 40 reaches torch as a raw IndexError (bug reported to the lead)")
+def test_queries_are_positions_like_keys(tiny_qwen2):
+    n = len(tiny_qwen2.str_tokens(PROMPT))
+    last = run(tiny_qwen2, PROMPT, AttentionMask(keys="9", blocks=[3], queries=[n - 1]))
+    negative = run(tiny_qwen2, PROMPT, AttentionMask(keys="9", blocks=[3], queries=[-1]))
+    assert torch.equal(negative.logits["intervened"], last.logits["intervened"])
+    with pytest.raises(ProbeError, match="outside"):
+        run(tiny_qwen2, PROMPT, AttentionMask(keys="9", queries=[n]))
+
+
 def test_key_position_out_of_range_raises(tiny_qwen2):
     with pytest.raises(ProbeError, match="outside"):
         run(tiny_qwen2, PROMPT, AttentionMask(keys=[40]))
