@@ -25,8 +25,12 @@ def _twin(model):
 
         from workbench.models import gguf_cache_dir, smollm2_gguf_path
 
-        folder = gguf_cache_dir(smollm2_gguf_path(), torch.float32)
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        gguf = smollm2_gguf_path()
+        folder = gguf_cache_dir(gguf, torch.float32)
+        if (folder / "done.json").is_file():  # the de-quantized copy the smollm2 fixture wrote
+            hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        else:
+            hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     hf.set_attn_implementation("eager")
     return hf.eval()
 
