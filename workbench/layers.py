@@ -70,11 +70,12 @@ def resolve_blocks(facts, blocks: int | Iterable[int] | None, default: Iterable[
 def resolve_heads(facts, heads: int | Iterable[int] | None) -> list[int]:
     if heads is None:
         return list(range(facts.n_heads))
+    n = facts.n_heads
     chosen = [heads] if isinstance(heads, int) else list(heads)
     for h in chosen:
-        if not 0 <= h < facts.n_heads:
-            raise LayerError(f"Head {h} does not exist: {facts.name} has query heads 0–{facts.n_heads - 1}.")
-    return chosen
+        if not -n <= h < n:
+            raise LayerError(f"Head {h} does not exist: {facts.name} has query heads 0–{n - 1}.")
+    return [h % n for h in chosen]
 
 
 def scale_block(study_block: int, n_layers: int) -> int:

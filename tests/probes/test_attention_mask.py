@@ -118,8 +118,6 @@ def test_key_text_not_in_prompt_raises_token_error(tiny_model, keys):
         run(tiny_model, PROMPT, AttentionMask(keys=keys))
 
 
-@pytest.mark.xfail(strict=True, reason="AttentionMask.prepare does not resolve `queries`: -1 is refused as a query "
-                   "with no visible key, and 40 reaches torch as a raw IndexError (bug reported to the lead)")
 def test_queries_are_positions_like_keys(tiny_qwen2):
     n = len(tiny_qwen2.str_tokens(PROMPT))
     last = run(tiny_qwen2, PROMPT, AttentionMask(keys="9", blocks=[3], queries=[n - 1]))

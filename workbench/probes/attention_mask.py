@@ -54,6 +54,7 @@ class AttentionMask(Probe):
     _blocks: list[int] = field(default_factory=list, init=False, repr=False)
     _heads: list[int] = field(default_factory=list, init=False, repr=False)
     _keys: list[list[int]] = field(default_factory=list, init=False, repr=False)
+    _queries: list[int] = field(default_factory=list, init=False, repr=False)
     _note: str = field(default="", init=False, repr=False)
 
     def prepare(self, ctx: RunContext) -> None:
@@ -66,9 +67,10 @@ class AttentionMask(Probe):
             self._blocks = resolve_blocks(ctx.facts, self.blocks)
         self._heads = resolve_heads(ctx.facts, self.heads)
         self._keys = [resolve_positions(ctx, self.keys, p) for p in range(len(ctx.prompts))]
-        queries = range(ctx.n_positions) if self.queries is None else self.queries
+        self._queries = resolve_positions(ctx, list(range(ctx.n_positions)) if self.queries is None
+                                          else [int(q) for q in self.queries], 0)
         for p, keys in enumerate(self._keys):
-            for q in queries:
+            for q in self._queries:
                 if set(range(q + 1)) <= set(keys):
                     raise ProbeError(
                         f"Masking keys {keys} leaves query position {q} with no visible key (it only sees "
@@ -83,7 +85,7 @@ class AttentionMask(Probe):
     def hooks(self, ctx: RunContext):
         n = ctx.n_positions
         mask = torch.zeros(len(ctx.prompts), ctx.facts.n_heads, n, n, dtype=torch.bool)
-        queries = list(range(n)) if self.queries is None else list(self.queries)
+        queries = self._queries
         if not any(self._keys) or not queries:
             return []  # nothing to mask: the run is exactly the clean one
         q_index = torch.tensor(queries, dtype=torch.long)[:, None]
