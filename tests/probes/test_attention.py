@@ -101,10 +101,17 @@ def test_display_options(tiny_qwen2):
     np.testing.assert_array_equal(display_pattern(raw), raw)
 
 
-@pytest.mark.parametrize("option", [{"blocks": 99}, {"blocks": [0, 4]}, {"heads": 4}, {"heads": [-1]}])
+@pytest.mark.parametrize("option", [{"blocks": 99}, {"blocks": [0, 4]}, {"heads": 4}, {"heads": [-5]}])
 def test_missing_block_or_head_raises_layer_error(tiny_qwen2, option):
     with pytest.raises(LayerError, match="does not exist"):
         run(tiny_qwen2, PROMPT, AttentionCapture(**option))
+
+
+def test_negative_heads_count_from_the_end(tiny_qwen2):
+    last = run(tiny_qwen2, PROMPT, AttentionCapture(blocks=[1], heads=[-1]))["attention"]
+    explicit = run(tiny_qwen2, PROMPT, AttentionCapture(blocks=[1], heads=[3]))["attention"]
+    assert last["pattern"].coords["head"] == [3]
+    assert np.array_equal(last["pattern"].numpy(), explicit["pattern"].numpy())
 
 
 @pytest.mark.real
