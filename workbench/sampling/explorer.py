@@ -129,5 +129,9 @@ def sweep_figure(sweep: TemperatureSweep):
         fig.add_trace(go.Scatter(x=sweep.temperatures, y=sizes, mode="lines+markers", name=name), row=2, col=1)
     fig.update_yaxes(type="log", title_text="kept tokens", row=2, col=1)
     fig.update_xaxes(title_text="temperature T (0 = greedy, < 0 = order reversed)", row=2, col=1)
-    fig.update_layout(title=f"{sweep.model}: temperature explorer — {sweep.prompt!r}", height=700, template="plotly_white")
+    prompt = sweep.prompt if len(sweep.prompt) <= 80 else sweep.prompt[:77] + "…"
+    fig.update_layout(
+        title=f"{sweep.model}: temperature explorer<br><sup>{prompt!r}</sup>", height=760, width=1000,
+        template="plotly_white", legend=dict(orientation="h", yanchor="top", y=-0.12, xanchor="left", x=0),
+    )
     return fig
