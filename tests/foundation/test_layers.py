@@ -83,7 +83,8 @@ def test_resolve_heads(tiny_llama):
     assert resolve_heads(facts, None) == list(range(6))
     assert resolve_heads(facts, 5) == [5]
     assert resolve_heads(facts, [0, 3]) == [0, 3]
-    for head in (6, -1):
+    assert resolve_heads(facts, [-1, -6]) == [5, 0]  # negative heads count from the end, like blocks
+    for head in (6, -7):
         with pytest.raises(LayerError, match=rf"Head {head} does not exist: tiny-llama has query heads 0–5"):
             resolve_heads(facts, head)
 

@@ -23,34 +23,28 @@ from plotly.subplots import make_subplots
 
 from workbench import plots
 from workbench.errors import ProbeError
-from workbench.layers import resolve_blocks
 from workbench.models import load_model
 from workbench.results import Named, Result
 from workbench.sweeps import engine as fast
-from workbench.sweeps.cells import HEAD_SITES, PATCH_SITES
+from workbench.sweeps.cells import PATCH_SITES
 from workbench.sweeps.metrics import resolve_metric
 from workbench.sweeps.result import SweepResult, sweep_arrays
-from workbench.sweeps.sweep import _heads, _positions, patch_specs, patch_sweep
-from workbench.tokens import align_prompts, str_tokens
+from workbench.sweeps.sweep import patch_grid, patch_sweep
+from workbench.tokens import str_tokens
 
 
 def attribution_sweep(model, prompt: str, source: str, *, site: str = "resid_pre", metric=None, blocks=None,
                       positions=None, heads=None, by_position: bool = False, readout: int = -1) -> SweepResult:
     """The attribution estimate of :func:`~workbench.sweeps.patch_sweep` with the same grid and arguments."""
     model = load_model(model)
-    if site not in PATCH_SITES:
-        raise ProbeError(f"Unknown sweep site {site!r}: use one of {', '.join(PATCH_SITES)}.")
-    if not fast.supports(model):
+    if site in PATCH_SITES and not fast.supports(model):
         raise ProbeError(f"Attribution patching runs on the engine, which supports {', '.join(fast.SUPPORTED_FAMILIES)}.")
-    tokens, source_tokens = align_prompts(model, prompt, source)
+    grid = patch_grid(model, prompt, source, site, blocks, positions, heads, by_position)
+    tokens, source_tokens, blocks, pos = grid.tokens, grid.source_tokens, grid.blocks, grid.positions
+    specs, dims, coords = grid.specs, grid.dims, grid.coords
     n = tokens.shape[-1]
     readout %= n
     metric = resolve_metric(model, metric)
-    blocks = resolve_blocks(model.facts, blocks)
-    pos = _positions(n, positions)
-    head_list = _heads(model, site, heads) if site in HEAD_SITES else None
-    specs, dims, coords = patch_specs(model, site, blocks, pos, head_list, by_position)
-    coords["position"] = [str_tokens(model, prompt)[p] for p in pos]
     began = time.perf_counter()
     eng = fast.Engine(model, tokens)
     with torch.no_grad():

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -74,6 +75,32 @@ def patch_specs(model, site: str, blocks: list[int], positions: list[int], heads
     return specs, ("block", "position"), {"block": blocks}
 
 
+@dataclass
+class PatchGrid:
+    """A patching sweep's validated inputs: aligned tokens, blocks, positions and the cells of its grid."""
+
+    tokens: torch.Tensor
+    source_tokens: torch.Tensor
+    blocks: list[int]
+    positions: list[int]
+    specs: list[PatchSpec]
+    dims: tuple[str, ...]
+    coords: dict
+
+
+def patch_grid(model, prompt: str, source: str, site: str, blocks, positions, heads, by_position: bool) -> PatchGrid:
+    """Validate a patching sweep's options (shared by exact and attribution patching)."""
+    if site not in PATCH_SITES:
+        raise ProbeError(f"Unknown sweep site {site!r}: use one of {', '.join(PATCH_SITES)}.")
+    tokens, source_tokens = align_prompts(model, prompt, source)
+    blocks = resolve_blocks(model.facts, blocks)
+    pos = _positions(tokens.shape[-1], positions)
+    head_list = _heads(model, site, heads) if site in HEAD_SITES else None
+    specs, dims, coords = patch_specs(model, site, blocks, pos, head_list, by_position)
+    coords["position"] = [str_tokens(model, prompt)[p] for p in pos]
+    return PatchGrid(tokens, source_tokens, blocks, pos, specs, dims, coords)
+
+
 def patch_sweep(
     model, prompt: str, source: str, *, site: str = "resid_pre", metric=None, blocks=None, positions=None,
     heads=None, by_position: bool = False, readout: int = -1, method: str = "auto", reuse_prefix: bool = True,
@@ -86,16 +113,11 @@ def patch_sweep(
     the prompts differ: their activations are identical in both, so patching them changes nothing.
     """
     model = load_model(model)
-    if site not in PATCH_SITES:
-        raise ProbeError(f"Unknown sweep site {site!r}: use one of {', '.join(PATCH_SITES)}.")
-    tokens, source_tokens = align_prompts(model, prompt, source)
+    grid = patch_grid(model, prompt, source, site, blocks, positions, heads, by_position)
+    tokens, source_tokens, blocks, pos = grid.tokens, grid.source_tokens, grid.blocks, grid.positions
+    specs, dims, coords = grid.specs, grid.dims, grid.coords
     n = tokens.shape[-1]
     metric = resolve_metric(model, metric)
-    blocks = resolve_blocks(model.facts, blocks)
-    pos = _positions(n, positions)
-    head_list = _heads(model, site, heads) if site in HEAD_SITES else None
-    specs, dims, coords = patch_specs(model, site, blocks, pos, head_list, by_position)
-    coords["position"] = [str_tokens(model, prompt)[p] for p in pos]
     readout %= n
     method = _method(model, method)
     began = time.perf_counter()
@@ -167,17 +189,8 @@ def block_sweep(model, prompt: str, *, modes=("identity",), blocks=None, metric=
     blocks = resolve_blocks(model.facts, blocks)
     specs = [ReplaceSpec(mode, b) for mode in modes for b in blocks]
     method = _method(model, method)
-    began = time.perf_counter()
-    if method == "fast":
-        eng = fast.Engine(model, tokens)
-        eng.run_clean(("attn_out", "mlp_out"), readout)
-        logits = eng.run_cells([_replace_cell(eng, s) for s in specs], readout)
-        clean = eng.clean_logits[0]
-    else:
-        with torch.no_grad():
-            clean = model.bridge(tokens)[0, readout].float()
-        logits = run_naive(model, prompt, tokens, specs, readout)
-    seconds = time.perf_counter() - began
+    logits, clean, seconds = _run_cells(model, prompt, tokens, specs, readout, method,
+                                        ("attn_out", "mlp_out"), _replace_cell)
     values = metric(logits, clean).reshape(len(modes), len(blocks))
     base = float(metric(clean[None], clean)[0])
     return SweepResult(
@@ -187,6 +200,24 @@ def block_sweep(model, prompt: str, *, modes=("identity",), blocks=None, metric=
                   base=base, method=method, cells=len(specs), seconds=seconds, readout=readout,
                   block_convention="blocks counted from 0"),
     )
+
+
+def _run_cells(model, prompt, tokens, specs, readout, method, clean_sites, make_cell):
+    """Evaluate every spec on the engine (``fast``) or with one hooked forward each (``naive``).
+
+    Returns the readout logits of every cell, the clean readout logits, and the seconds taken.
+    """
+    began = time.perf_counter()
+    if method == "fast":
+        eng = fast.Engine(model, tokens)
+        eng.run_clean(clean_sites, readout)
+        logits = eng.run_cells([make_cell(eng, s) for s in specs], readout)
+        clean = eng.clean_logits[0]
+    else:
+        with torch.no_grad():
+            clean = model.bridge(tokens)[0, readout].float()
+        logits = run_naive(model, prompt, tokens, specs, readout)
+    return logits, clean, time.perf_counter() - began
 
 
 def _replace_cell(eng: fast.Engine, spec: ReplaceSpec) -> fast.Cell:
@@ -217,17 +248,7 @@ def mask_sweep(model, prompt: str, *, keys=None, blocks=None, cumulative: bool =
     specs = [MaskSpec(tuple(range(b, last)) if cumulative else (b,), (k,), visible_queries(n, (k,)))
              for b in blocks for k in key_list]
     method = _method(model, method)
-    began = time.perf_counter()
-    if method == "fast":
-        eng = fast.Engine(model, tokens)
-        eng.run_clean((), readout)
-        logits = eng.run_cells([_mask_cell(eng, s) for s in specs], readout)
-        clean = eng.clean_logits[0]
-    else:
-        with torch.no_grad():
-            clean = model.bridge(tokens)[0, readout].float()
-        logits = run_naive(model, prompt, tokens, specs, readout)
-    seconds = time.perf_counter() - began
+    logits, clean, seconds = _run_cells(model, prompt, tokens, specs, readout, method, (), _mask_cell)
     values = metric(logits, clean).reshape(len(blocks), len(key_list))
     base = float(metric(clean[None], clean)[0])
     names = str_tokens(model, prompt)
