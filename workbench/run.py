@@ -8,7 +8,7 @@ with TransformerLens' ``hooks()`` context manager and removed on exit, also when
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Float
@@ -102,7 +102,7 @@ def run(
     )
     names = _unique_names(probes)
     for probe in probes:
-        probe.prepare(RunContext(**{**base.__dict__, "saved": {}}))
+        probe.prepare(replace(base, saved={}))
     interventions = [p for p in probes if p.intervenes]
     phases = [CLEAN, INTERVENED] if interventions else [CLEAN]
     saved: dict[str, dict[str, dict]] = {name: {} for name in names.values()}
@@ -120,7 +120,7 @@ def run(
         hooks = []
         for probe in active:
             name = names[id(probe)]
-            ctx = RunContext(**{**base.__dict__, "phase": phase, "saved": {}})
+            ctx = replace(base, phase=phase, saved={})
             saved[name][phase] = ctx.saved
             hooks.extend(probe.hooks(ctx))
         logits[phase] = _forward(model, tokens, hooks)
