@@ -167,6 +167,16 @@ def test_unknown_figure_format_raises(study, tmp_path):
         study["patch"].save(tmp_path / "figure.bmp")
 
 
+def test_static_export_without_a_browser_says_so_and_writes_nothing(study, tmp_path, monkeypatch):
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium on this PATH
+    target = tmp_path / "figure.png"
+    with pytest.raises(ExportError, match="needs Chrome or Chromium.*apt-get install chromium.*html"):
+        study["patch"].save(target)
+    assert not target.exists()
+    assert study["patch"].save(tmp_path / "figure.html").stat().st_size > 1_000_000  # HTML needs no browser
+
+
 @pytest.mark.browser
 def test_every_probe_saves_png_and_svg(study, tmp_path):
     with static_export():
