@@ -79,3 +79,26 @@ def write_figure(fig, path: str | Path, *, width: int | None = None, height: int
     else:
         raise ExportError(f"Unknown figure format {suffix!r} for {path}: use .html, .json, .png, .svg or .pdf.")
     return path
+
+
+NO_BROWSER_NOTE = "no Chromium found: wrote HTML figures only (apt-get install chromium for PNG/SVG)"
+
+
+def write_figures(figures: dict[str, object], folder: str | Path, *, static: tuple[str, ...] = ("png", "svg"),
+                  scale: float = 2) -> tuple[list[Path], str | None]:
+    """Write each figure as ``folder/<name>.html`` and, under one browser, in the ``static`` formats.
+
+    Returns the paths written and, when static formats were asked for but no browser exists, a note
+    saying so (the HTML is written either way).
+    """
+    folder = Path(folder)
+    written = [write_figure(fig, folder / f"{name}.html") for name, fig in figures.items()]
+    if not static:
+        return written, None
+    if find_browser() is None:
+        return written, NO_BROWSER_NOTE
+    with static_export():
+        for name, fig in figures.items():
+            written += [write_figure(fig, folder / f"{name}.{fmt}", scale=scale) for fmt in static]
+    return written, None
+

@@ -124,19 +124,12 @@ def probe(
 
 def write_result(result, out: Path, *, static: bool = True, stem: str | None = None) -> list[Path]:
     """Every figure of a result as HTML (and PNG + SVG when a browser exists), plus the data as JSON."""
-    from workbench.export import find_browser, static_export, write_figure
+    from workbench.export import write_figures
 
     out.mkdir(parents=True, exist_ok=True)
     stem = stem or result.probe
-    written = [result.save(out / f"{stem}.json")]
-    figures = result.figures()
-    for key, fig in figures.items():
-        written.append(write_figure(fig, out / f"{stem}.{key}.html"))
-    if static and find_browser():
-        with static_export():
-            for key, fig in figures.items():
-                written.append(write_figure(fig, out / f"{stem}.{key}.png"))
-                written.append(write_figure(fig, out / f"{stem}.{key}.svg"))
-    elif static:
-        typer.secho("no Chromium found: wrote HTML figures only (apt-get install chromium for PNG/SVG)", err=True, fg="yellow")
-    return written
+    figures = {f"{stem}.{key}": fig for key, fig in result.figures().items()}
+    written, note = write_figures(figures, out, static=("png", "svg") if static else ())
+    if note:
+        typer.secho(note, err=True, fg="yellow")
+    return [result.save(out / f"{stem}.json"), *written]

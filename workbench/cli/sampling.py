@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -54,14 +52,8 @@ def _samplers(specs: list[str] | None, seed: int | None, default: str = "t=1"):
     return [parse_sampler(s, seed=None if seed is None else seed + i) for i, s in enumerate(specs)]
 
 
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return str(value)
-
-
 def _dumps(data) -> str:
-    return json.dumps(_finite(data), default=_json_default)
+    return json.dumps(_finite(data), default=str)
 
 
 def _finite(data):
@@ -77,22 +69,16 @@ def _finite(data):
 
 def write_figure(fig, out: Path, stem: str, png: bool = True) -> list[Path]:
     """HTML always; PNG through kaleido and the system Chromium when one is there (skipped with a message)."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / f"{stem}.html"]
-    fig.write_html(written[0], include_plotlyjs="cdn")
-    if not png:
-        return written
-    browser = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        typer.secho(f"note: no Chromium found, skipped {stem}.png (install chromium or set BROWSER_PATH).", err=True)
-        return written
-    os.environ.setdefault("BROWSER_PATH", browser)
+    from workbench.errors import ExportError
+    from workbench.export import write_figures
+
     try:
-        fig.write_image(out / f"{stem}.png", scale=2)
-        written.append(out / f"{stem}.png")
-    except Exception as exc:  # kaleido raises many types when the browser cannot start
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        typer.secho(f"note: skipped {stem}.png, static export failed ({first}).", err=True)
+        written, note = write_figures({stem: fig}, out, static=("png",) if png else ())
+    except ExportError as exc:  # a browser that cannot start: keep the HTML and the data
+        typer.secho(f"note: skipped {stem}.png ({exc})", err=True)
+        return [out / f"{stem}.html"]
+    if note:
+        typer.secho(f"note: {note}", err=True)
     return written
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-from workbench.export import find_browser, static_export, write_figure
+from workbench.export import write_figures
 from workbench.plots import show_token
 from workbench.results import to_jsonable
 
@@ -43,20 +43,11 @@ def write_report(study, out: str | Path, *, static: bool = True, progress: Calla
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     step = progress or (lambda _: None)
     try:
-        figures_dir = tmp / "figures"
-        figures_dir.mkdir()
-        step("writing figures (HTML)")
-        for fig in study.figures:
-            write_figure(fig.figure, figures_dir / f"{fig.key}.html")
-        if static and find_browser():
-            step("writing figures (PNG, SVG)")
-            with static_export():
-                for fig in study.figures:
-                    write_figure(fig.figure, figures_dir / f"{fig.key}.png")
-                    write_figure(fig.figure, figures_dir / f"{fig.key}.svg")
-        elif static:
-            study.record.setdefault("warnings", []).append(
-                "No Chromium found: figures were written as HTML only (apt-get install chromium for PNG/SVG).")
+        step("writing figures")
+        _, note = write_figures({fig.key: fig.figure for fig in study.figures}, tmp / "figures",
+                                static=("png", "svg") if static else ())
+        if note:
+            study.record.setdefault("warnings", []).append(note)
         (tmp / "results.json").write_text(json.dumps(to_jsonable(study.record), indent=1))
         step("writing report.html")
         (tmp / "report.html").write_text(render_html(study))
