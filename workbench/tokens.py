@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Int
 
-from workbench.errors import TokenError
+from workbench.errors import ProbeError, TokenError
 
 DIGITS = tuple(str(d) for d in range(10))
 
@@ -112,6 +112,17 @@ def single_token_id(model, text: str) -> int:
 def digit_token_ids(model) -> list[int]:
     """The ids of the ten bare digits "0"…"9" (the candidates after "The number is ")."""
     return [single_token_id(model, d) for d in DIGITS]
+
+
+def position_indices(n: int, positions: int | list[int] | None) -> list[int]:
+    """Sorted distinct positions of an ``n``-token prompt (all when ``None``; negative count from the end)."""
+    if positions is None:
+        return list(range(n))
+    chosen = [positions] if isinstance(positions, int) else [int(p) for p in positions]
+    for p in chosen:
+        if not -n <= p < n:
+            raise ProbeError(f"Position {p} is outside the prompt's {n} tokens (0–{n - 1}).")
+    return sorted({p % n for p in chosen})
 
 
 def align_prompts(model, target: str, source: str) -> tuple[torch.Tensor, torch.Tensor]:

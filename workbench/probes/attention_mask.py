@@ -18,7 +18,7 @@ from workbench.probes.base import Probe, ProbeRecord, RunContext
 from workbench.probes.intervention import InterventionResult, distribution_arrays
 from workbench.probes.registry import register_probe
 from workbench.results import Named
-from workbench.tokens import find_position
+from workbench.tokens import find_position, position_indices
 
 STUDY_FIRST_BLOCK = 13
 
@@ -27,17 +27,9 @@ def resolve_positions(ctx: RunContext, where: list[str | int] | str | int, promp
     """Token positions from text (a ``str``, located in the prompt) or indices (an ``int``; negative
     counts from the end). The text "9" is the token 9, never position 9."""
     items = [where] if isinstance(where, (str, int)) else list(where)
-    n = ctx.n_positions
-    out = []
-    for item in items:
-        if isinstance(item, str):
-            out.append(find_position(ctx.model, ctx.prompts[prompt], item))
-            continue
-        index = int(item)
-        if not -n <= index < n:
-            raise ProbeError(f"Position {index} is outside the prompt's {n} tokens (0–{n - 1}).")
-        out.append(index % n)
-    return sorted(set(out))
+    found = {find_position(ctx.model, ctx.prompts[prompt], item) for item in items if isinstance(item, str)}
+    indices = position_indices(ctx.n_positions, [item for item in items if not isinstance(item, str)])
+    return sorted(found | set(indices))
 
 
 @register_probe

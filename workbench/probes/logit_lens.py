@@ -19,6 +19,7 @@ from workbench.layers import resid_labels
 from workbench.probes.base import Probe, ProbeRecord, RunContext
 from workbench.probes.registry import register_probe
 from workbench.results import Named, Result
+from workbench.tokens import position_indices
 
 
 def decode_ids(tokenizer, ids: torch.Tensor) -> np.ndarray:
@@ -39,13 +40,7 @@ class LogitLens(Probe):
 
     def _positions(self, ctx: RunContext) -> list[int]:
         """Absolute positions read (all by default; a subset saves the unembedding of the others)."""
-        n = ctx.n_positions
-        if self.positions is None:
-            return list(range(n))
-        for p in self.positions:
-            if not -n <= p < n:
-                raise ProbeError(f"Position {p} is outside the prompt's {n} tokens (0–{n - 1}).")
-        return sorted({p % n for p in self.positions})
+        return position_indices(ctx.n_positions, self.positions)
 
     def prepare(self, ctx: RunContext) -> None:
         self._positions(ctx)

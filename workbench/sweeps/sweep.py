@@ -27,7 +27,7 @@ from workbench.sweeps.cells import (
 from workbench.sweeps.metrics import resolve_metric
 from workbench.sweeps.naive import capture_sites, run_naive
 from workbench.sweeps.result import SweepResult, sweep_arrays
-from workbench.tokens import align_prompts, str_tokens, to_tokens
+from workbench.tokens import align_prompts, position_indices, str_tokens, to_tokens
 
 METHODS = ("auto", "fast", "naive")
 
@@ -38,16 +38,6 @@ def _method(model, method: str) -> str:
     if method == "auto":
         return "fast" if fast.supports(model) else "naive"
     return method
-
-
-def _positions(n: int, positions) -> list[int]:
-    if positions is None:
-        return list(range(n))
-    chosen = [positions] if isinstance(positions, int) else list(positions)
-    for p in chosen:
-        if not -n <= p < n:
-            raise ProbeError(f"Position {p} is outside the prompt's {n} tokens (0–{n - 1}).")
-    return sorted({p % n for p in chosen})
 
 
 def _heads(model, site: str, heads) -> list[int]:
@@ -94,7 +84,7 @@ def patch_grid(model, prompt: str, source: str, site: str, blocks, positions, he
         raise ProbeError(f"Unknown sweep site {site!r}: use one of {', '.join(PATCH_SITES)}.")
     tokens, source_tokens = align_prompts(model, prompt, source)
     blocks = resolve_blocks(model.facts, blocks)
-    pos = _positions(tokens.shape[-1], positions)
+    pos = position_indices(tokens.shape[-1], positions)
     head_list = _heads(model, site, heads) if site in HEAD_SITES else None
     specs, dims, coords = patch_specs(model, site, blocks, pos, head_list, by_position)
     coords["position"] = [str_tokens(model, prompt)[p] for p in pos]
@@ -243,7 +233,7 @@ def mask_sweep(model, prompt: str, *, keys=None, blocks=None, cumulative: bool =
     readout %= n
     metric = resolve_metric(model, metric)
     blocks = resolve_blocks(model.facts, blocks)
-    key_list = _positions(n, keys)
+    key_list = position_indices(n, keys)
     last = model.facts.n_layers
     specs = [MaskSpec(tuple(range(b, last)) if cumulative else (b,), (k,), visible_queries(n, (k,)))
              for b in blocks for k in key_list]
