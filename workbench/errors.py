@@ -64,3 +64,9 @@ class SamplingError(WorkbenchError, ValueError):
     """A sampler setting outside its domain (non-finite temperature, top-p outside (0, 1], ...)."""
 
     exit_code = 10
+
+
+class BudgetError(WorkbenchError):
+    """A size the user asked for that cannot run within the memory budget, even in batches."""
+
+    exit_code = 11

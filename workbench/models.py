@@ -13,12 +13,8 @@ facts every probe needs (:class:`ModelFacts`). Specs, tried in this order:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +22,8 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from workbench.errors import GGUFError, ModelNotFoundError, ModelSpecError, OfflineError, WorkbenchError
+from workbench.cache import cache_root, cached_models, gguf_cache_dir, write_cache  # noqa: F401  (re-exported)
+from workbench.errors import GGUFError, ModelNotFoundError, ModelSpecError, OfflineError
 from workbench.tiny import TINY_SPECS, build_tiny_model
 
 DEFAULT_MODEL = "smollm2"
@@ -52,6 +49,7 @@ class ModelFacts:
     d_model: int
     d_head: int
     d_vocab: int
+    n_ctx: int
     prepend_bos: bool
     device: str
     dtype: str
@@ -101,13 +99,6 @@ class Model:
             f"Model({f.name!r}: {f.n_layers} blocks, {f.n_heads} query heads / {f.n_kv_heads} key/value heads, "
             f"d_model {f.d_model}, vocab {f.d_vocab}, {f.device}/{f.dtype})"
         )
-
-
-def cache_root() -> Path:
-    """Where de-quantized GGUF models are kept: ``$WORKBENCH_CACHE`` or ``~/.cache/workbench``."""
-    if env := os.environ.get("WORKBENCH_CACHE"):
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "workbench"
 
 
 def default_device() -> str:
@@ -221,6 +212,7 @@ def _boot(hf_model, tokenizer, *, name: str, source: str, device: str) -> Model:
         d_model=int(cfg.d_model),
         d_head=int(cfg.d_head),
         d_vocab=int(cfg.d_vocab),
+        n_ctx=int(cfg.n_ctx),
         prepend_bos=bool(getattr(cfg, "default_prepend_bos", True)),
         device=str(device),
         dtype=str(next(hf_model.parameters()).dtype).removeprefix("torch."),
@@ -274,17 +266,6 @@ def supported_gguf_architectures() -> list[str]:
     return sorted(set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"})
 
 
-def gguf_cache_dir(path: Path, dtype: torch.dtype) -> Path:
-    """A cache folder keyed by the file's path, size, mtime, the dtype asked for and the transformers version."""
-    stat = path.stat()
-    import transformers
-
-    # The transformers version is part of the key: its GGUF de-quantization has changed between releases.
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|{transformers.__version__}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_root() / "gguf" / f"{path.stem}-{digest}"
-
-
 def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -317,37 +298,8 @@ def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
             "re-download it or convert the model again."
         )
     if cache:
-        _write_cache(hf_model, tokenizer, cached, path)
+        write_cache(hf_model, tokenizer, cached, path)
     return hf_model, tokenizer
-
-
-def _write_cache(hf_model, tokenizer, target: Path, source: Path) -> None:
-    """Save the de-quantized model atomically: a half-written cache would load wrong weights later."""
-    hf_model.hf_quantizer = None
-    if hasattr(hf_model.config, "quantization_config"):
-        del hf_model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        hf_model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "done.json").write_text(json.dumps({"source": str(source)}))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise WorkbenchError(f"Could not write the model cache at {target} ({exc}): set WORKBENCH_CACHE to a writable folder.") from None
-
-
-def cached_models() -> list[dict[str, str]]:
-    """De-quantized GGUF models in the cache, with the file each came from."""
-    rows = []
-    for folder in sorted((cache_root() / "gguf").glob("*/")):
-        done = folder / "done.json"
-        if done.is_file():
-            rows.append({"path": str(folder), "source": json.loads(done.read_text()).get("source", "?")})
-    return rows
 
 
 def _load_hub(model_id: str, dtype: torch.dtype):

@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Float
 
 from workbench.errors import ProbeError
+from workbench.memory import memory_budget
 
 SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
 SITES = ("resid_pre", "q", "k", "v", "z", "attn_out", "resid_mid", "mlp_out", "resid_post")
@@ -79,20 +80,6 @@ class _Layer:
 
 def supports(model) -> bool:
     return getattr(model.bridge.original_model.config, "model_type", None) in SUPPORTED_FAMILIES
-
-
-def memory_budget(device: torch.device) -> int:
-    """Bytes a sweep batch may use: half the free GPU memory, or a quarter of the available RAM (≤ 2 GiB)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.5)
-    try:
-        with open("/proc/meminfo") as fh:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
-        available = info.get("MemAvailable", 8 << 30)
-    except OSError:
-        available = 8 << 30
-    return int(min(available // 4, 2 << 30))
 
 
 class Engine:
