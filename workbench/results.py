@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from workbench.errors import ProbeError
+from workbench.errors import ResultError
 
 
 @dataclass
@@ -37,13 +37,15 @@ class Named:
             self.values = np.asarray(self.values)
         self.dims = tuple(self.dims)
         if len(self.dims) != self.values.ndim:
-            raise ValueError(f"{len(self.dims)} dims {self.dims} for an array of shape {tuple(self.values.shape)}")
+            raise ResultError(f"{len(self.dims)} dims {self.dims} for an array of shape {tuple(self.values.shape)}: "
+                              "give one name per axis.")
         for i, dim in enumerate(self.dims):
             labels = self.coords.get(dim)
             if labels is None:
                 self.coords[dim] = list(range(self.values.shape[i]))
             elif len(labels) != self.values.shape[i]:
-                raise ValueError(f"dim {dim!r} has {self.values.shape[i]} entries but {len(labels)} labels")
+                raise ResultError(f"dim {dim!r} has {self.values.shape[i]} entries but {len(labels)} labels: "
+                                  "give one label per entry.")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -63,14 +65,14 @@ class Named:
             return labels.index(label)
         if isinstance(label, int) and -len(labels) <= label < len(labels):
             return label % len(labels)
-        raise ProbeError(f"{label!r} is not on the {dim!r} axis; it has {labels[:8]}{'…' if len(labels) > 8 else ''}.")
+        raise ResultError(f"{label!r} is not on the {dim!r} axis; it has {labels[:8]}{'…' if len(labels) > 8 else ''}.")
 
     def sel(self, **selection: Any) -> Named:
         """Select one entry of some dimensions by label (or position), dropping those dimensions."""
         values, dims, coords = self.values, list(self.dims), dict(self.coords)
         for dim, label in selection.items():
             if dim not in dims:
-                raise ProbeError(f"{dim!r} is not a dimension of this array; it has {tuple(dims)}.")
+                raise ResultError(f"{dim!r} is not a dimension of this array; it has {tuple(dims)}.")
             axis = dims.index(dim)
             i = self.index(dim, label)
             values = values[(slice(None),) * axis + (i,)]
@@ -116,13 +118,16 @@ _PLOTLYJS_SHOWN = False
 
 @dataclass
 class Result:
-    """What one probe returns: named arrays, metadata, and (for observers of an intervened run) a baseline."""
+    """What one probe returns: named arrays, metadata, and (for observers of an intervened run) a baseline.
 
-    probe: str
-    model: str
-    prompts: list[str]
-    tokens: list[list[str]]
-    arrays: dict[str, Named]
+    A probe fills ``arrays`` and ``meta``; :func:`workbench.run.run` fills ``probe``, ``model``,
+    ``prompts`` and ``tokens`` and the observers' clean ``baseline``."""
+
+    probe: str = ""
+    model: str = ""
+    prompts: list[str] = field(default_factory=list)
+    tokens: list[list[str]] = field(default_factory=list)
+    arrays: dict[str, Named] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     baseline: Result | None = None
 
@@ -132,7 +137,7 @@ class Result:
         try:
             return self.arrays[name]
         except KeyError:
-            raise ProbeError(f"{self.probe} has no array {name!r}; it has {sorted(self.arrays)}.") from None
+            raise ResultError(f"{self.probe} has no array {name!r}; it has {sorted(self.arrays)}.") from None
 
     def figure(self, **options: Any):
         """The probe's main Plotly figure; subclasses draw their own."""
@@ -140,7 +145,7 @@ class Result:
 
         name, array = next(((n, a) for n, a in self.arrays.items() if a.is_numeric), (None, None))
         if array is None:
-            raise ProbeError(f"{self.probe} has no numeric array to draw.")
+            raise ResultError(f"{self.probe} has no numeric array to draw.")
         return plots.auto(array, title=f"{self.probe}: {name}")
 
     def figures(self) -> dict[str, Any]:
@@ -183,14 +188,14 @@ class Result:
     def compare(self, other: Result) -> Comparison:
         """Element-wise ``self − other`` for every numeric array both results share with the same shape."""
         if type(other) is not type(self):
-            raise ProbeError(f"Cannot compare a {type(self).__name__} with a {type(other).__name__}.")
+            raise ResultError(f"Cannot compare a {type(self).__name__} with a {type(other).__name__}.")
         deltas = {}
         for name, array in self.arrays.items():
             theirs = other.arrays.get(name)
             if array.is_numeric and theirs is not None and theirs.is_numeric and theirs.shape == array.shape:
                 deltas[name] = Named(torch.as_tensor(array.numpy() - theirs.numpy()), array.dims, dict(array.coords))
         if not deltas:
-            raise ProbeError(f"The two {self.probe} results share no numeric array of the same shape.")
+            raise ResultError(f"The two {self.probe} results share no numeric array of the same shape.")
         return Comparison(
             probe=f"{self.probe} (delta)", model=self.model, prompts=self.prompts, tokens=self.tokens,
             arrays=deltas, meta={"minuend": self.meta, "subtrahend": other.meta},

@@ -17,7 +17,7 @@ from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, B
 from workbench.results import Comparison, Named
 from workbench.run import run
 
-from .helpers import PROMPT, SOURCE
+from .helpers import DIGITS, PROMPT, SOURCE
 
 PROBES = ["logit_lens", "attention", "block_replacement", "attention_mask", "patch"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -26,8 +26,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def study(tiny_qwen2):
     """Every built-in probe in one run on the study prompt (observers then carry a clean baseline)."""
-    return run(tiny_qwen2, PROMPT, [LogitLens(k=3), AttentionCapture(blocks=[0, 2]), BlockReplacement(),
-                                    AttentionMask(), ActivationPatch(source=SOURCE)])
+    return run(tiny_qwen2, PROMPT, [LogitLens(k=3), AttentionCapture(blocks=[0, 2]), BlockReplacement(blocks=3),
+                                    AttentionMask(keys="9", blocks=[2, 3]), ActivationPatch(source=SOURCE, blocks=[1, 2])],
+               targets=DIGITS)
 
 
 def png_size(path) -> tuple[int, int]:

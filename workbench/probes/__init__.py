@@ -7,10 +7,11 @@ from workbench.probes.block_replacement import BlockReplacement
 from workbench.probes.attention import AttentionCapture, AttentionResult, display_pattern
 from workbench.probes.attention_mask import AttentionMask
 from workbench.probes.patching import ActivationPatch
+from workbench.probes.intervene import Intervene
 from workbench.probes.intervention import InterventionResult
 
 __all__ = [
     "Probe", "ProbeRecord", "RunContext", "available_probes", "get_probe", "register_probe",
     "LogitLens", "LogitLensResult", "BlockReplacement", "AttentionCapture", "AttentionResult", "display_pattern",
-    "AttentionMask", "ActivationPatch", "InterventionResult",
+    "AttentionMask", "ActivationPatch", "Intervene", "InterventionResult",
 ]

@@ -16,6 +16,7 @@ from jaxtyping import Float
 from workbench import plots
 from workbench.errors import ProbeError
 from workbench.layers import resid_labels
+from workbench.metrics import kl_divergence
 from workbench.probes.base import Probe, ProbeRecord, RunContext
 from workbench.probes.registry import register_probe
 from workbench.results import Named, Result
@@ -38,15 +39,15 @@ class LogitLens(Probe):
     positions: list[int] | None = None
     name: ClassVar[str] = "logit_lens"
 
-    def _positions(self, ctx: RunContext) -> list[int]:
-        """Absolute positions read (all by default; a subset saves the unembedding of the others)."""
+    def prepare(self, ctx: RunContext) -> list[int]:
+        """The absolute positions read (all by default; a subset saves the unembedding of the others)."""
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= ctx.facts.d_vocab:
+            raise ProbeError(f"k={self.k!r} top tokens per layer: pass a whole number from 1 to the vocabulary "
+                             f"size ({ctx.facts.d_vocab}).")
         return position_indices(ctx.n_positions, self.positions)
 
-    def prepare(self, ctx: RunContext) -> None:
-        self._positions(ctx)
-
     def hooks(self, ctx: RunContext):
-        keep = self._positions(ctx)
+        keep = ctx.plan
 
         def save_as(key: str):
             def hook(resid: Float[torch.Tensor, "batch pos d_model"], hook: Any) -> None:
@@ -61,19 +62,11 @@ class LogitLens(Probe):
 
     @torch.no_grad()
     def result(self, record: ProbeRecord) -> LogitLensResult:
-        ctx = record.context
+        ctx, phase, keep = record.context, record.last_phase, record.plan
         labels = resid_labels(ctx.facts.n_layers)
-        keep = self._positions(ctx)
-
-        def summarise(phase: str) -> LogitLensResult:
-            stack = [self.unembed(ctx.model, record.saved[phase][label]) for label in labels[:-1]]
-            stack.append(record.logits[phase][:, keep].float())
-            return self._summarise(ctx, stack, labels, keep)
-
-        result = summarise(record.last_phase)
-        if len(record.phases) > 1:
-            result.baseline = summarise("clean")
-        return result
+        stack = [self.unembed(ctx.model, record.saved[phase][label]) for label in labels[:-1]]
+        stack.append(record.logits[phase][:, keep].float())
+        return self._summarise(ctx, stack, labels, keep)
 
     @staticmethod
     def unembed(model, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos vocab"]:
@@ -90,7 +83,7 @@ class LogitLens(Probe):
             p, idx = logp.exp().topk(self.k, dim=-1)
             top_p.append(p)
             top_tok.append(decode_ids(ctx.model.tokenizer, idx))
-            kl.append((final_logp.exp() * (final_logp - logp)).sum(-1))
+            kl.append(kl_divergence(final_logp, logp))
             if len(target_ids):
                 target_logits = logits[..., target_ids]
                 t_prob.append(logp[..., target_ids].exp())
@@ -110,7 +103,7 @@ class LogitLens(Probe):
             arrays["target_probs"] = Named(torch.stack(t_prob, 1), dims + ("target",), coords)
             arrays["target_ranks"] = Named(torch.stack(t_rank, 1), dims + ("target",), coords)
         return LogitLensResult(
-            probe=self.name, model=ctx.facts.name, prompts=ctx.prompts, tokens=ctx.str_tokens, arrays=arrays,
+            arrays=arrays,
             meta={"readout": ctx.readout, "positions": keep, "k": self.k, "layer_convention": "embeddings, after block i (from 0), final"},
         )
 
