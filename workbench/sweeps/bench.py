@@ -15,8 +15,6 @@ from workbench.models import load_model
 from workbench.sweeps.sweep import patch_sweep
 from workbench.tokens import digit_token_ids
 
-PROMPT = "I'm generating a random number between [0, 9]. The number is "
-SOURCE = "I'm generating a random number between [0, 5]. The number is "
 
 
 def _timed(fn):
@@ -25,8 +23,7 @@ def _timed(fn):
     return out, time.perf_counter() - began
 
 
-def patching_sweep(model="smollm2", *, site: str = "resid_pre", prompt: str = PROMPT, source: str = SOURCE,
-                   device: str | None = None) -> dict:
+def patching_sweep(model, prompt: str, source: str, *, site: str = "resid_pre", device: str | None = None) -> dict:
     """Our ``site`` sweep vs TransformerLens' (``resid_pre`` → ``get_act_patch_resid_pre``, ``z`` →
     ``get_act_patch_attn_head_out_all_pos``), metric p(digit > 5), on the same tokens."""
     from transformer_lens import patching
@@ -87,7 +84,7 @@ def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def probe_overhead(model="smollm2", *, prompt: str = PROMPT, repeats: int = 10, device: str | None = None) -> dict:
+def probe_overhead(model, prompt: str, *, repeats: int = 10, device: str | None = None) -> dict:
     """Plain forward vs forward with the five observers' hooks (capture only) vs ``workbench.run.run``
     with LogitLens + AttentionCapture (capture + result building); kept bytes vs ``run_with_cache``."""
     from workbench.probes import AttentionCapture, LogitLens
