@@ -120,12 +120,13 @@ def resolve_metric(model, spec: str | Metric | MetricFn | None = None) -> Metric
         return Metric(getattr(spec, "__name__", "custom metric"), spec)
     if not isinstance(spec, str):
         raise ProbeError(f"Metric {spec!r} is neither a name nor a callable: use one of {METRIC_FORMS}.")
-    kind, _, arg = spec.strip().partition(":")
-    items = [a.strip() for a in arg.split(",")] if arg else []
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip()
+    items = arg.split(",") if arg else []  # not stripped: " Paris" and "Paris" are different tokens
     if any(item == "" for item in items):
         raise ProbeError(f"Metric {spec!r} has an empty argument: write e.g. prob:6,7 (no stray commas).")
     if kind == "digits_above":
-        if len(items) > 1 or (items and not items[0].lstrip("-").isdigit()):
+        if len(items) > 1 or (items and not items[0].strip().lstrip("-").isdigit()):
             raise ProbeError(f"digits_above takes one whole number from 0 to 8, not {arg!r}: write e.g. digits_above:5.")
         threshold = int(items[0]) if items else 5
         if not 0 <= threshold <= 8:
