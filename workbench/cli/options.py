@@ -102,29 +102,31 @@ def _parse(raw: str, annotation) -> Any:
             if not isinstance(items, list):
                 raise _Bad("not a list")
             return [_coerce(item, item_type) for item in items]
-        return [_parse_scalar(part.strip(), item_type) for part in text.split(",") if text != ""]
+        return [_parse_scalar(part, item_type) for part in raw.split(",") if text != ""]
     if not scalars:
         raise _Bad("not a value of this type")
-    return _parse_scalar(text, _union(scalars))
+    return _parse_scalar(raw, _union(scalars))
 
 
 def _union(members: list):
     return members[0] if len(members) == 1 else typing.Union[tuple(members)]  # noqa: UP007
 
 
-def _parse_scalar(text: str, annotation) -> Any:
+def _parse_scalar(raw: str, annotation) -> Any:
+    """One value; text keeps its spaces (" [" and "[" are different tokens), numbers do not need them."""
     members = [m for m in _members(annotation) if m is not type(None)]
+    text = raw.strip()
     if str in members and int in members:  # text or a position: "9" is the token 9, "@9" is position 9
-        if text.startswith("@"):
+        if text.startswith("@") and text[1:].lstrip("-").isdigit():
             return _int(text[1:])
-        return text
+        return raw
     if members == [Any] or annotation is Any:
         try:
             return json.loads(text)
         except json.JSONDecodeError:
-            return text
+            return raw
     if str in members:
-        return text
+        return raw
     if bool in members:
         if text.lower() in ("true", "yes", "1", "on"):
             return True
