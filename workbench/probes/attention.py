@@ -32,6 +32,7 @@ class AttentionCapture(Probe):
     _heads: list[int] = field(default_factory=list, init=False, repr=False)
 
     def prepare(self, ctx: RunContext) -> None:
+        ctx.model.require_editable_attention("Attention capture")
         self._blocks = resolve_blocks(ctx.facts, self.blocks)
         self._heads = resolve_heads(ctx.facts, self.heads)
 

@@ -50,6 +50,7 @@ class AttentionMask(Probe):
     _note: str = field(default="", init=False, repr=False)
 
     def prepare(self, ctx: RunContext) -> None:
+        ctx.model.require_editable_attention("Attention masking")
         n = ctx.facts.n_layers
         if self.blocks is None:
             first = scale_block(STUDY_FIRST_BLOCK, n)
