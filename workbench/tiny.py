@@ -87,11 +87,12 @@ def _layers(*kinds: str) -> list[str]:
 
 
 S, F = "s", "f"
+# Quirks set away from a family's defaults are ones its GGUF cannot carry; the family matrix says which.
 TINY_FAMILIES: dict[str, TinySpec] = {
     "tiny-qwen2": TinySpec("qwen2", 4, 64, 4, 2, 128, tied=True, note="Qwen2 (tied embeddings, no BOS, like Qwen2.5)"),
     "tiny-llama": TinySpec("llama", 3, 48, 6, 3, 96, tokenizer_bos=True, note="Llama (BOS prepended, like SmolLM2)"),
-    "tiny-gpt2": TinySpec("gpt2", 3, 64, 4, 4, 128, tied=True, config=dict(n_inner=128),
-                          note="GPT-2 (learned positions, fused c_attn, LayerNorm, tied embeddings)"),
+    "tiny-gpt2": TinySpec("gpt2", 3, 64, 4, 4, 256, tied=True, config=dict(n_positions=1024),
+                          note="GPT-2 (learned positions, fused c_attn, LayerNorm, tied embeddings, 4× MLP)"),
     "tiny-gpt_neox": TinySpec("gpt_neox", 3, 64, 4, 4, 128, config=dict(use_parallel_residual=True),
                               note="GPT-NeoX / Pythia (parallel attention + MLP, rotary on 1/4 of each head, fused qkv)"),
     "tiny-qwen3": TinySpec("qwen3", 3, 64, 4, 2, 128, tied=True, config=dict(head_dim=24),
@@ -100,14 +101,13 @@ TINY_FAMILIES: dict[str, TinySpec] = {
         head_dim=16, query_pre_attn_scalar=24, sliding_window=WINDOW, layer_types=_layers(S, F, S, F),
         attn_logit_softcapping=2.0, final_logit_softcapping=3.0),
         note=f"Gemma 2 (sliding window {WINDOW} on alternate blocks, soft-capped scores and logits, query scale 24)"),
-    "tiny-gemma3": TinySpec("gemma3_text", 4, 64, 4, 2, 128, tokenizer_bos=True, tied=True, config=dict(
-        head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW, layer_types=_layers(S, S, F, S)),
-        note=f"Gemma 3 text (q/k norms, sliding window {WINDOW} with its own rotary base, one full block)"),
+    "tiny-gemma3": TinySpec("gemma3_text", 6, 64, 4, 2, 128, tokenizer_bos=True, tied=True, config=dict(
+        head_dim=16, sliding_window=WINDOW),
+        note=f"Gemma 3 text (q/k norms, 5 sliding-window ({WINDOW}) blocks with their own rotary base, then 1 full)"),
     "tiny-mistral": TinySpec("mistral", 3, 64, 4, 2, 128, tokenizer_bos=True, config=dict(sliding_window=WINDOW),
                              note=f"Mistral (sliding window {WINDOW})"),
-    "tiny-phi3": TinySpec("phi3", 3, 64, 4, 2, 128, config=dict(
-        rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)),
-        note="Phi-3 (fused qkv_proj and gate_up_proj, rotary on half of each head as Phi-4-mini)"),
+    "tiny-phi3": TinySpec("phi3", 3, 64, 4, 2, 128,
+                          note="Phi-3 (fused qkv_proj and gate_up_proj, as Phi-3-mini)"),
     "tiny-olmo2": TinySpec("olmo2", 3, 64, 4, 2, 128,
                            note="OLMo 2 (norms after attention and MLP, q/k RMSNorm across all heads)"),
     # Families the issue does not list; the family matrix (docs/models.md) marks how far each one works.
@@ -183,8 +183,9 @@ def build_tokenizer(prepend_bos: bool, vocab_size: int = 512):
     return tokenizer
 
 
-def tiny_config(name: str, vocab_size: int, eos_token_id: int, bos_token_id: int | None = None):
-    """The transformers config of tiny model ``name`` (its family's own config class)."""
+def tiny_config(name: str, vocab_size: int, eos_token_id: int, bos_token_id: int | None = None, **overrides):
+    """The transformers config of tiny model ``name`` (its family's own config class); ``overrides`` set
+    further config keys (e.g. ``sliding_window=None``)."""
     from transformers import AutoConfig
 
     spec = TINY_FAMILIES[name]
@@ -204,19 +205,25 @@ def tiny_config(name: str, vocab_size: int, eos_token_id: int, bos_token_id: int
         bos_token_id=bos_token_id,
         tie_word_embeddings=spec.tied,
     )
-    kwargs = {key: value for key, value in standard.items() if key in known and value is not None} | spec.config
+    aliases = config_class.attribute_map  # e.g. GPT-2's n_positions for max_position_embeddings
+    kwargs = {aliases.get(key, key): value for key, value in standard.items() if key in known and value is not None}
+    kwargs |= spec.config | overrides
     config = config_class(**kwargs)
     config.name_or_path = name
     return config
 
 
-def build_tiny_model(name: str, seed: int | None = None, dtype: torch.dtype = torch.float32):
-    """Return ``(hf_model, tokenizer)`` for a tiny spec; same seed, same weights."""
+def build_tiny_model(name: str, seed: int | None = None, dtype: torch.dtype = torch.float32, **overrides):
+    """Return ``(hf_model, tokenizer)`` for a tiny spec; same seed, same weights.
+
+    ``overrides`` set config keys that leave the weights' shapes alone, to see what a quirk does:
+    ``build_tiny_model("tiny-gemma2", attn_logit_softcapping=None)`` has the same weights, uncapped.
+    """
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 
     spec = TINY_FAMILIES[name]
     tokenizer = build_tokenizer(spec.tokenizer_bos)
-    config = tiny_config(name, len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id)
+    config = tiny_config(name, len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id, **overrides)
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     config.architectures = [model_class.__name__]  # as a saved config.json says; the bridge picks its adapter by it
     generator_state = torch.random.get_rng_state()

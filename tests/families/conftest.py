@@ -2,8 +2,8 @@
 the record of every cell's outcome, from which ``test_matrix.py`` renders the table in docs/models.md.
 
 A test joins the matrix with ``@pytest.mark.column("…")`` and the ``family`` fixture. Its cell is ✓ when
-it passes, ✗ with the reason when it passes by asserting a known limitation (``note(request, …)``), —
-with the reason when it is skipped, and FAILED when it fails.
+it passes; ◐ or ✗ with the reason when it passes by asserting a stated limit or a known failure
+(``note(request, text, mark)``); — with the reason when it is skipped; FAILED when it fails.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ PROMPT = "I'm generating a random number between [0, 9]. The number is "
 SOURCE = "I'm generating a random number between [0, 5]. The number is "
 COLUMNS = ("facts", "logit lens", "identity block", "self-patch", "masking", "attention", "k/v patch",
            "naive sweeps", "fast sweeps", "study", "GGUF")
-# (family id, column) → the outcomes of every test of that cell: ("passed" | "skipped" | "failed", note)
-OUTCOMES: dict[tuple[str, str], list[tuple[str, str]]] = {}
+# (family id, column) → every test of that cell: (outcome, mark, note); outcome "passed" | "skipped" | "failed".
+OUTCOMES: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
 
 
 def pytest_configure(config):
@@ -29,9 +29,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "matrix_check: reads the whole matrix's outcomes, so runs last")
 
 
-def note(request, text: str) -> None:
-    """Say what a passing test established about its cell (a known limitation, asserted)."""
-    request.node.user_properties.append(("matrix_note", text))
+def note(request, text: str, mark: str = "✗") -> None:
+    """Say what a passing test established about its cell: ✗ a known failure, ◐ a stated limit, ✓ a remark."""
+    request.node.user_properties.append(("matrix_note", (mark, text)))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -43,11 +43,12 @@ def pytest_runtest_makereport(item, call):
     if marker is None or family is None:
         return
     if report.when == "call" or (report.when == "setup" and not report.passed):
-        notes = [text for key, text in item.user_properties if key == "matrix_note"]
-        why = ""
+        notes = [value for key, value in item.user_properties if key == "matrix_note"]
+        mark, why = notes[-1] if notes else ("✓", "")
         if report.skipped:
+            mark = "—"
             why = str(report.longrepr[-1]).removeprefix("Skipped: ") if isinstance(report.longrepr, tuple) else ""
-        OUTCOMES.setdefault((family.id, marker.args[0]), []).append((report.outcome, "; ".join(notes) or why))
+        OUTCOMES.setdefault((family.id, marker.args[0]), []).append((report.outcome, mark, why))
 
 
 def pytest_collection_modifyitems(config, items):

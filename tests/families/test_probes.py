@@ -64,7 +64,7 @@ def test_patching_a_prompt_with_itself_is_an_exact_no_op(model, family, site, re
         # Attention and MLP read the same residual: there is no residual between them.
         with pytest.raises(Exception, match="resid_mid"):
             run(model, PROMPT, probe)
-        note(request, "no resid_mid in parallel blocks")
+        note(request, "parallel blocks have no resid_mid (attention and MLP read the same residual): the patch raises", "✓")
         return
     result = run(model, PROMPT, probe)
     assert torch.equal(result.logits["intervened"], result.logits["clean"])
@@ -127,7 +127,7 @@ def test_kv_patch_equals_the_same_edit_on_transformers(model, hf, family, site, 
                                       keys_before_norm=True)
         after_norm = hf_kv_patch_logits(hf, family, facts, target, source, blocks, [nine], kv_heads, parts)
         assert not torch.allclose(result.logits["intervened"], after_norm, atol=1e-4)
-        note(request, family.known["k/v patch"])
+        note(request, family.known["k/v patch"], "◐")
     else:
         expected = hf_kv_patch_logits(hf, family, facts, target, source, blocks, [nine], kv_heads, parts)
     torch.testing.assert_close(result.logits["intervened"], expected, atol=ATOL, rtol=0)

@@ -20,7 +20,7 @@ import pytest
 from workbench.errors import GGUFError, ModelNotFoundError, ModelSpecError, OfflineError
 from workbench.tiny import TINY_SPECS
 
-from .conftest import write_header_only_gguf
+from .gguf_writer import write_header_only_gguf
 
 
 @dataclass
