@@ -9,8 +9,8 @@ it passes; ◐ or ✗ with the reason when it passes by asserting a stated limit
 from __future__ import annotations
 
 import pytest
-import torch
 
+from probes.conftest import one_torch_thread  # noqa: F401  (autouse: one torch thread per module)
 from workbench.models import load_model
 from workbench.tiny import build_tiny_model
 
@@ -60,15 +60,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", params=FAMILIES, ids=lambda family: family.id)
 def family(request):
     return request.param
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matrices gain nothing from threads, and on a shared 2-core machine threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
