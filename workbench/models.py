@@ -235,8 +235,10 @@ def _boot(hf_model, tokenizer, *, name: str, source: str, device: str) -> Model:
         config.architectures = [type(hf_model).__name__]
     family = f"{name} ({family_of(hf_model)}, {type(hf_model).__name__})"
     probe = tokenizer(SELF_CHECK_TEXT, return_tensors="pt").input_ids.to(device)
-    with torch.no_grad():
-        expected = hf_model(probe).logits.float()
+    expected = None
+    if next(hf_model.parameters()).dtype == torch.float32:  # half precision drifts more than a small adapter bug
+        with torch.no_grad():
+            expected = hf_model(probe).logits
     try:
         bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
     except Exception as exc:  # the bridge's adapters raise anything on a layout they do not fit
@@ -245,7 +247,8 @@ def _boot(hf_model, tokenizer, *, name: str, source: str, device: str) -> Model:
             "the family matrix in docs/models.md lists the families that work."
         ) from None
     bridge.eval()
-    _check_bridge(bridge, probe, expected, family)
+    if expected is not None:
+        _check_bridge(bridge, probe, expected, family)
     cfg = bridge.cfg
     n_heads = int(cfg.n_heads)
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
@@ -273,15 +276,13 @@ def _boot(hf_model, tokenizer, *, name: str, source: str, device: str) -> Model:
 
 
 def _check_bridge(bridge, probe, expected, family: str) -> None:
-    """The bridge must reproduce the untouched transformers model's logits (float32; half precision drifts).
+    """The bridge must reproduce the untouched transformers model's float32 logits.
 
     A TransformerLens adapter that does not fit a layout (say Falcon-40B's grouped qkv) boots and runs
     but computes something else; every number after that would be wrong, so the load stops here.
     """
     with torch.no_grad():
-        actual = bridge(probe).float()
-    if expected.dtype != torch.float32 or next(bridge.parameters()).dtype != torch.float32:
-        return
+        actual = bridge(probe)
     diff = float((actual - expected).abs().max())
     if diff > SELF_CHECK_TOLERANCE * max(1.0, float(expected.abs().max())):
         raise ModelSpecError(
