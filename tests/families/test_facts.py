@@ -7,6 +7,8 @@ is silenced), not read from a config field, so a family that names things its ow
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -85,3 +87,14 @@ def test_parallel_blocks_means_the_mlp_does_not_read_attention(family, model, hf
         with forward_hooks((mlp_entry(layer), keep, "pre"), (attention(layer), silence)):
             hf(ids)
     assert model.facts.parallel_blocks == torch.equal(seen[0], seen[1])
+
+
+def test_models_info_prints_these_facts(family, model):
+    from typer.testing import CliRunner
+
+    from workbench.cli import _register, app
+
+    _register()
+    result = CliRunner().invoke(app, ["models", "info", family.name, "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == json.loads(json.dumps(model.facts.to_dict()))

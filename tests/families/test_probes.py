@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from probes.helpers import Observe, resid_points
+from workbench.errors import ProbeError
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens
 from workbench.probes.patching import SITES
 from workbench.run import run
 from workbench.tokens import find_position
-
-from workbench.errors import ProbeError
 
 from .conftest import PROMPT, SOURCE, note
 from .hf_sites import hf_identity_logits, hf_kv_patch_logits, hf_logits
@@ -75,7 +74,8 @@ def refused(model, family, column, probe, request) -> bool:
     if column not in family.known:
         assert model.facts.editable_attention
         return False
-    assert not model.facts.editable_attention
+    assert not model.facts.editable_attention, (
+        f"the bridge now computes {family.name}'s attention itself: drop its '{column}' entry in tests/families/table.py")
     with pytest.raises(ProbeError, match=rf"{model.facts.name}'s \({model.facts.architecture}\) attention"):
         run(model, PROMPT, probe)
     note(request, family.known[column])
@@ -126,7 +126,8 @@ def test_kv_patch_equals_the_same_edit_on_transformers(model, hf, family, site, 
         expected = hf_kv_patch_logits(hf, family, facts, target, source, blocks, [nine], kv_heads, parts,
                                       keys_before_norm=True)
         after_norm = hf_kv_patch_logits(hf, family, facts, target, source, blocks, [nine], kv_heads, parts)
-        assert not torch.allclose(result.logits["intervened"], after_norm, atol=1e-4)
+        assert not torch.allclose(result.logits["intervened"], after_norm, atol=1e-4), (
+            f"{family.name}'s k site now sits after k_norm: drop its 'k/v patch' entry in tests/families/table.py")
         note(request, family.known["k/v patch"], "◐")
     else:
         expected = hf_kv_patch_logits(hf, family, facts, target, source, blocks, [nine], kv_heads, parts)
