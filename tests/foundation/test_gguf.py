@@ -16,7 +16,8 @@ import torch
 from workbench.errors import GGUFError, ModelSpecError
 from workbench.models import cache_root, cached_models, gguf_architecture, gguf_cache_dir, load_model
 
-from .conftest import PROMPT, write_header_only_gguf, write_tiny_gguf
+from .conftest import PROMPT
+from .gguf_writer import write_header_only_gguf, write_tiny_gguf
 
 
 def gguf_loads(calls) -> list[str]:

@@ -68,10 +68,10 @@ def test_an_argument_the_engine_cannot_slice_is_refused(tiny_qwen2, monkeypatch)
     slice_kwargs = engine_module._slice_kwargs
 
     def with_unknown(kwargs, p, n, family):
-        return slice_kwargs({**kwargs, "alibi": torch.zeros(1, 1, n)}, p, n, family)
+        return slice_kwargs({**kwargs, "relative_bias": torch.zeros(1, 1, n)}, p, n, family)
 
     monkeypatch.setattr(engine_module, "_slice_kwargs", with_unknown)
-    with pytest.raises(EngineCheckError, match="cannot slice the argument 'alibi'"):
+    with pytest.raises(EngineCheckError, match="cannot slice the argument 'relative_bias'"):
         Engine(tiny_qwen2, tiny_qwen2.to_tokens(PROMPT))
 
 

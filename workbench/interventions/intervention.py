@@ -184,6 +184,8 @@ def resolve(intervention: Intervention, model, prompts: Sequence[str], tokens: t
     facts = model.facts
     sites = expand_site(intervention.site)
     _require_hooks(model, sites)
+    if any(site.layout[1] == "head" for site in sites):  # attention scores and patterns
+        model.require_editable_attention(f"Editing {intervention.site}")
     blocks = resolve_blocks(facts, intervention.blocks)
     kind = head_kind(intervention.site)
     heads = resolve_heads(facts, intervention.heads, kind) if intervention.heads is not None else None

@@ -30,6 +30,7 @@ class AttentionCapture(Probe):
     name: ClassVar[str] = "attention"
 
     def prepare(self, ctx: RunContext) -> tuple[list[int], list[int]]:
+        ctx.model.require_editable_attention("Attention capture")
         return resolve_blocks(ctx.facts, self.blocks), resolve_heads(ctx.facts, self.heads, "query")
 
     def hooks(self, ctx: RunContext):

@@ -71,8 +71,7 @@ class LogitLens(Probe):
     @staticmethod
     def unembed(model, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos vocab"]:
         """The model's own final norm and unembedding applied to a residual stream."""
-        bridge = model.bridge
-        return bridge.unembed(bridge.ln_final(resid)).float()
+        return model.unembed(resid)
 
     def _summarise(self, ctx: RunContext, stack: list[torch.Tensor], labels: list[str], keep: list[int]) -> LogitLensResult:
         final_logp = stack[-1].log_softmax(-1)

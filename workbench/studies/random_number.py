@@ -202,7 +202,7 @@ def run_study(model: Model, options: StudyOptions | None = None, progress: Calla
 
     # 2 + 4. Logit lens and attention capture: one pass, observers only.
     step("logit lens and attention")
-    observed = run(model, prompt, [LogitLens(k=options.top_k), AttentionCapture()])
+    observed = run(model, prompt, [LogitLens(k=options.top_k), AttentionCapture()], targets=list(DIGITS))
     lens, attention = observed["logit_lens"], observed["attention"]
     results.update(logit_lens=lens, attention=attention)
     clean = digit_distribution(observed.probs()[0], digit_ids)
@@ -220,7 +220,7 @@ def run_study(model: Model, options: StudyOptions | None = None, progress: Calla
     # 3. Identity block, and a sweep replacing each block in turn.
     step(f"block {plan.block} as the identity")
     clean_logits = observed.logits["clean"]
-    identity = run(model, prompt, BlockReplacement(blocks=[plan.block]), clean_logits=clean_logits)["block_replacement"]
+    identity = run(model, prompt, BlockReplacement(blocks=[plan.block]), clean_logits=clean_logits, targets=list(DIGITS))["block_replacement"]
     results["identity"] = identity
     add("identity", "3. Identity block", f"Block {plan.block} replaced by the identity",
         f"Digit probabilities at the last position with block {plan.block}'s output set equal to its input.",
@@ -229,7 +229,7 @@ def run_study(model: Model, options: StudyOptions | None = None, progress: Calla
     sweep_rows = []
     clean_digits = torch.tensor(list(clean.values()))
     for b in range(n):
-        replaced = run(model, prompt, BlockReplacement(blocks=[b]), clean_logits=clean_logits)
+        replaced = run(model, prompt, BlockReplacement(blocks=[b]), clean_logits=clean_logits, targets=list(DIGITS))
         moved = torch.tensor(list(digit_distribution(replaced.probs()[0], digit_ids).values()))
         sweep_rows.append({"block": b, "kl_digits": _kl(clean_digits, moved),
                            "kl_full": float(replaced["block_replacement"]["kl"].numpy()[0])})
@@ -266,13 +266,13 @@ def run_study(model: Model, options: StudyOptions | None = None, progress: Calla
     patch_late = ActivationPatch(source=plan.source_prompt, site="kv", positions=[plan.bound_position],
                                  blocks=sorted(set(plan.patch_blocks) | set(plan.late_blocks)))
     mask = AttentionMask(keys=[plan.bound_position], blocks=plan.mask_blocks)
-    patched = run(model, prompt, patch, clean_logits=clean_logits)["patch"]
-    patched_late = run(model, prompt, patch_late, clean_logits=clean_logits)["patch"]
-    masked = run(model, prompt, mask, clean_logits=clean_logits)["attention_mask"]
+    patched = run(model, prompt, patch, clean_logits=clean_logits, targets=list(DIGITS))["patch"]
+    patched_late = run(model, prompt, patch_late, clean_logits=clean_logits, targets=list(DIGITS))["patch"]
+    masked = run(model, prompt, mask, clean_logits=clean_logits, targets=list(DIGITS))["attention_mask"]
     both = run(model, prompt, [ActivationPatch(source=plan.source_prompt, site="kv", blocks=plan.patch_blocks,
                                                positions=[plan.bound_position]),
                                AttentionMask(keys=[plan.bound_position], blocks=plan.mask_blocks)],
-               clean_logits=clean_logits)
+               clean_logits=clean_logits, targets=list(DIGITS))
     results.update(patch=patched, patch_late=patched_late, mask=masked, patch_and_mask=both["patch"])
     names = {
         "clean": clean,

@@ -24,6 +24,7 @@ hooked forward per cell, with a warning that says why.
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,6 +98,22 @@ class _PrefixCache:
         return self.p
 
 
+def _signature(block) -> inspect.Signature:
+    """The signature of the model's own layer under the bridge's wrapper (the class's ``forward``: the
+    bridge may wrap the instance's method in ``(*args, **kwargs)``), without ``self``."""
+    layer = getattr(block, "original_component", None) or block
+    signature = inspect.signature(inspect.unwrap(type(layer).forward))
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+def _var_keyword(signature: inspect.Signature) -> str | None:
+    return next((p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+
+
+def _cache_parameter(signature: inspect.Signature) -> str:
+    return next((name for name in CACHE_ARGUMENTS if name in signature.parameters), "past_key_values")
+
+
 def _attention_cache_alias(module, args, kwargs):
     """The bridge's attention reads the KV cache as ``past_key_values``; transformers 5 passes ``cache``."""
     if "cache" in kwargs and "past_key_values" not in kwargs:
@@ -124,6 +141,8 @@ def _slice_kwargs(kwargs: dict, p: int, n: int, family: str) -> dict:
             out[name] = value[..., p:]
         elif name == "cache_position":
             out[name] = value[p:]
+        elif name == "alibi":
+            out[name] = value  # [heads, 1, key]: over the keys, all kept; repeated per row when the layer runs
         elif isinstance(value, torch.Tensor) and n not in value.shape:
             out[name] = value
         else:
@@ -161,13 +180,21 @@ class Engine:
         calls: dict[int, tuple] = {}
 
         def record(index):
+            signature = _signature(blocks[index])
+
             def pre_hook(module, args, kwargs):
-                kwargs = dict(kwargs)
-                hidden = args[0] if args else kwargs.get("hidden_states")
-                calls[index] = (hidden.detach(), {k: v for k, v in kwargs.items() if k not in CACHE_ARGUMENTS})
-                name = next((k for k in CACHE_ARGUMENTS if k in kwargs), "past_key_values")
-                kwargs[name] = recorder
-                return args, kwargs
+                # Some families pass the cache or the mask positionally (GPT-2): name every argument.
+                try:
+                    bound = signature.bind_partial(*args, **kwargs)
+                except TypeError as exc:
+                    raise EngineCheckError(f"{self.family}'s layers take arguments the engine cannot name ({exc})") from None
+                named = dict(bound.arguments)
+                named.update(named.pop(_var_keyword(signature), None) or {})
+                hidden = named.pop(next(iter(signature.parameters)))
+                calls[index] = (hidden.detach(), {k: v for k, v in named.items() if k not in CACHE_ARGUMENTS})
+                cache_name = next((k for k in CACHE_ARGUMENTS if k in named), None) or _cache_parameter(signature)
+                named[cache_name] = recorder
+                return (hidden,), named
 
             return pre_hook
 
@@ -191,6 +218,7 @@ class Engine:
             raise EngineCheckError(f"{self.family}'s blocks did not all report their inputs and keys/values "
                                    f"({len(calls)} of {self.n_layers} blocks, {len(recorder.kv)} caches)")
         self.resid_pre = [calls[i][0][0] for i in range(self.n_layers)]  # [pos, d_model]
+        self.cache_names = [_cache_parameter(_signature(block)) for block in blocks]
         self.layer_kwargs = [calls[i][1] for i in range(self.n_layers)]
         self.prefix = recorder.kv
         self.resid_final = final["resid"][0]
@@ -267,7 +295,9 @@ class Engine:
                         new = self.resid_pre[layer][p:].expand(len(joining), -1, -1)
                         h = new.clone() if h is None else torch.cat([h, new], 0)
                     kwargs = _slice_kwargs(self.layer_kwargs[layer], p, self.n, self.family)
-                    kwargs["past_key_values"] = cache
+                    kwargs[self.cache_names[layer]] = cache
+                    if isinstance(kwargs.get("alibi"), torch.Tensor):  # BLOOM folds the batch into the heads axis
+                        kwargs["alibi"] = kwargs["alibi"].repeat(h.shape[0], 1, 1)
                     out = self.bridge.blocks[layer](h, **kwargs)
                     h = out[0] if isinstance(out, tuple) else out
         finally:
