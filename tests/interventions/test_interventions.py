@@ -181,3 +181,21 @@ def test_a_no_op_is_labelled_as_such(tiny_qwen2):
     result = run(tiny_qwen2, PROMPT, iv.mask_keys([], blocks=[0, 1]))["intervention"]
     assert result.meta["noop"] and "no-op" in result.meta["description"]
     assert float(result["kl"].values[0]) == 0.0
+
+
+def test_templates_give_each_prompt_its_own_positions_keys_and_source(tiny_qwen2):
+    """One description for prompts that differ: {fields} are filled from each prompt's own row."""
+    prompts = [PROMPT, OTHER]
+    rows = [{"bound": "9", "source": SOURCE}, {"bound": "7", "source": SOURCE.replace("5]", "3]")}]
+    tokens = tiny_qwen2.to_tokens(prompts)
+    template = iv.patch("kv", "{source}", blocks=[0, 1], positions="{bound}")
+    resolved = resolve(template, tiny_qwen2, prompts, tokens, fields=rows)
+    with torch.no_grad(), tiny_qwen2.bridge.hooks(fwd_hooks=compile_hooks([resolved])):
+        together = tiny_qwen2.bridge(tokens)
+    for i, (prompt, row) in enumerate(zip(prompts, rows)):
+        alone = edited(tiny_qwen2, [iv.patch("kv", row["source"], blocks=[0, 1], positions=row["bound"])], prompt)
+        torch.testing.assert_close(together[i], alone[0], atol=1e-5, rtol=0)
+    masked = resolve(iv.mask_keys("{bound}", blocks=1), tiny_qwen2, prompts, tokens, fields=rows)
+    assert masked.state["keys"] == [[12], [12]]
+    with pytest.raises(InterventionError, match="names the field 'bond'"):
+        resolve(iv.zero("attn_out", blocks=0, positions="{bond}"), tiny_qwen2, prompts, tokens, fields=rows)

@@ -9,7 +9,7 @@ rule per kind of input: :func:`workbench.layers.resolve_blocks`, :func:`~workben
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +143,11 @@ class Preparation:
     heads: list[int] | None
     explicit_positions: bool
     notes: list[str]
+    fields: list[Mapping[str, Any]] | None = None
+
+    def text(self, value: str, prompt: int, what: str = "Text") -> str:
+        """``value`` with ``{name}`` templates filled from prompt ``prompt``'s fields."""
+        return fill(value, self.fields[prompt] if self.fields is not None else None, what)
 
     @property
     def n_positions(self) -> int:
@@ -177,8 +182,28 @@ class Preparation:
         return kept
 
 
-def resolve(intervention: Intervention, model, prompts: Sequence[str], tokens: torch.Tensor) -> Resolved:
-    """Check ``intervention`` against ``model`` and ``prompts`` (tokenised as ``tokens``) and prepare it."""
+def fill(text: str, fields: Mapping[str, Any] | None, what: str) -> str:
+    """``text`` with ``{name}`` replaced by the prompt's own field (a dataset column): a template such as
+    ``positions=["{bound}"]`` or ``source="{source}"`` gives each prompt its own value."""
+    if fields is None or "{" not in text:
+        return text
+    try:
+        return text.format_map(dict(fields))
+    except KeyError as exc:
+        raise InterventionError(f"{what} {text!r} names the field {exc.args[0]!r}, which this prompt does not have: "
+                                f"its fields are {', '.join(sorted(map(str, fields))) or 'none'}.") from None
+    except (ValueError, IndexError) as exc:
+        raise InterventionError(f"{what} {text!r} is not a valid template ({exc}): write fields as {{name}}.") from None
+
+
+def resolve(intervention: Intervention, model, prompts: Sequence[str], tokens: torch.Tensor,
+            fields: Sequence[Mapping[str, Any]] | None = None) -> Resolved:
+    """Check ``intervention`` against ``model`` and ``prompts`` (tokenised as ``tokens``) and prepare it.
+
+    ``fields`` (one mapping per prompt, e.g. the rows of a dataset) fill ``{name}`` templates in text
+    positions, masked keys and patch sources, so one description serves prompts that differ."""
+    if fields is not None and len(fields) != len(prompts):
+        raise InterventionError(f"{len(fields)} field rows for {len(prompts)} prompts: pass one per prompt.")
     if not isinstance(intervention, Intervention):
         raise InterventionError(f"{intervention!r} is not an Intervention: build one with Intervention(site=..., op=...).")
     facts = model.facts
@@ -191,16 +216,23 @@ def resolve(intervention: Intervention, model, prompts: Sequence[str], tokens: t
     heads = resolve_heads(facts, intervention.heads, kind) if intervention.heads is not None else None
     n = int(tokens.shape[-1])
     if all(site.has_positions for site in sites):
-        positions = [resolve_positions(model, prompt, n, intervention.positions) for prompt in prompts]
+        positions = [resolve_positions(model, prompt, n, _filled(intervention.positions, fields, i, "Position"))
+                     for i, prompt in enumerate(prompts)]
     else:
         positions = [list(range(n)) for _ in prompts]
     notes: list[str] = []
     prep = Preparation(model=model, prompts=list(prompts), tokens=tokens, sites=sites, blocks=blocks,
                        positions=positions, heads=heads, explicit_positions=intervention.positions is not None,
-                       notes=notes)
+                       notes=notes, fields=list(fields) if fields is not None else None)
     state = intervention.op.prepare(prep)
     return Resolved(intervention=intervention, sites=sites, blocks=blocks, positions=prep.positions, heads=heads,
                     state=state, notes=notes)
+
+
+def _filled(values, fields, index: int, what: str):
+    if values is None or fields is None:
+        return values
+    return [fill(v, fields[index], what) if isinstance(v, str) else v for v in values]
 
 
 def _require_hooks(model, sites: tuple[Site, ...]) -> None:

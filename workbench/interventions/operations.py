@@ -175,7 +175,7 @@ class Patch(Operation):
     def prepare(self, prep) -> dict:
         from workbench.tokens import align_prompts
 
-        sources = self.sources(len(prep.prompts))
+        sources = [prep.text(source, i, "Source") for i, source in enumerate(self.sources(len(prep.prompts)))]
         rows = [align_prompts(prep.model, prompt, source)[1][0] for prompt, source in zip(prep.prompts, sources)]
         source_tokens = torch.stack(rows).to(prep.tokens.device)
         differ = (prep.tokens != source_tokens)
@@ -291,8 +291,9 @@ class MaskKeys(Operation):
         from workbench.tokens import resolve_positions
 
         n = prep.n_positions
-        keys = [resolve_positions(prep.model, prompt, n, list(self.keys)) if self.keys else []
-                for prompt in prep.prompts]
+        keys = [resolve_positions(prep.model, prompt, n, [prep.text(k, i, "Key") if isinstance(k, str) else k
+                                                          for k in self.keys]) if self.keys else []
+                for i, prompt in enumerate(prep.prompts)]
         for p, key_list in enumerate(keys):
             kept = queries_with_visible_key(prep.positions[p], key_list)
             if len(kept) < len(prep.positions[p]):
