@@ -46,9 +46,11 @@ def module_page(name: str, module: griffe.Module, modules: list[str]) -> str:
         return f"# `{name}`\n\n::: {name}\n"
     exported = module.exports if module.exports is not None else [
         n for n, m in module.members.items() if not n.startswith("_") and not m.is_module]
-    own = [n for n in exported if n in module.members and not module.members[n].is_alias]
+    targets = {n: _target(n, module.members[n]) for n in exported if n in module.members}
+    # documented here: what the package defines itself, and what it re-exports from a private module
+    own = [n for n, t in targets.items() if t is not None and (t.parent is module or _is_private(t))]
+    rows = [_row(n, module.members[n], targets[n]) for n in targets if n not in own]
     lines = [f"# `{name}`\n", f"::: {name}", "    options:", f"      members: {own or False}", ""]
-    rows = [_row(n, module.members[n]) for n in exported if n in module.members and module.members[n].is_alias]
     if rows:
         lines += ["## Exported names\n", "| name | what |", "| --- | --- |", *rows, ""]
     children = [m for m in modules if m != name and m.rsplit(".", 1)[0] == name]
@@ -57,8 +59,27 @@ def module_page(name: str, module: griffe.Module, modules: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _row(name: str, alias: griffe.Alias) -> str:
-    target = alias.final_target
+def _target(name: str, member: griffe.Object | griffe.Alias) -> griffe.Object | None:
+    """What an exported name is at run time, ``None`` for another package's. ``from workbench.run import run``
+    in a package makes ``run`` the function, not the submodule of the same name."""
+    try:
+        target = member.final_target if member.is_alias else member
+        if target.is_module and name in target.members:
+            inner = target.members[name]
+            target = inner.final_target if inner.is_alias else inner
+    except (griffe.AliasResolutionError, griffe.CyclicAliasError):
+        return None
+    return target
+
+
+def _is_private(target: griffe.Object) -> bool:
+    """Defined in a module that has no page (a name part starting with an underscore)."""
+    return any(part.startswith("_") for part in target.module.path.split("."))
+
+
+def _row(name: str, member: griffe.Object | griffe.Alias, target: griffe.Object | None) -> str:
+    if target is None:
+        return f"| `{name}` | `{member.target_path}` |"
     return f"| [`{name}`][{target.path}] | {_summary(target)} |"
 
 
