@@ -4,9 +4,9 @@ The committed notebooks carry no outputs (clean diffs). :func:`executed` runs on
 ``build/notebooks/`` and stamps the copy with a key: a hash of the notebook, of the workbench source and
 of the packages that shape its outputs. A copy whose key still matches is reused, so ``make test`` runs
 each notebook once: ``tests/test_notebooks.py`` checks the same copies the docs build renders
-(mkdocs-jupyter, ``execute: false``). Figures are shown with Plotly's ``plotly_mimetype+notebook``
+(mkdocs-jupyter, ``execute: false``). The kernel shows figures with Plotly's ``plotly_mimetype+notebook``
 renderer, so each figure output also carries HTML that draws it on a static page (plotly.js is embedded
-once per notebook).
+once per notebook), and leaves out download progress bars, which mean nothing on a page.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ from mkdocs.plugins import event_priority
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build" / "notebooks"
-RENDERER = "plotly_mimetype+notebook"
+KERNEL_ENV = {
+    "PLOTLY_RENDERER": "plotly_mimetype+notebook",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bars
+}
+KERNEL_STARTUP = "import warnings; warnings.filterwarnings('ignore', message='IProgress not found')"  # no ipywidgets
 PACKAGES = ("plotly", "torch", "transformers", "transformer-lens", "nbclient", "ipykernel")
 ENVIRONMENT = ("WORKBENCH_NOTEBOOK_MODEL", "WORKBENCH_CACHE")
 TIMEOUT_S = 900
@@ -47,7 +51,7 @@ def cache_key(notebook: Path) -> str:
         digest.update(f"{package}={_version(package)}".encode())
     for name in ENVIRONMENT:
         digest.update(f"{name}={os.environ.get(name)}".encode())
-    digest.update(f"{sys.version} {RENDERER}".encode())
+    digest.update(f"{sys.version} {sorted(KERNEL_ENV.items())} {KERNEL_STARTUP}".encode())
     return digest.hexdigest()
 
 
@@ -66,8 +70,9 @@ def executed(notebook: Path, build: Path = BUILD) -> Path:
         return target
     log.info("executing %s (the embedded default model; about a minute)", notebook.relative_to(ROOT))
     book = nbformat.read(notebook, as_version=4)
-    with tempfile.TemporaryDirectory() as cwd, _environment(PLOTLY_RENDERER=RENDERER):
-        NotebookClient(book, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": cwd}}).execute()
+    with tempfile.TemporaryDirectory() as cwd, _environment(**KERNEL_ENV):
+        NotebookClient(book, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": cwd}},
+                       extra_arguments=[f"--IPKernelApp.exec_lines={KERNEL_STARTUP}"]).execute()
     book.metadata["workbench_execution"] = {"key": key}
     build.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
