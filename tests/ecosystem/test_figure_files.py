@@ -90,3 +90,21 @@ def test_a_foreign_script_of_that_name_is_never_overwritten(study, tmp_path):
     assert not list(tmp_path.glob("*.html"))
     with pytest.raises(ExportError, match="not one of inline, shared, cdn"):
         write_figures(figures, tmp_path / "other", plotlyjs="external", static=())
+
+
+def test_the_study_cli_chooses_how_figures_load_plotlyjs(tmp_path):
+    from typer.testing import CliRunner
+
+    from workbench.cli import _register, app
+
+    _register()
+    out, runner = tmp_path / "report", CliRunner(env={"COLUMNS": "200"})
+    command = ["study", "random-number", "--model", "tiny-qwen2", "--no-static", "--out", str(out)]
+    bad = runner.invoke(app, [*command, "--figures-html", "external"], terminal_width=200)
+    assert bad.exit_code == 2 and "'external' is not one of 'shared', 'inline', 'cdn'" in bad.output
+    assert not out.exists()
+    done = runner.invoke(app, [*command, "--figures-html", "cdn"], terminal_width=200)
+    assert done.exit_code == 0, done.output
+    pages = sorted((out / "figures").iterdir())
+    assert pages and all(p.suffix == ".html" and "https://cdn.plot.ly/" in p.read_text() for p in pages)
+    assert "--figures-html" in runner.invoke(app, ["study", "random-number", "--help"], terminal_width=200).output
