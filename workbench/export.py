@@ -82,17 +82,32 @@ def write_figure(fig, path: str | Path, *, width: int | None = None, height: int
 
 
 NO_BROWSER_NOTE = "no Chromium found: wrote HTML figures only (apt-get install chromium for PNG/SVG)"
+PLOTLYJS_MODES = ("inline", "shared", "cdn")
 
 
 def write_figures(figures: dict[str, object], folder: str | Path, *, static: tuple[str, ...] = ("png", "svg"),
-                  scale: float = 2) -> tuple[list[Path], str | None]:
+                  scale: float = 2, plotlyjs: str | None = None) -> tuple[list[Path], str | None]:
     """Write each figure as ``folder/<name>.html`` and, under one browser, in the ``static`` formats.
 
-    Returns the paths written and, when static formats were asked for but no browser exists, a note
-    saying so (the HTML is written either way).
+    ``plotlyjs`` says how the HTML files get plotly.js (≈4.8 MB): ``"shared"`` (the default for more than one
+    figure) writes one ``plotly-<version>.min.js`` beside them that each file loads, so the folder opens
+    offline and weighs one copy; ``"inline"`` (the default for one figure) makes every file self-contained;
+    ``"cdn"`` loads it from cdn.plot.ly (lightest; the reader needs the network).
+    Returns the paths written (the shared script too) and, when static formats were asked for but no
+    browser exists, a note saying so (the HTML is written either way).
     """
     folder = Path(folder)
-    written = [write_figure(fig, folder / f"{name}.html") for name, fig in figures.items()]
+    mode = plotlyjs or ("shared" if len(figures) > 1 else "inline")
+    if mode not in PLOTLYJS_MODES:
+        raise ExportError(f"plotlyjs={mode!r} is not one of {', '.join(PLOTLYJS_MODES)}: pick one of them.")
+    written = []
+    if mode == "inline":
+        written += [write_figure(fig, folder / f"{name}.html") for name, fig in figures.items()]
+    else:
+        source = "cdn" if mode == "cdn" else write_shared_plotlyjs(folder)
+        if mode == "shared":
+            written.append(folder / source)
+        written += [_write_html(fig, folder / f"{name}.html", source) for name, fig in figures.items()]
     if not static:
         return written, None
     if find_browser() is None:
@@ -102,3 +117,29 @@ def write_figures(figures: dict[str, object], folder: str | Path, *, static: tup
             written += [write_figure(fig, folder / f"{name}.{fmt}", scale=scale) for fmt in static]
     return written, None
 
+
+def write_shared_plotlyjs(folder: Path) -> str:
+    """Write ``plotly-<version>.min.js`` into ``folder`` once and return its name (the version in the name keeps
+    figures of another plotly release working). An existing file is reused only if it is that exact script."""
+    from plotly.offline import get_plotlyjs, get_plotlyjs_version
+
+    name = f"plotly-{get_plotlyjs_version()}.min.js"
+    path = folder / name
+    script = get_plotlyjs().encode()
+    if path.exists():
+        if path.is_file() and path.stat().st_size == len(script) and path.read_bytes() == script:
+            return name
+        raise ExportError(f"{path} exists and is not the plotly.js the workbench writes there: "
+                          "move it away or choose another folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{name}.partial"
+    partial.write_bytes(script)
+    partial.replace(path)
+    return name
+
+
+def _write_html(fig, path: Path, plotlyjs: str) -> Path:
+    """An HTML figure that loads plotly.js from ``plotlyjs``: ``"cdn"`` or a script beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=plotlyjs, full_html=True)
+    return path

@@ -8,6 +8,7 @@ only to draw its own figure.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from workbench.errors import ResultError
+from workbench.errors import ExportError, ResultError
 
 
 @dataclass
@@ -90,6 +91,13 @@ class Named:
         columns[name] = arr.ravel()
         return pd.DataFrame(columns)
 
+    def to_xarray(self, name: str | None = None):
+        """An ``xarray.DataArray`` with the same dims, each labelled by this array's coordinates (needs the
+        ``xarray`` extra). String arrays stay strings; ``name`` names the variable."""
+        xr = _xarray()
+        coords = {dim: np.asarray(self.coords[dim], dtype=_label_dtype(self.coords[dim])) for dim in self.dims}
+        return xr.DataArray(self.numpy(), dims=self.dims, coords=coords, name=name)
+
     def to_dict(self) -> dict[str, Any]:
         return {"dims": list(self.dims), "coords": {d: list(map(to_jsonable, c)) for d, c in self.coords.items()},
                 "values": to_jsonable(self.numpy().tolist())}
@@ -113,7 +121,40 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-_PLOTLYJS_SHOWN = False
+def _label_dtype(labels: list) -> type | None:
+    """Labels of one Python type keep a numpy dtype (ints, floats, strings); a mix stays ``object``."""
+    kinds = {type(label) for label in labels}
+    return None if len(kinds) == 1 and kinds <= {int, float, str, bool} else object
+
+
+def _xarray():
+    try:
+        import xarray
+    except ImportError:
+        raise ExportError("to_xarray() needs xarray, an optional extra: pip install 'workbench[xarray]'.") from None
+    return xarray
+
+
+NOTEBOOK_PLOTLYJS = "inline"
+"""How the HTML fallback of a displayed result loads plotly.js: ``"inline"`` (each output carries its own
+copy, ≈4.8 MB, so a saved notebook renders anywhere, offline, whichever outputs were cleared) or ``"cdn"``
+(a script from cdn.plot.ly: light, but the reader needs the network). JupyterLab, Notebook 7 and VS Code
+draw the Plotly mimetype instead and never use the fallback."""
+
+
+def notebook_bundle(fig, caption: str, text: str) -> dict[str, Any]:
+    """A Jupyter display bundle for ``fig``: Plotly's own ``application/vnd.plotly.v1+json`` (JupyterLab,
+    Notebook 7 and VS Code draw it, live or saved), an HTML fallback that needs no other output (nbconvert,
+    nbviewer, the classic Notebook), and ``text``. ``caption`` heads the HTML."""
+    import plotly.io as pio
+
+    if NOTEBOOK_PLOTLYJS not in ("inline", "cdn"):
+        raise ExportError(f"NOTEBOOK_PLOTLYJS is {NOTEBOOK_PLOTLYJS!r}: set it to 'inline' or 'cdn'.")
+    bundle = dict(pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict()))
+    div = pio.to_html(fig, full_html=False, include_plotlyjs=True if NOTEBOOK_PLOTLYJS == "inline" else "cdn")
+    bundle["text/html"] = f"<div><p>{caption}</p>{div}</div>"
+    bundle["text/plain"] = text
+    return bundle
 
 
 @dataclass
@@ -201,12 +242,33 @@ class Result:
             arrays=deltas, meta={"minuend": self.meta, "subtrahend": other.meta},
         )
 
-    def _repr_html_(self) -> str:
-        global _PLOTLYJS_SHOWN
-        include = not _PLOTLYJS_SHOWN
-        _PLOTLYJS_SHOWN = True
-        html = self.figure().to_html(full_html=False, include_plotlyjs=include)
-        return f"<div><p><b>{type(self).__name__}</b>: {self.summary()}</p>{html}</div>"
+    def to_xarray(self):
+        """Every array in one ``xarray.Dataset`` (needs the ``xarray`` extra), with the same dims and labels.
+
+        A dimension keeps its name when every array that has it agrees on its labels; otherwise each of those
+        arrays gets its own, named ``<array>.<dim>``. ``attrs`` hold ``probe`` and ``model`` and, as JSON text
+        (so ``to_netcdf`` can write them), ``prompts``, ``tokens`` and ``meta``. The baseline is not included:
+        ``result.baseline.to_xarray()``.
+        """
+        xr = _xarray()
+        labels: dict[str, list] = {}
+        conflicting = set()
+        for array in self.arrays.values():
+            for dim in array.dims:
+                if labels.setdefault(dim, array.coords[dim]) != array.coords[dim]:
+                    conflicting.add(dim)
+        variables = {}
+        for name, array in self.arrays.items():
+            variable = array.to_xarray(name)
+            variables[name] = variable.rename({d: f"{name}.{d}" for d in array.dims if d in conflicting})
+        attrs = {"probe": self.probe, "model": self.model, "prompts": json.dumps(self.prompts),
+                 "tokens": json.dumps(self.tokens), "meta": json.dumps(to_jsonable(self.meta))}
+        return xr.Dataset(variables, attrs=attrs)
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> dict[str, Any]:
+        """Jupyter display: the main figure through Plotly's mimetype, with a self-sufficient HTML fallback."""
+        caption = f"<b>{type(self).__name__}</b>: {html.escape(self.summary())}"
+        return notebook_bundle(self.figure(), caption, repr(self))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.summary()})"

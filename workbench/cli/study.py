@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -40,6 +41,9 @@ def random_number(
     show_sink: bool = typer.Option(False, "--show-sink", help="Keep the first token and the diagonal in attention grids."),
     device: str = typer.Option(None, help="cpu, cuda or mps."),
     static: bool = typer.Option(True, help="Also write PNG and SVG figures (needs Chromium)."),
+    figures_html: Literal["shared", "inline", "cdn"] = typer.Option("shared", "--figures-html", help=(
+        "How figures/*.html load plotly.js: one shared copy beside them (light, offline), inline in each "
+        "(self-contained, 4.8 MB each) or from the CDN.")),
 ) -> None:
     """Reproduce the random-number investigation (MISSION.md §1–7) and write a report."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -65,7 +69,7 @@ def random_number(
 
         loaded = load_model(model, device=device)
         study = run_study(loaded, options, progress=advance)
-        path = write_report(study, out, static=static, progress=advance)
+        path = write_report(study, out, static=static, progress=advance, figures_html=figures_html)
         bar.update(task, completed=len(steps), description="done")
     for line in study.record["headline"]:
         typer.echo(f"• {line}")

@@ -35,8 +35,12 @@ def prepare_out_dir(out: Path) -> None:
         raise WorkbenchError(f"{out} exists and is not a workbench report folder: choose another --out.")
 
 
-def write_report(study, out: str | Path, *, static: bool = True, progress: Callable[[str], None] | None = None) -> Path:
-    """Write ``report.html``, ``figures/`` (HTML, and PNG + SVG when a browser exists) and ``results.json``."""
+def write_report(study, out: str | Path, *, static: bool = True, progress: Callable[[str], None] | None = None,
+                 figures_html: str = "shared") -> Path:
+    """Write ``report.html``, ``figures/`` (HTML, and PNG + SVG when a browser exists) and ``results.json``.
+
+    ``report.html`` carries plotly.js itself; ``figures_html`` says how ``figures/*.html`` get it
+    (``shared``, ``inline`` or ``cdn``: see :func:`workbench.export.write_figures`)."""
     out = Path(out)
     prepare_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +49,7 @@ def write_report(study, out: str | Path, *, static: bool = True, progress: Calla
     try:
         step("writing figures")
         _, note = write_figures({fig.key: fig.figure for fig in study.figures}, tmp / "figures",
-                                static=("png", "svg") if static else ())
+                                static=("png", "svg") if static else (), plotlyjs=figures_html)
         if note:
             study.record.setdefault("warnings", []).append(note)
         (tmp / "results.json").write_text(json.dumps(to_jsonable(study.record), indent=1))
