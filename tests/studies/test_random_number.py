@@ -64,6 +64,7 @@ def test_intervention_numbers_equal_the_probes_called_directly(smollm2, smollm2_
                                        AttentionMask(keys="9", blocks=list(range(13, 30)))])
     direct["patch_and_mask"] = both["patch"]
     for key, result in direct.items():
+        assert list(result.distribution()) == list(DIGITS), key  # SmolLM2's ten most likely tokens here are the digits
         for digit, p in result.distribution().items():
             assert d[key][digit] == pytest.approx(p, abs=1e-6), (key, digit)
     lens = run(smollm2, STUDY_PROMPT, LogitLens())["logit_lens"]
