@@ -57,6 +57,18 @@ def probe_overhead(model: str = MODEL, repeats: int = typer.Option(10, help="Tim
     _print(bench.probe_overhead(model, STUDY_PROMPT, repeats=repeats, device=device), as_json)
 
 
+@bench_app.command("separate")
+def separate(model: str = MODEL, repeats: int = typer.Option(5, help="Timed repeats (the minimum is reported)."),
+             device: str = DEVICE, threads: int = THREADS,
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """run(..., separate=True) with three interventions vs three runs, and vs one batched forward."""
+    from workbench.sweeps import bench
+
+    _threads(threads)
+    _print(bench.separate_runs(model, STUDY_PROMPT, STUDY_PROMPT.replace("9]", "5]"), repeats=repeats, device=device),
+           as_json)
+
+
 def _emit(result, as_json: bool, out: str | None) -> None:
     if out:
         path = result.save(out)
