@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,8 @@ import torch
 from workbench.interventions import Intervention, operations
 from workbench.run import hook_count, run
 from workbench.sweeps import block_sweep, patch_sweep
+
+from plugin_wheel import install_plugin
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
@@ -48,17 +48,9 @@ def plugin_source() -> str:
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("steer")
-    source, dist, site = root / "src", root / "dist", root / "site"
-    source.mkdir()
-    (source / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
-    (source / "wb_steer.py").write_text(plugin_source().replace("@register_operation\n", ""))  # found by its entry point
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
-                   check=True, capture_output=True)
-    wheel, = dist.glob("wb_steer-0.0.1-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True)
-    return site
+    # Without the decorator: the installed plugin must be found through its entry point alone.
+    source = plugin_source().replace("@register_operation\n", "")
+    return install_plugin(tmp_path_factory.mktemp("steer"), "wb_steer", source, PYPROJECT)
 
 
 @pytest.fixture
