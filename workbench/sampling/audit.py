@@ -421,6 +421,7 @@ def randomness_audit(
         results = [_first_token_stats(lm, s, logits, base, ids, values, samples, progress) for s in chosen]
     else:
         longest = max(len(s) for s in encode_continuations(lm, [str(v) for v in values]))
+        check_context(lm, base.shape[1], longest + 1)  # the answers are generated: digits, then one more token
         laws = exact_number_distributions(
             lm, prompt, values, [make_sampler(1.0), *chosen], max_contexts=max_contexts, progress=progress
         )

@@ -117,14 +117,13 @@ def beam_search(
     vocab = int(lm.d_vocab)
     keep = max(2, 1 + len(stop_ids)) * width
     length = prompt_row.shape[1] + max_new_tokens
-    row_bytes = forward_bytes_per_row(lm, length) + vocab * 4 * 3
-    require_within_budget(
-        row_bytes + keep * (max_new_tokens * 8 + 16),
+    require_within_budget(  # the live beams and the candidates, which cannot be split; forwards are batched
+        keep * (max_new_tokens * 8 + 32),
         f"Beam search of width {width} over {max_new_tokens} tokens",
         "lower the width or max_new_tokens",
         model_device(lm),
     )
-    chunk = rows_per_batch(row_bytes, model_device(lm))
+    chunk = rows_per_batch(forward_bytes_per_row(lm, length) + vocab * 4 * 3, model_device(lm))
     stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=prompt_row.device)
 
     running = torch.empty((1, 0), dtype=torch.long, device=prompt_row.device)
@@ -187,24 +186,23 @@ def _top_candidates(
 ) -> tuple[Float[torch.Tensor, "keep"], Int[torch.Tensor, "keep"], Int[torch.Tensor, "keep"]]:
     """The ``keep`` best (beam, token) extensions by total log-probability, best first.
 
-    Beams run ``chunk`` at a time; each chunk's own top ``keep`` are merged, which selects the same
-    candidates as one top-k over every beam × token.
+    Beams run ``chunk`` at a time and each chunk's best ``keep`` are merged into the running best
+    ``keep``, which selects the same candidates as one top-k over every beam × token.
     """
     vocab = int(lm.d_vocab)
-    values, flat = [], []
+    values = flat = None
     for start in range(0, running.shape[0], chunk):
         part = running[start : start + chunk]
         rows = torch.cat([prompt_row.expand(part.shape[0], -1), part], dim=1)
         logp = lm.next_token_logits(rows).float().log_softmax(dim=-1)
         totals = (logp + running_scores[start : start + chunk, None]).reshape(-1)
         top = totals.topk(min(keep, totals.numel()))
-        values.append(top.values)
-        flat.append(top.indices + start * vocab)
-    if len(values) == 1:
-        return values[0], flat[0] // vocab, flat[0] % vocab
-    top = torch.cat(values).topk(min(keep, sum(v.numel() for v in values)))
-    flat = torch.cat(flat)[top.indices]
-    return top.values, flat // vocab, flat % vocab
+        if values is None:
+            values, flat = top.values, top.indices + start * vocab
+            continue
+        merged = torch.cat([values, top.values]).topk(min(keep, values.numel() + top.values.numel()))
+        values, flat = merged.values, torch.cat([flat, top.indices + start * vocab])[merged.indices]
+    return values, flat // vocab, flat % vocab
 
 
 def _can_improve(best_running, worst_pooled, early_stopping, length_penalty: float, generated: int, max_new_tokens: int) -> bool:
