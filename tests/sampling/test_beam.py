@@ -113,6 +113,6 @@ def test_bad_early_stopping_and_return_counts(tiny_qwen2):
         beam_search(tiny_qwen2, PROMPT, width=2, early_stopping="sometimes")
     with pytest.raises(SamplingError, match="num_return_sequences is 3: pass a whole number from 1 to 2"):
         beam_search(tiny_qwen2, PROMPT, width=2, num_return_sequences=3)
-    with pytest.raises(SamplingError, match="Stop token 100000"):
+    with pytest.raises(SamplingError, match="Stop token id 100000 is not in"):
         beam_search(tiny_qwen2, PROMPT, width=2, stop=[100000])
     assert len(beam_search(tiny_qwen2, PROMPT, width=3, max_new_tokens=2, num_return_sequences=1).beams) == 1

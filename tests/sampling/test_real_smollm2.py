@@ -92,3 +92,20 @@ def test_generation_with_block_21_removed_equals_a_manual_loop(smollm2):
             manual.append(int(smollm2.bridge(tokens)[0, -1].argmax()))
         tokens = torch.cat([tokens, torch.tensor([[manual[-1]]])], dim=1)
     assert result.row_tokens(0) == manual
+
+
+def test_samples_do_not_depend_on_the_batch_size_on_smollm2(smollm2):
+    runs = [generate(smollm2, "Once upon a time", make_sampler(1.0, top_k=50, seed=7), 3, n=4, batch_size=b) for b in (1, None)]
+    for run in runs[1:]:
+        assert torch.equal(run.tokens, runs[0].tokens)
+    assert len(set(runs[0].texts)) > 1
+
+
+def test_a_prompt_beyond_smollm2s_context_is_refused(smollm2):
+    from workbench.errors import SamplingError
+
+    n_ctx = smollm2.facts.n_ctx
+    prompt = "1" * (n_ctx - 3)  # BOS + one token per digit
+    assert len(smollm2.tokenizer(prompt)["input_ids"]) == n_ctx - 2
+    with pytest.raises(SamplingError, match=f"{n_ctx - 2} tokens and 5 new tokens would make {n_ctx + 3}, more than SmolLM2-135M-Instruct's context of {n_ctx}"):
+        generate(smollm2, prompt, greedy(), 5)

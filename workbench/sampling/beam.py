@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from workbench.errors import SamplingError
 from workbench.memory import require_within_budget, rows_per_batch
 from workbench.sampling.checks import finite_number, whole_number
+from workbench.sampling.generate import stop_token_sets
 from workbench.sampling.lm import as_next_token_model, check_context, forward_bytes_per_row, model_device, prompt_tokens
 
 EarlyStopping = bool | Literal["never"]
@@ -170,13 +171,9 @@ def beam_search(
 
 
 def _stop_ids(lm, stop, stop_at_eos: bool) -> set[int]:
-    ids = set()
-    for item in [stop] if isinstance(stop, int) else list(stop or []):
-        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < lm.d_vocab:
-            raise SamplingError(f"Stop token {item!r} is not a token id of {lm.name}: pass ids from 0 to {lm.d_vocab - 1}.")
-        ids.add(int(item))
-    if stop_at_eos and lm.eos_token_id is not None:
-        ids.add(int(lm.eos_token_id))
+    ids, strings = stop_token_sets(lm, stop, stop_at_eos)
+    if strings:
+        raise SamplingError(f"Beam search stops on token ids, not text ({strings[0]!r}): pass ids, e.g. tokenizer.encode(text).")
     return ids
 
 

@@ -12,6 +12,7 @@ and ``batch_size`` change the speed, never the samples.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -69,13 +70,14 @@ class Generation:
         }
 
 
-def _stop_sets(lm, stop, stop_at_eos: bool) -> tuple[set[int], list[str]]:
+def stop_token_sets(lm, stop, stop_at_eos: bool) -> tuple[set[int], list[str]]:
+    """Stop token ids (checked against the vocabulary; EOS added unless ``stop_at_eos=False``) and stop strings."""
     ids: set[int] = set()
     strings: list[str] = []
-    for item in [stop] if isinstance(stop, (str, int)) else list(stop or []):
-        if isinstance(item, bool) or not isinstance(item, (str, int)):
+    for item in [stop] if isinstance(stop, (str, numbers.Integral)) else list(stop or []):
+        if isinstance(item, bool) or not isinstance(item, (str, numbers.Integral)):
             raise SamplingError(f"Stop item {item!r} is neither text nor a token id: pass strings or ints.")
-        if isinstance(item, int):
+        if isinstance(item, numbers.Integral):
             if not 0 <= item < lm.d_vocab:
                 raise SamplingError(f"Stop token id {item} is not in {lm.name}'s vocabulary of {lm.d_vocab}: pass ids from 0 to {lm.d_vocab - 1}.")
             ids.add(int(item))
@@ -122,7 +124,7 @@ def generation_chunks(
         raise SamplingError(f"{lm.name} has no hook points: fwd_hooks need a workbench Model (TransformerLens bridge).")
     prompts = prompt_tokens(lm, prompt)
     check_context(lm, prompts.shape[1], max_new_tokens)
-    stop_ids, stop_strings = _stop_sets(lm, stop, stop_at_eos)
+    stop_ids, stop_strings = stop_token_sets(lm, stop, stop_at_eos)
     pad_id = int(lm.eos_token_id) if lm.eos_token_id is not None else 0
     total = prompts.shape[0] * n
     length = prompts.shape[1] + max_new_tokens
