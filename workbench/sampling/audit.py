@@ -405,8 +405,11 @@ def randomness_audit(
         one_token = all(t is not None for t in value_tokens)
     if method == "first-token" and not one_token:
         split = [low + i for i, t in enumerate(value_tokens) if t is None][:5]
-        where = f"Numbers such as {split} are" if split else f"The {n_values:,} numbers cannot all be single tokens"
-        raise SamplingError(f"{where} several tokens for {lm.name}: use method='generate'.")
+        if split:
+            raise SamplingError(f"Numbers such as {split} are several tokens for {lm.name}: use method='generate'.")
+        raise SamplingError(
+            f"The {n_values:,} numbers cannot all be single tokens of {lm.name}'s {lm.d_vocab:,}-token vocabulary: use method='generate'."
+        )
     method = ("first-token" if one_token else "generate") if method == "auto" else method
     if method == "generate":
         _require_contexts(n_values + 1, [low, high], max_contexts, at_least=True)
