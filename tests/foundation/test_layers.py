@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from workbench.errors import LayerError
-from workbench.layers import STUDY_N_LAYERS, block_label, resid_labels, resolve_blocks, resolve_heads, scale_block
+from workbench.layers import block_label, resid_labels, resolve_blocks, resolve_heads
+from workbench.studies.random_number import STUDY_N_LAYERS, scale_block
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from workbench.errors import SamplingError
-from workbench.sampling import beam_search, generate, greedy, identity_block_hooks, sequence_logprob
+from workbench.interventions import identity, scale
+from workbench.sampling import beam_search, generate, greedy, sequence_logprob
 
 PROMPT = "The quick brown fox"
 
@@ -80,12 +81,18 @@ def test_hooks_stay_attached_for_the_whole_search_and_are_removed(tiny_qwen2):
     tokens = tiny_qwen2.to_tokens(PROMPT)
     before = tiny_qwen2.bridge(tokens)
     plain = beam_search(tiny_qwen2, PROMPT, width=3, max_new_tokens=4, length_penalty=1.0)
-    hooked = beam_search(tiny_qwen2, PROMPT, width=3, max_new_tokens=4, length_penalty=1.0, fwd_hooks=identity_block_hooks(1))
+    edits = [identity(blocks=1)]
+    hooked = beam_search(tiny_qwen2, PROMPT, width=3, max_new_tokens=4, length_penalty=1.0, interventions=edits)
     assert [b.tokens for b in hooked.beams] != [b.tokens for b in plain.beams]
     for beam in hooked.beams:
-        expected = sequence_logprob(tiny_qwen2, PROMPT, beam.tokens, fwd_hooks=identity_block_hooks(1))
+        expected = sequence_logprob(tiny_qwen2, PROMPT, beam.tokens, interventions=edits)
         assert beam.logprob == pytest.approx(expected, abs=1e-3)
     torch.testing.assert_close(tiny_qwen2.bridge(tokens), before)
+    # An intervention with no positions named edits the generated tokens too (here: attention halved there).
+    halved = [scale("z", 0.5, blocks=[0, 1])]
+    for beam in beam_search(tiny_qwen2, PROMPT, width=2, max_new_tokens=3, interventions=halved).beams:
+        expected = sequence_logprob(tiny_qwen2, PROMPT, beam.tokens, interventions=halved)
+        assert beam.logprob == pytest.approx(expected, abs=1e-3)
 
     def explode(resid, hook):
         raise RuntimeError("boom")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from workbench.sampling import DEFAULT_PROMPT, beam_search, generate, greedy, identity_block_hooks, make_sampler, randomness_audit
+from workbench.sampling import DEFAULT_PROMPT, beam_search, generate, greedy, make_sampler, randomness_audit
 from workbench.tokens import digit_token_ids
 
 pytestmark = pytest.mark.real
@@ -83,12 +83,19 @@ def test_beam_width_one_is_greedy_and_scores_recompute(smollm2):
 
 
 def test_generation_with_block_21_removed_equals_a_manual_loop(smollm2):
-    hooks = identity_block_hooks(21)
-    result = generate(smollm2, DEFAULT_PROMPT, greedy(), 2, fwd_hooks=hooks)
+    result = generate(smollm2, DEFAULT_PROMPT, greedy(), 2, interventions=[identity(blocks=21)])
     tokens = smollm2.to_tokens(DEFAULT_PROMPT)
     manual = []
+    stored = {}
+
+    def keep(resid, hook):
+        stored["input"] = resid
+
+    def pass_through(resid, hook):
+        return stored["input"]
+
     for _ in range(2):
-        with smollm2.bridge.hooks(fwd_hooks=identity_block_hooks(21)):
+        with smollm2.bridge.hooks(fwd_hooks=[("blocks.21.hook_resid_pre", keep), ("blocks.21.hook_resid_post", pass_through)]):
             manual.append(int(smollm2.bridge(tokens)[0, -1].argmax()))
         tokens = torch.cat([tokens, torch.tensor([[manual[-1]]])], dim=1)
     assert result.row_tokens(0) == manual

@@ -236,35 +236,51 @@ def generate_command(
     n: int = typer.Option(1, "--n", help="Continuations of the prompt."),
     stop: list[str] = typer.Option(None, "--stop", help="Stop string, repeatable (EOS always stops)."),
     identity_block: int = typer.Option(None, "--identity-block", help="Make this block the identity during generation (e.g. 21)."),
+    intervention: list[str] = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
     seed: int = typer.Option(0, "--seed", help="Continuation i draws from its own stream (seed, i)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Rows per forward (default: what the memory budget holds); speed only."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Generate with a sampler, optionally with a block made the identity."""
-    from workbench.sampling import as_next_token_model, generate, identity_block_hooks, parse_sampler
+    """Generate with a sampler, optionally with interventions (e.g. a block made the identity, a steering vector)."""
+    from workbench.sampling import as_next_token_model, generate, parse_sampler
 
     max_new_tokens = whole_number("--max-new-tokens", max_new_tokens, 1)
     n = whole_number("--n", n, 1)
     if batch_size is not None:
         batch_size = whole_number("--batch-size", batch_size, 1)
     chosen = parse_sampler(sampler, seed=_seed(seed))
+    edits = _interventions(intervention, identity_block)
     lm = as_next_token_model(load_next_token_model(model))
-    hooks = None
-    if identity_block is not None:
-        from workbench.layers import resolve_blocks
-
-        if not hasattr(lm, "model"):
-            raise SamplingError("--identity-block needs a transformer model, not a bigram.")
-        hooks = identity_block_hooks(resolve_blocks(lm.model.facts, identity_block)[0])
     result = generate(
-        lm, prompt, chosen, max_new_tokens, stop=stop or None, n=n, fwd_hooks=hooks, batch_size=batch_size,
-        progress=_progress(as_json),
+        lm, prompt, chosen, max_new_tokens, stop=stop or None, n=n, batch_size=batch_size,
+        progress=_progress(as_json), interventions=edits,
     )
     if as_json:
         typer.echo(_dumps({"model": lm.name, "prompt": prompt} | result.to_dict()))
         return
     for i, text in enumerate(result.texts):
         typer.echo(f"[{i}] {prompt}{text}")
+
+
+INTERVENTION_HELP = ("An intervention as JSON, repeatable, e.g. '{\"site\": \"block\", \"op\": \"identity\", "
+                     "\"blocks\": [21]}' (any registered operation, plugins included).")
+
+
+def _interventions(texts: list[str] | None, identity_block: int | None = None) -> list:
+    """``--intervention`` JSON descriptions (and ``--identity-block``) as Interventions, checked before loading."""
+    from workbench.interventions import Intervention, identity
+
+    out = []
+    for text in texts or []:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SamplingError(f"--intervention is not JSON ({exc.msg} at character {exc.pos}): write e.g. "
+                                '\'{"site": "block", "op": "identity", "blocks": [21]}\'.') from None
+        out.append(Intervention.from_dict(data))
+    if identity_block is not None:
+        out.append(identity(blocks=identity_block))
+    return out
 
 
 def _early_stopping(text: str):
@@ -286,6 +302,7 @@ def beam_command(
         help="transformers' rule: true (stop once WIDTH beams finished), false (stop when no live beam can win), never (exhaustive).",
     ),
     num_return_sequences: int = typer.Option(None, "--num-return-sequences", help="How many beams to show (default: WIDTH)."),
+    intervention: list[str] = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Beam search as transformers does it: the best finished continuations with their log-probabilities."""
@@ -297,9 +314,10 @@ def beam_command(
     stopping = _early_stopping(early_stopping)
     if num_return_sequences is not None:
         num_return_sequences = whole_number("--num-return-sequences", num_return_sequences, 1, width)
+    edits = _interventions(intervention)
     result = beam_search(
         load_next_token_model(model), prompt, width, max_new_tokens, length_penalty, early_stopping=stopping,
-        num_return_sequences=num_return_sequences, progress=_progress(as_json),
+        num_return_sequences=num_return_sequences, progress=_progress(as_json), interventions=edits,
     )
     typer.echo(_dumps(result.to_dict()) if as_json else str(result))
 

@@ -37,6 +37,9 @@ class Operation(ABC):
 
     name: ClassVar[str] = ""
     sites: ClassVar[tuple[str, ...] | None] = None  # the sites it can edit; None: every site but "block"
+    # With no positions named, does the edit also cover tokens a generation appends? Not for an operation
+    # whose state is aligned to the prompt's positions (a source prompt's activations).
+    extends_to_new_positions: ClassVar[bool] = True
 
     def prepare(self, prep) -> Any:
         """Work before the edited pass; the result is ``edit.state`` in :meth:`apply` (default: none)."""
@@ -158,6 +161,7 @@ class Patch(Operation):
 
     source: str | tuple[str, ...] = ""
     name: ClassVar[str] = "patch"
+    extends_to_new_positions: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         sources = (self.source,) if isinstance(self.source, str) else tuple(self.source)

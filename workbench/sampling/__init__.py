@@ -21,7 +21,7 @@ from workbench.sampling.audit import (
 from workbench.sampling.beam import Beam, BeamSearchResult, beam_search, sequence_logprob
 from workbench.sampling.bigram import BigramModel
 from workbench.sampling.explorer import TemperatureSweep, sweep_figure, temperature_sweep
-from workbench.sampling.generate import Generation, generate, generation_chunks, identity_block_hooks
+from workbench.sampling.generate import Generation, generate, generation_chunks
 from workbench.sampling.lm import BridgeModel, NextTokenModel, as_next_token_model
 from workbench.sampling.monitors import DistributionStats, batch_stats, distribution_stats, entropy_bits
 from workbench.sampling.processors import (
@@ -44,7 +44,7 @@ __all__ = [
     "beam_search", "BeamSearchResult", "BigramModel", "BridgeModel", "centroid_distances", "chi_square",
     "DEFAULT_PROMPT", "distribution_stats", "DistributionStats", "entropy_bits", "exact_number_distribution",
     "exact_number_distributions", "find_anomalous_tokens", "generate", "Generation", "generation_chunks",
-    "greedy", "HistogramStats", "identity_block_hooks", "LogitsProcessor", "make_sampler", "MinP",
+    "greedy", "HistogramStats", "LogitsProcessor", "make_sampler", "MinP",
     "NextTokenModel", "parse_answer", "parse_sampler", "randomness_audit", "RandomnessAudit",
     "RepetitionPenalty", "sample_seed", "Sampler", "secrets_histogram", "sequence_logprob", "sweep_figure",
     "Temperature", "temperature_sweep", "TemperatureSweep", "TopK", "TopNSigma", "TopP",

@@ -31,9 +31,10 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from workbench.errors import SamplingError
+from workbench.interventions.compile import Binding, compile_hooks
 from workbench.memory import require_within_budget, rows_per_batch
 from workbench.sampling.checks import finite_number, whole_number
-from workbench.sampling.generate import stop_token_sets
+from workbench.sampling.generate import resolve_interventions, stop_token_sets
 from workbench.sampling.lm import as_next_token_model, check_context, forward_bytes_per_row, model_device, prompt_tokens
 
 EarlyStopping = bool | Literal["never"]
@@ -95,12 +96,14 @@ def beam_search(
     stop_at_eos: bool = True,
     fwd_hooks: list | None = None,
     progress: bool = False,
+    interventions: Sequence | None = None,
 ) -> BeamSearchResult:
     """The ``num_return_sequences`` (default ``width``) best continuations of one prompt, best score first.
 
     ``stop`` holds token ids that end a hypothesis (with the EOS token unless ``stop_at_eos=False``).
-    ``fwd_hooks`` (TransformerLens ``(hook_name, fn)`` pairs) stay attached for every forward of the search
-    and are removed afterwards, even on error. Live beams are run a memory-budget-sized batch at a time.
+    ``interventions`` (:class:`~workbench.interventions.Intervention` descriptions) and raw ``fwd_hooks``
+    (TransformerLens ``(hook_name, fn)`` pairs) edit every forward of the search and are removed
+    afterwards, even on error. Live beams are run a memory-budget-sized batch at a time.
     """
     lm = as_next_token_model(model)
     width = whole_number("Beam width", width, 1)
@@ -114,6 +117,7 @@ def beam_search(
     if prompt_row.shape[0] != 1:
         raise SamplingError("Beam search takes one prompt: pass a single string or one row of token ids.")
     check_context(lm, prompt_row.shape[1], max_new_tokens)
+    resolved = resolve_interventions(lm, prompt, prompt_row, interventions)
     stop_ids = _stop_ids(lm, stop, stop_at_eos)
     vocab = int(lm.d_vocab)
     keep = max(2, 1 + len(stop_ids)) * width
@@ -132,7 +136,9 @@ def beam_search(
     pool: list[tuple[torch.Tensor, float, list[int], bool]] = []  # (score, log P, tokens, ended on a stop token)
     steps = 0
     context = lm.hooked(fwd_hooks) if hasattr(lm, "hooked") else nullcontext()
-    with context, tqdm(total=max_new_tokens, desc="beam search", unit="step", disable=not progress, leave=False) as bar:
+    edits = lm.hooked(compile_hooks(resolved, Binding.every_row(len(resolved)))) if resolved else nullcontext()
+    with context, edits, tqdm(total=max_new_tokens, desc="beam search", unit="step", disable=not progress,
+                              leave=False) as bar:
         for step in range(max_new_tokens):
             steps = step + 1
             values, beam_index, token = _top_candidates(lm, prompt_row, running, running_scores, keep, chunk)
@@ -209,14 +215,17 @@ def _can_improve(best_running, worst_pooled, early_stopping, length_penalty: flo
 
 
 @torch.no_grad()
-def sequence_logprob(model: Any, prompt: str | torch.Tensor, continuation: Sequence[int], fwd_hooks: list | None = None) -> float:
+def sequence_logprob(model: Any, prompt: str | torch.Tensor, continuation: Sequence[int], fwd_hooks: list | None = None,
+                     interventions: Sequence | None = None) -> float:
     """log P(continuation | prompt), recomputed step by step with fresh forwards (a check on any decoder)."""
     lm = as_next_token_model(model)
     row = prompt_tokens(lm, prompt)
     check_context(lm, row.shape[1], max(len(continuation) - 1, 0))
+    resolved = resolve_interventions(lm, prompt, row, interventions)
     total = 0.0
     context = lm.hooked(fwd_hooks) if hasattr(lm, "hooked") else nullcontext()
-    with context:
+    edits = lm.hooked(compile_hooks(resolved, Binding.every_row(len(resolved)))) if resolved else nullcontext()
+    with context, edits:
         for token in continuation:
             total += float(lm.next_token_logits(row).float().log_softmax(dim=-1)[0, int(token)])
             row = torch.cat([row, torch.tensor([[int(token)]], device=row.device)], dim=1)

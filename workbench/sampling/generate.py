@@ -1,9 +1,11 @@
 """Autoregressive generation: next-token logits → sampler → append → repeat.
 
 Works on any :class:`~workbench.sampling.lm.NextTokenModel`; on a workbench ``Model`` it also takes
-TransformerLens ``fwd_hooks`` (e.g. make block 21 the identity) that stay attached for every forward of
-the loop and are removed afterwards. No KV cache: each step reruns the whole prefix, which keeps hooks
-simple and exact at the sizes the workbench targets.
+``interventions`` (:class:`~workbench.interventions.Intervention` descriptions, e.g.
+``identity(blocks=21)`` or a steering vector) and raw TransformerLens ``fwd_hooks``, applied to every
+forward of the loop and removed afterwards. An intervention with no positions named covers the
+generated tokens too. No KV cache: each step reruns the whole prefix, which keeps edits simple and
+exact at the sizes the workbench targets.
 
 Rows run in chunks sized from the memory budget (:mod:`workbench.memory`), and sample *i* draws from its
 own generator seeded from (seed, *i*) (:func:`~workbench.sampling.processors.sample_seed`): the chunking
@@ -23,6 +25,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from workbench.errors import SamplingError
+from workbench.interventions.compile import Binding, compile_hooks
 from workbench.sampling.checks import whole_number
 from workbench.memory import format_bytes, require_within_budget, rows_per_batch
 from workbench.sampling.lm import (
@@ -107,10 +110,12 @@ def generation_chunks(
     fwd_hooks: list | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    interventions: Sequence | None = None,
 ) -> Iterator[Generation]:
     """:func:`generate`, yielded one chunk of consecutive samples at a time (memory: one chunk).
 
-    The hooks stay attached until the last chunk is yielded (or the iterator is closed).
+    The hooks stay attached until the last chunk is yielded (or the iterator is closed). With
+    ``interventions`` a chunk never mixes prompts (each prompt's edits are resolved against it).
     """
     lm = as_next_token_model(model)
     sampler = sampler or greedy()
@@ -124,25 +129,61 @@ def generation_chunks(
         raise SamplingError(f"{lm.name} has no hook points: fwd_hooks need a workbench Model (TransformerLens bridge).")
     prompts = prompt_tokens(lm, prompt)
     check_context(lm, prompts.shape[1], max_new_tokens)
+    resolved = resolve_interventions(lm, prompt, prompts, interventions)
     stop_ids, stop_strings = stop_token_sets(lm, stop, stop_at_eos)
     pad_id = int(lm.eos_token_id) if lm.eos_token_id is not None else 0
     total = prompts.shape[0] * n
     length = prompts.shape[1] + max_new_tokens
     size = rows_per_batch(_sample_bytes(lm, length, max_new_tokens), model_device(lm), cap=batch_size or total)
-    hook_names = [name for name, _ in (fwd_hooks or [])]
+    hook_names = [name for name, _ in (fwd_hooks or [])] + [item.intervention.describe() for item in resolved]
     hook_context = lm.hooked(fwd_hooks) if hasattr(lm, "hooked") else nullcontext()
     bar = tqdm(total=total * max_new_tokens, desc="generate", unit="token", disable=not progress, leave=False)
     try:
         with hook_context:
-            for start in range(0, total, size):
-                rows = torch.arange(start, min(start + size, total), device=prompts.device)
-                chunk = _generate_rows(
-                    lm, prompts[rows // n], rows.tolist(), sampler, max_new_tokens, stop_ids, stop_strings, pad_id, bar
-                )
+            for begin, end in _chunks(total, size, n if resolved else total):
+                rows = torch.arange(begin, end, device=prompts.device)
+                edits = lm.hooked(compile_hooks(resolved, Binding.every_row(len(resolved), begin // n))) \
+                    if resolved else nullcontext()
+                with edits:
+                    chunk = _generate_rows(
+                        lm, prompts[rows // n], rows.tolist(), sampler, max_new_tokens, stop_ids, stop_strings, pad_id,
+                        bar,
+                    )
                 chunk.hooks = hook_names
                 yield chunk
     finally:
         bar.close()
+
+
+def _chunks(total: int, size: int, aligned: int) -> Iterator[tuple[int, int]]:
+    """Row ranges of at most ``size`` rows that never cross a multiple of ``aligned``."""
+    for group in range(0, total, aligned):
+        for begin in range(group, min(group + aligned, total), size):
+            yield begin, min(begin + size, group + aligned, total)
+
+
+def resolve_interventions(lm, prompt, prompts: torch.Tensor, interventions) -> list:
+    """``interventions`` checked against the prompts (text, or token ids that decode back to themselves)."""
+    if not interventions:
+        return []
+    from workbench.interventions import Intervention, resolve
+
+    if not hasattr(lm, "model"):
+        raise SamplingError(f"{lm.name} has no hook points: interventions need a workbench Model (TransformerLens bridge).")
+    items = list(interventions)
+    for item in items:
+        if not isinstance(item, Intervention):
+            raise SamplingError(f"{item!r} is not an Intervention: build them with workbench.interventions (e.g. identity(blocks=3)).")
+    if isinstance(prompt, str):
+        texts = [prompt]
+    elif isinstance(prompt, torch.Tensor):
+        texts = [lm.model.tokenizer.decode(row, skip_special_tokens=True) for row in prompts.tolist()]
+        if not torch.equal(lm.model.to_tokens(texts).to(prompts.device), prompts):
+            raise SamplingError("These token ids do not decode to text that encodes back to them: pass the prompt as "
+                                "text to use interventions.")
+    else:
+        texts = list(prompt)
+    return [resolve(item, lm.model, texts, prompts) for item in items]
 
 
 def _generate_rows(lm, prompts, indices, sampler, max_new_tokens, stop_ids, stop_strings, pad_id, bar) -> Generation:
@@ -200,11 +241,13 @@ def generate(
     fwd_hooks: list | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    interventions: Sequence | None = None,
 ) -> Generation:
     """Continue ``prompt`` (text, a batch of equal-length texts, or token ids) with ``sampler``.
 
     ``n`` repeats every prompt; ``stop`` holds strings and/or token ids that end a row (the stop
-    token is kept); the EOS token stops too unless ``stop_at_eos=False``. ``fwd_hooks`` is a list of
+    token is kept); the EOS token stops too unless ``stop_at_eos=False``. ``interventions`` (e.g.
+    ``[identity(blocks=21)]``) edit every forward of the loop; ``fwd_hooks`` is a list of raw
     ``(hook_name, fn)`` TransformerLens pairs applied to every forward. Rows run in chunks of at most
     ``batch_size`` (default: as many as the memory budget holds); sample *i* draws from its own
     generator seeded from (the sampler's seed, *i*), so the result does not depend on the chunking.
@@ -217,7 +260,7 @@ def generate(
     chunks = list(
         generation_chunks(
             lm, prompt, sampler, max_new_tokens, stop, n=n, stop_at_eos=stop_at_eos,
-            fwd_hooks=fwd_hooks, batch_size=batch_size, progress=progress,
+            fwd_hooks=fwd_hooks, batch_size=batch_size, progress=progress, interventions=interventions,
         )
     )
     first = chunks[0]
@@ -262,17 +305,3 @@ def _dedup_next_token_logits(lm, context: Int[torch.Tensor, "batch pos"]) -> Flo
     if unique.shape[0] == context.shape[0]:
         return next_token_logits_batched(lm, context)
     return next_token_logits_batched(lm, unique)[inverse]
-
-
-def identity_block_hooks(block: int) -> list[tuple[str, Any]]:
-    """Hooks that make ``block`` the identity: its output residual is replaced by its input."""
-    stored: dict[str, torch.Tensor] = {}
-
-    def keep_input(resid, hook):
-        stored["resid"] = resid
-        return resid
-
-    def return_input(resid, hook):
-        return stored["resid"]
-
-    return [(f"blocks.{block}.hook_resid_pre", keep_input), (f"blocks.{block}.hook_resid_post", return_input)]

@@ -19,7 +19,7 @@ import torch
 
 from workbench import plots
 from workbench.errors import TokenError, WorkbenchError
-from workbench.layers import resid_labels, resolve_blocks, scale_block
+from workbench.layers import resid_labels, resolve_blocks
 from workbench.models import Model
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens
 from workbench.run import run
@@ -47,6 +47,20 @@ SWEEP_PROMPTS = (
     "I'm generating a random number between [0, 5]. The number is ",
     "I'm not generating a random number. The number is ",
 )
+
+
+STUDY_N_LAYERS = 24  # Qwen2.5-0.5B-Instruct, the model of the source study
+
+
+def scale_block(study_block: int, n_layers: int) -> int:
+    """A study block on a model at least as deep as the study's; on a shallower one, the same relative depth.
+
+    Every default scales together on a shallower model (never some kept and some scaled), so the
+    study's order survives: blocks 6, 14, 21 stay in that order on an 8-block model (2, 4, 6).
+    """
+    if n_layers >= STUDY_N_LAYERS:
+        return study_block
+    return min(n_layers - 1, round(study_block * (n_layers - 1) / (STUDY_N_LAYERS - 1)))
 
 
 @dataclass
