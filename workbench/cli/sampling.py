@@ -29,7 +29,11 @@ app.add_typer(sample_app, name="sample")
 
 MODEL_HELP = "Model spec (smollm2, tiny-qwen2, tiny-llama, a .gguf, a HF folder, a hub id) or bigram:PATH for a bigram model of a text file."
 SAMPLER_HELP = "Sampler spec, repeatable: 'greedy' or key=value pairs, e.g. 't=0.7,top_p=0.9', 't=-0.001', 'top_n_sigma=1'."
-PROMPT_DEFAULT = "I'm generating a random number between [0, 9]. The number is "
+INTERVENTION_HELP = ("An intervention as JSON, repeatable, e.g. '{\"site\": \"block\", \"op\": \"identity\", "
+                     "\"blocks\": [21]}' (any registered operation, plugins included).")
+
+
+from workbench.sampling.audit import DEFAULT_PROMPT as PROMPT_DEFAULT  # noqa: E402  (the audit's question)
 
 
 def load_next_token_model(spec: str):
@@ -260,10 +264,6 @@ def generate_command(
         return
     for i, text in enumerate(result.texts):
         typer.echo(f"[{i}] {prompt}{text}")
-
-
-INTERVENTION_HELP = ("An intervention as JSON, repeatable, e.g. '{\"site\": \"block\", \"op\": \"identity\", "
-                     "\"blocks\": [21]}' (any registered operation, plugins included).")
 
 
 def _interventions(texts: list[str] | None, identity_block: int | None = None) -> list:
