@@ -61,7 +61,7 @@ def test_next_generate_beam_explore_anomalous(tmp_path, capsys):
     top = json.loads(out)["samplers"][0]["top"]
     assert code == 0 and len(top) == 3 and sum(t["prob"] for t in top) == pytest.approx(1.0, abs=1e-5)
     code, out, _ = run(["sample", "generate", "-m", "tiny-qwen2", "--identity-block", "1", "--max-new-tokens", "3", "--json"], capsys)
-    assert code == 0 and json.loads(out)["hooks"] == ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+    assert code == 0 and json.loads(out)["interventions"] == [{"site": "block", "op": {"name": "identity"}, "blocks": [1]}]
     code, out, _ = run(["sample", "beam", "-m", "tiny-qwen2", "-k", "2", "--max-new-tokens", "3", "--json"], capsys)
     assert code == 0 and len(json.loads(out)["beams"]) == 2
     code, out, _ = run(["sample", "explore", "-m", "tiny-qwen2", "--steps", "5", "--out", str(tmp_path), "--json"], capsys)

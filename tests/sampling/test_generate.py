@@ -44,7 +44,7 @@ def test_greedy_generation_equals_a_manual_loop(tiny_model):
 def test_generation_with_block_1_as_identity_equals_a_manual_loop(tiny_qwen2):
     hooked = generate(tiny_qwen2, PROMPT, greedy(), 6, stop_at_eos=False, interventions=[identity(blocks=1)])
     assert hooked.row_tokens(0) == manual_greedy(tiny_qwen2, PROMPT, 6, identity_hooks_written_here(1))
-    assert hooked.hooks == [identity(blocks=1).describe()]
+    assert hooked.interventions == [identity(blocks=1).to_dict()] and hooked.hooks == []
     raw = generate(tiny_qwen2, PROMPT, greedy(), 6, stop_at_eos=False, fwd_hooks=identity_hooks_written_here(1))
     assert raw.row_tokens(0) == hooked.row_tokens(0)  # raw TransformerLens hooks still work
     # the intervention is real: block 1 as identity changes the logits

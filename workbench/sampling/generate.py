@@ -57,6 +57,7 @@ class Generation:
     pad_id: int = 0
     hooks: list[str] = field(default_factory=list)
     first_row: int = 0
+    interventions: list[dict] = field(default_factory=list)
 
     def row_tokens(self, row: int) -> list[int]:
         return self.tokens[row, : self.lengths[row]].tolist()
@@ -65,6 +66,7 @@ class Generation:
         return {
             "sampler": self.sampler,
             "hooks": self.hooks,
+            "interventions": self.interventions,
             "prompt_tokens": self.prompt_tokens.tolist(),
             "tokens": [self.row_tokens(i) for i in range(len(self.lengths))],
             "texts": self.texts,
@@ -135,7 +137,8 @@ def generation_chunks(
     total = prompts.shape[0] * n
     length = prompts.shape[1] + max_new_tokens
     size = rows_per_batch(_sample_bytes(lm, length, max_new_tokens), model_device(lm), cap=batch_size or total)
-    hook_names = [name for name, _ in (fwd_hooks or [])] + [item.intervention.describe() for item in resolved]
+    hook_names = [name for name, _ in (fwd_hooks or [])]
+    edit_specs = [item.intervention.to_dict() for item in resolved]
     hook_context = lm.hooked(fwd_hooks) if hasattr(lm, "hooked") else nullcontext()
     bar = tqdm(total=total * max_new_tokens, desc="generate", unit="token", disable=not progress, leave=False)
     try:
@@ -149,7 +152,7 @@ def generation_chunks(
                         lm, prompts[rows // n], rows.tolist(), sampler, max_new_tokens, stop_ids, stop_strings, pad_id,
                         bar,
                     )
-                chunk.hooks = hook_names
+                chunk.hooks, chunk.interventions = hook_names, edit_specs
                 yield chunk
     finally:
         bar.close()
@@ -276,6 +279,7 @@ def generate(
         sampler=first.sampler,
         pad_id=first.pad_id,
         hooks=first.hooks,
+        interventions=first.interventions,
     )
 
 
