@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -19,6 +20,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def out_folder(kind: str):
+    """A Typer callback that checks an ``--out`` folder for a ``kind`` output as the options are parsed,
+    so a bad path fails before any model loads (see :mod:`workbench.outputs`)."""
+    from workbench.outputs import check_folder
+
+    def check(value: Path | None) -> Path | None:
+        if value is not None:
+            check_folder(value, kind)
+        return value
+
+    return check
 
 
 def _register() -> None:

@@ -1,22 +1,23 @@
 """Write a study to a folder: ``report.html`` (self-contained, offline), ``figures/`` and ``results.json``.
 
-Everything is written into a temporary sibling folder and moved into place at the end, so a failed
-run leaves no half-written report behind.
+The folder is written through :func:`workbench.outputs.output_folder`: into a temporary sibling, swapped
+into place at the end, and only over a folder that is new, empty, or an earlier report (marked as
+such); a folder holding anything else is refused before any work and left untouched.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from workbench.errors import WorkbenchError
 from workbench.export import write_figures
+from workbench.outputs import STUDY, check_folder, output_folder
 from workbench.plots import show_token
 from workbench.results import to_jsonable
+
+KIND = STUDY
 
 STYLE = """
 body { font-family: Arial, Helvetica, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -29,20 +30,15 @@ code { background: #f3f3f3; padding: 0 .2em; }
 """
 
 
-def prepare_out_dir(out: Path) -> None:
-    """Refuse to overwrite a folder that is not a previous report (nothing is written here)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
-        raise WorkbenchError(f"{out} exists and is not a workbench report folder: choose another --out.")
+def check_report_folder(out: str | Path) -> Path:
+    """Refuse, before any work, a folder that is neither new, empty nor an earlier report (nothing is written)."""
+    return check_folder(out, KIND)
 
 
 def write_report(study, out: str | Path, *, static: bool = True, progress: Callable[[str], None] | None = None) -> Path:
     """Write ``report.html``, ``figures/`` (HTML, and PNG + SVG when a browser exists) and ``results.json``."""
-    out = Path(out)
-    prepare_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     step = progress or (lambda _: None)
-    try:
+    with output_folder(out, KIND) as tmp:
         step("writing figures")
         _, note = write_figures({fig.key: fig.figure for fig in study.figures}, tmp / "figures",
                                 static=("png", "svg") if static else ())
@@ -51,13 +47,7 @@ def write_report(study, out: str | Path, *, static: bool = True, progress: Calla
         (tmp / "results.json").write_text(json.dumps(to_jsonable(study.record), indent=1))
         step("writing report.html")
         (tmp / "report.html").write_text(render_html(study))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out / "report.html"
+    return Path(out) / "report.html"
 
 
 def render_html(study) -> str:
