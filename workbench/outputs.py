@@ -154,8 +154,8 @@ def _refuse_special(target: Path, shown: str) -> None:
     else:
         return
     raise ExportError(
-        f"--out {shown} is {what}; the workbench replaces its output folder as a whole, so name a new "
-        f"subfolder instead, e.g. --out {os.path.join(shown, 'report')}."
+        f"Output folder {shown} is {what}; the workbench replaces its output folder as a whole, so name a new "
+        f"subfolder instead, e.g. {os.path.join(shown, 'report')}."
     )
 
 
@@ -165,16 +165,16 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def require_writable(folder: Path, shown: str, what: str = "--out", fix: str = "choose a writable folder") -> None:
+def require_writable(folder: Path, shown: str, what: str = "", fix: str = "choose a writable folder") -> None:
     """Refuse a folder that cannot take a new file (checked by creating an unnamed one, not guessed)."""
     existing = _nearest_existing(folder)
     if not existing.is_dir():
-        raise ExportError(f"{what} {shown} cannot be created: {existing} is a file, not a folder; {fix}.")
+        raise ExportError(f"{what}{shown} cannot be created: {existing} is a file, not a folder; {fix}.")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise ExportError(f"{what} {shown} is not writable ({exc.strerror} in {existing}): {fix}.") from None
+        raise ExportError(f"{what}{shown} is not writable ({exc.strerror} in {existing}): {fix}.") from None
 
 
 def check_folder(path: str | os.PathLike, kind: str) -> Path:
@@ -188,10 +188,10 @@ def check_folder(path: str | os.PathLike, kind: str) -> Path:
     _refuse_special(target, shown)
     if target.exists():
         if not target.is_dir():
-            raise ExportError(f"--out {shown} is a file, not a folder: choose a new or empty folder.")
+            raise ExportError(f"Output folder {shown} is a file, not a folder: choose a new or empty folder.")
         _require_replaceable(target, kind, shown)
-        require_writable(target, shown)
-    require_writable(target.parent, shown)
+        require_writable(target, shown, what="Output folder ")
+    require_writable(target.parent, shown, what="Output folder ")
     return target
 
 
@@ -204,17 +204,17 @@ def _require_replaceable(folder: Path, kind: str, shown: str) -> None:
     if listed is None:
         foreign = next((e for e in entries if e.name != MARKER), marker)
         raise ExportError(
-            f"--out {shown} holds {foreign.name}, which the workbench did not write: choose a new or empty "
+            f"Output folder {shown} holds {foreign.name}, which the workbench did not write: choose a new or empty "
             "folder (nothing was changed)."
         )
     if listed["kind"] != kind:
         raise ExportError(
-            f"--out {shown} holds a workbench {listed['kind']} output, not a {kind} output: choose another "
+            f"Output folder {shown} holds a workbench {listed['kind']} output, not a {kind} output: choose another "
             "folder (nothing was changed)."
         )
     if foreign := _first_unlisted(folder, listed["files"]):
         raise ExportError(
-            f"--out {shown} holds {foreign}, which the workbench did not write (or which changed since): "
+            f"Output folder {shown} holds {foreign}, which the workbench did not write (or which changed since): "
             "move it away or choose another folder (nothing was changed)."
         )
 
@@ -375,21 +375,21 @@ def check_file(path: str | os.PathLike, formats: tuple[str, ...] | None = None) 
     target = resolve(path)
     suffix = target.suffix.lower()
     if formats is not None and suffix not in formats:
-        raise ExportError(f"--out {shown}: unknown format {suffix or '(no suffix)'!r}; use one of {', '.join(formats)}.")
+        raise ExportError(f"Unknown format {suffix or '(no suffix)'!r} for {shown}: use one of {', '.join(formats)}.")
     if target.is_dir():
-        raise ExportError(f"--out {shown} is a folder, but a file such as {os.path.join(shown, 'result' + (suffix or '.json'))} is expected.")
+        raise ExportError(f"Output file {shown} is a folder, but a file such as {os.path.join(shown, 'result' + (suffix or '.json'))} is expected.")
     if target.exists():
         if suffix not in MARKABLE:
             raise ExportError(
-                f"--out {shown} exists and {suffix} files cannot carry the workbench's mark, so it never "
+                f"Output file {shown} exists and {suffix} files cannot carry the workbench's mark, so it never "
                 "overwrites one: choose a new name or remove the file yourself."
             )
         if not is_marked(target):
             raise ExportError(
-                f"--out {shown} exists and was not written by the workbench: choose a new name or remove it "
+                f"Output file {shown} exists and was not written by the workbench: choose a new name or remove it "
                 "yourself (nothing was changed)."
             )
-    require_writable(target.parent, shown)
+    require_writable(target.parent, shown, what="Output file ")
     return target
 
 
@@ -425,7 +425,8 @@ def mark(data: bytes, suffix: str) -> bytes:
     if suffix == ".svg":
         if SVG_MARK.encode() in data[:4096]:
             return data
-        at = data.find(b"?>") + 2 if data.lstrip().startswith(b"<?xml") else 0
+        root = data.find(b"<svg")
+        at = data.find(b">", root) + 1 if root >= 0 else 0  # just inside the root element
         return data[:at] + SVG_MARK.encode() + data[at:]
     if suffix == ".png":
         return data if _png_marked(data) else _png_with_text(data)

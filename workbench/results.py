@@ -170,14 +170,15 @@ class Result:
         return out
 
     def save(self, path: str | Path, **figure_options: Any) -> Path:
-        """Write by suffix: ``.json`` the data; ``.html``/``.png``/``.svg``/``.pdf`` the main figure."""
-        from workbench.export import write_figure
+        """Write by suffix: ``.json`` the data; ``.html``/``.png``/``.svg``/``.pdf`` the main figure.
+        Never overwrites a file the workbench did not write (:mod:`workbench.outputs`)."""
+        from workbench.export import check_figure_path, write_figure
+        from workbench.outputs import json_mark, write_file
 
         path = Path(path)
+        check_figure_path(path)
         if path.suffix.lower() == ".json":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.to_dict()))
-            return path
+            return write_file(path, json.dumps(json_mark("result") | self.to_dict()))
         return write_figure(self.figure(**figure_options), path)
 
     def compare(self, other: Result) -> Comparison:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from workbench.errors import ExportError
-from workbench.outputs import MARKER, PROBE, STUDY, check_folder, output_folder, read_marker
+from workbench.outputs import MARKER, PROBE, STUDY, check_file, check_folder, is_marked, output_folder, read_marker, write_file
 
 from .conftest import cli_env, leftovers, needs_permissions, snapshot, user_folder, workbench
 
@@ -39,7 +39,7 @@ def test_the_issue_reproduction_keeps_every_user_file(tmp_path):
     run = workbench("study", "random-number", "--model", "tiny-qwen2", "--out", str(folder), "--no-static", cwd=tmp_path)
     assert run.returncode != 0
     assert "Traceback" not in run.stderr
-    assert run.error_lines == [f"error: --out {folder} holds results.json, which the workbench did not write: "
+    assert run.error_lines == [f"error: Output folder {folder} holds results.json, which the workbench did not write: "
                                "choose a new or empty folder (nothing was changed)."]
     assert snapshot(folder) == before
     assert (folder / "thesis.tex").read_text() == "keep\n" and (folder / "sub" / "data.csv").read_text() == "x\n"
@@ -243,12 +243,90 @@ def test_a_signal_while_writing_removes_the_temporary_copy(tmp_path, signum):
     assert snapshot(target) == before and leftovers(tmp_path) == []
 
 
+# --- single files ---------------------------------------------------------------------------------
+
+
+def tiny_png() -> bytes:
+    """A valid 1×1 RGBA PNG, built by hand."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0\xff\0\0\xff"))
+            + chunk(b"IEND", b""))
+
+
+PNG = tiny_png()
+
+
+@pytest.mark.parametrize("name, data", [
+    ("x.html", b"<html><head></head><body>hi</body></html>"),
+    ("x.json", b'{"a": 1}'),
+    ("x.svg", b'<svg xmlns="http://www.w3.org/2000/svg"></svg>'),
+    ("x.png", PNG),
+])
+def test_single_files_carry_a_mark_and_replace_only_marked_files(tmp_path, name, data):
+    path = tmp_path / name
+    write_file(path, data)
+    assert is_marked(path)
+    write_file(path, data)  # ours: replaced
+    assert is_marked(path)
+    if name == "x.png":  # the mark is a valid chunk: every CRC checks, IHDR first, IDAT untouched
+        chunks = png_chunks(path.read_bytes())
+        assert [kind for kind, _ in chunks] == [b"IHDR", b"tEXt", b"IDAT", b"IEND"]
+        assert chunks[1][1] == b"workbench\0written by workbench"
+        assert chunks[2] == png_chunks(data)[1]
+    if name == "x.json":
+        assert json.loads(path.read_text())["a"] == 1
+
+    foreign = tmp_path / f"user-{name}"
+    foreign.write_bytes(data)
+    with pytest.raises(ExportError, match="exists and was not written by the workbench"):
+        write_file(foreign, data)
+    assert foreign.read_bytes() == data and leftovers(tmp_path) == []
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    import struct
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, at = [], 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        body = data[at + 8:at + 8 + length]
+        assert struct.unpack(">I", data[at + 8 + length:at + 12 + length])[0] == zlib.crc32(kind + body)
+        chunks.append((kind, body))
+        at += 12 + length
+    return chunks
+
+
+def test_unmarkable_formats_never_overwrite(tmp_path):
+    path = tmp_path / "x.pdf"
+    write_file(path, b"%PDF-1.4 new")
+    assert path.read_bytes() == b"%PDF-1.4 new"
+    with pytest.raises(ExportError, match="pdf files cannot carry the workbench's mark"):
+        check_file(path)
+
+
+def test_a_folder_where_a_file_is_expected(tmp_path):
+    (tmp_path / "x.json").mkdir()
+    with pytest.raises(ExportError, match="is a folder, but a file"):
+        check_file(tmp_path / "x.json")
+
+
 # --- read-only paths, checked before the model loads ---------------------------------------------
 
 
 @needs_permissions
 @pytest.mark.parametrize("args", [
     ["study", "random-number", "--model", "/no/such/model.gguf", "--out", "{ro}/report"],
+    ["probe", "logit_lens", "--model", "/no/such/model.gguf", "--out", "{ro}/probe"],
+    ["sample", "explore", "--model", "/no/such/model.gguf", "--out", "{ro}/explore"],
+    ["sweep", "blocks", "--model", "/no/such/model.gguf", "--out", "{ro}/sweep.html"],
 ])
 def test_a_read_only_out_fails_before_the_model_loads(tmp_path, args):
     readonly = tmp_path / "ro"
