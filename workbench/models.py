@@ -22,7 +22,10 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from workbench.cache import cache_root, cached_models, gguf_cache_dir, write_cache  # noqa: F401  (re-exported)
+from workbench.cache import (  # noqa: F401  (cache_root, cached_models, gguf_cache_dir are re-exported)
+    cache_root, cached_models, discard_entry, entry_problem, gguf_cache_dir, needs_rehash, record_hashes,
+    require_writable_cache, write_cache,
+)
 from workbench.errors import GGUFError, ModelNotFoundError, ModelSpecError, OfflineError
 from workbench.tiny import TINY_SPECS, build_tiny_model
 
@@ -272,8 +275,10 @@ def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
     if not path.is_file():
         raise ModelNotFoundError(f"No GGUF file at {path}: check the path.")
     cached = gguf_cache_dir(path, dtype)
-    if cache and (cached / "done.json").is_file():
-        return _load_hf_folder(cached, dtype)
+    if cache:
+        loaded = _load_cached(cached, dtype, path)
+        if loaded is not None:
+            return loaded
     architecture, n_tensors = _gguf_header(path)
     supported = supported_gguf_architectures()
     if architecture not in supported:
@@ -300,6 +305,25 @@ def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
     if cache:
         write_cache(hf_model, tokenizer, cached, path)
     return hf_model, tokenizer
+
+
+def _load_cached(entry: Path, dtype: torch.dtype, source: Path):
+    """The cached conversion when it verifies and loads; otherwise None, after checking that the cache can
+    take a rebuilt entry and removing a damaged one (with a one-line warning)."""
+    problem = entry_problem(entry)
+    if problem is None:
+        try:
+            loaded = _load_hf_folder(entry, dtype)
+        except Exception as exc:  # safetensors, tokenizers and JSON parsers each raise their own types
+            problem = f"it does not load: {_first_line(exc)}"
+        else:
+            if needs_rehash(entry):
+                record_hashes(entry, source)  # an entry from before hashes were kept, or a verified copy
+            return loaded
+    require_writable_cache(entry)  # before the conversion, not after it
+    if problem != "missing":
+        discard_entry(entry, problem, source)
+    return None
 
 
 def _load_hub(model_id: str, dtype: torch.dtype):
