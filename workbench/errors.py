@@ -70,3 +70,9 @@ class BudgetError(WorkbenchError):
     """A size the user asked for that cannot run within the memory budget, even in batches."""
 
     exit_code = 11
+
+
+class DeviceError(WorkbenchError):
+    """A device this machine does not have (``--device cuda`` without a GPU) or that the workbench does not know."""
+
+    exit_code = 12

@@ -26,7 +26,7 @@ from workbench.cache import (  # noqa: F401  (cache_root, cached_models, gguf_ca
     cache_root, cached_models, discard_entry, entry_problem, gguf_cache_dir, needs_rehash, record_hashes,
     require_writable_cache, write_cache,
 )
-from workbench.errors import GGUFError, ModelNotFoundError, ModelSpecError, OfflineError
+from workbench.errors import DeviceError, GGUFError, ModelNotFoundError, ModelSpecError, OfflineError
 from workbench.tiny import TINY_SPECS, build_tiny_model
 
 DEFAULT_MODEL = "smollm2"
@@ -107,9 +107,41 @@ class Model:
 def default_device() -> str:
     if torch.cuda.is_available():
         return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if _mps_available():
         return "mps"
     return "cpu"
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(device: str | torch.device | None) -> str:
+    """The device to load on: ``None`` → the best available; otherwise ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps``, refused with the fix when this machine does not have it (every command goes through here)."""
+    if device is None or str(device).strip().lower() in ("", "auto"):
+        return default_device()
+    text = str(device).strip().lower()
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"Unknown device {str(device)!r}: use cpu, cuda (an NVIDIA GPU), cuda:N or mps (Apple), "
+                          "or leave --device out for the best available.")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(f"--device {text} asks for a GPU, but {why}: use --device cpu, or leave --device out "
+                              "for the best available.")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise DeviceError(f"--device {text}: this machine has {count} CUDA GPU(s), cuda:0–cuda:{count - 1}.")
+    if parsed.type == "mps" and not _mps_available():
+        raise DeviceError(f"--device {text} asks for Apple's GPU (MPS), which this machine lacks: use --device cpu.")
+    if parsed.type == "cpu" and parsed.index not in (None, 0):
+        raise DeviceError(f"Unknown device {str(device)!r}: write cpu.")
+    return text
 
 
 def smollm2_gguf_path() -> Path:
@@ -142,7 +174,7 @@ def load_model(
     if isinstance(spec, Model):
         return spec
     torch_dtype = _resolve_dtype(dtype)
-    device = device or default_device()
+    device = resolve_device(device)
     text = str(spec)
     if text in TINY_SPECS:
         hf_model, tokenizer = build_tiny_model(text, seed=seed, dtype=torch_dtype)

@@ -96,6 +96,12 @@ def _write_results(data: dict, fig, out: Path, stem: str, png: bool) -> list[Pat
     return [out / "results.json", *(out / path.name for path in written)]
 
 
+def _check_top(value: int) -> int:
+    if value < 1:
+        raise SamplingError(f"--top {value} lists no token: pass a count of at least 1, e.g. --top 10.")
+    return value
+
+
 def randomness(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
     samples: int = typer.Option(1000, "--samples", "-n", help="Answers to draw per sampler (and from secrets)."),
@@ -158,7 +164,7 @@ def next_token(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
     prompt: str = typer.Option(PROMPT_DEFAULT, "--prompt", "-p", help="Raw prompt."),
     sampler: list[str] = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
-    top: int = typer.Option(10, "--top", help="Tokens to list per sampler."),
+    top: int = typer.Option(10, "--top", callback=_check_top, help="Tokens to list per sampler."),
     draws: int = typer.Option(0, "--draws", help="Also draw this many tokens per sampler (seeded)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -256,7 +262,7 @@ def anomalous_command(
     temperature: float = typer.Option(-0.001, "--temperature", "-t", help="A negative temperature (T → 0⁻ picks the least likely token)."),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens"),
     samples: int = typer.Option(1, "--samples", help="Continuations per prompt."),
-    top: int = typer.Option(100, "--top", help="How many tokens closest to the embedding centroid to compare with."),
+    top: int = typer.Option(100, "--top", callback=_check_top, help="How many tokens closest to the embedding centroid to compare with."),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(None, "--out", callback=out_folder(ANOMALOUS),
                              help="Folder for results.json and anomalous.html/.png (new, empty, or an earlier one)."),

@@ -106,7 +106,12 @@ def read_prompts_file(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise WorkbenchError(f"Prompt file {path} does not exist: pass a text file with one prompt per line.")
-    lines = [line.rstrip("\n") for line in path.read_text().splitlines()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(f"Prompt file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8.") from None
+    except OSError as exc:
+        raise WorkbenchError(f"Prompt file {path} cannot be read ({exc.strerror}): check its permissions.") from None
     prompts = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise WorkbenchError(f"Prompt file {path} holds no prompt: write one prompt per line.")
