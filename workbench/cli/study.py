@@ -59,7 +59,7 @@ def random_number(
                            patch_blocks=_blocks(patch_blocks), late_from=late_from, mask_from=mask_from,
                            bound=bound, source_bound=source_bound, hide_sink=not show_sink, hide_diagonal=not show_sink)
     steps = ["load model", "digit distributions", "logit lens and attention", "identity block",
-             "identity sweep", "attention figures", "patching and masking", "prompt sweep", "figures", "report"]
+             "identity sweep", "patching and masking", "prompt sweep", "figures", "writing figures", "report"]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), transient=False) as bar:
         task = bar.add_task("loading the model", total=len(steps))
