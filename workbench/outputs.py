@@ -54,7 +54,6 @@ HTML_MARK = '<meta name="generator" content="workbench">'
 SVG_MARK = "<!-- generator: workbench -->"
 PNG_MARK_KEYWORD = b"workbench"
 MARKABLE = (".html", ".htm", ".json", ".svg", ".png")
-UNMARKABLE = (".pdf", ".jpg", ".jpeg", ".webp")
 _JSON_MARKED = re.compile(rb'^\s*\{\s*"workbench_output"\s*:')
 
 
@@ -118,19 +117,23 @@ def locked(folder: Path) -> Iterator[None]:
 
 
 def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def make_folder(path: Path) -> None:
-    """``mkdir -p`` with the user's umask (the default mode, unlike ``tempfile.mkdtemp``'s 0700)."""
-    path.mkdir(parents=True, exist_ok=True)
-
-
 def temporary_sibling(target: Path) -> Path:
-    """A new hidden folder next to ``target`` (same file system, so the final rename is atomic)."""
-    make_folder(target.parent)
+    """A new hidden folder next to ``target`` (same file system, so the final rename is atomic), with
+    the mode a plain ``mkdir`` would give it (``tempfile.mkdtemp`` makes 0700 folders)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~umask())
     return tmp
@@ -141,7 +144,10 @@ def temporary_sibling(target: Path) -> Path:
 
 def resolve(path: str | os.PathLike) -> Path:
     """The absolute target, ``~`` expanded and symlinks followed (a link to a folder writes into it)."""
-    return Path(os.path.realpath(Path(path).expanduser()))
+    target = Path(os.path.realpath(Path(path).expanduser()))
+    if target.is_symlink():  # realpath stops at a link it cannot follow
+        raise ExportError(f"Output path {path} is a symlink that leads back to itself: remove it or choose another path.")
+    return target
 
 
 def _refuse_special(target: Path, shown: str) -> None:
@@ -169,7 +175,7 @@ def require_writable(folder: Path, shown: str, what: str = "", fix: str = "choos
     """Refuse a folder that cannot take a new file (checked by creating an unnamed one, not guessed)."""
     existing = _nearest_existing(folder)
     if not existing.is_dir():
-        raise ExportError(f"{what}{shown} cannot be created: {existing} is a file, not a folder; {fix}.")
+        raise ExportError(f"{what}{shown} cannot be created: {existing} is not a folder; {fix}.")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
@@ -399,7 +405,7 @@ def write_file(path: str | os.PathLike, data: bytes | str) -> Path:
     target = check_file(path)
     payload = mark(data.encode("utf-8") if isinstance(data, str) else data, target.suffix.lower())
     with _sigterm_unwinds():
-        make_folder(target.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         tmp = Path(name)
         try:

@@ -154,7 +154,7 @@ def test_a_cache_that_is_a_file_fails_before_converting(tiny_llama_gguf, tmp_pat
     blocker = tmp_path / "cache-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("WORKBENCH_CACHE", str(blocker))
-    with pytest.raises(ExportError, match=r"The model cache \(WORKBENCH_CACHE\) .* is a file, not a folder; set WORKBENCH_CACHE"):
+    with pytest.raises(ExportError, match=r"The model cache \(WORKBENCH_CACHE\) .* cannot be created: .* is not a folder; set WORKBENCH_CACHE"):
         load_model(tiny_llama_gguf)
     assert gguf_loads(from_pretrained_calls) == [] and blocker.read_text() == "not a folder"
     model = load_model(tiny_llama_gguf, cache=False)  # the fix the message names

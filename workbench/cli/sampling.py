@@ -97,8 +97,9 @@ def _write_results(data: dict, fig, out: Path, stem: str, png: bool) -> list[Pat
 
 
 def _check_top(value: int) -> int:
+    """``--top`` as the options are parsed (the same words as the sampling lab's ``whole_number``)."""
     if value < 1:
-        raise SamplingError(f"--top {value} lists no token: pass a count of at least 1, e.g. --top 10.")
+        raise SamplingError(f"--top is {value}: pass a whole number ≥ 1.")
     return value
 
 
