@@ -75,4 +75,4 @@ class BudgetError(WorkbenchError):
 class DeviceError(WorkbenchError):
     """A device this machine does not have (``--device cuda`` without a GPU) or that the workbench does not know."""
 
-    exit_code = 12
+    exit_code = 15

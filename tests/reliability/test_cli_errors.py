@@ -16,31 +16,35 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from workbench.errors import DeviceError, ExportError, SamplingError, WorkbenchError
+
 from .conftest import cli_env, needs_permissions, snapshot, workbench
+
+DEVICE, EXPORT, SAMPLING, USAGE = DeviceError.exit_code, ExportError.exit_code, SamplingError.exit_code, 2
 
 CASES = {
     # name: (arguments, exit code, text of the one error line)
-    "device tpu": (["models", "info", "tiny-qwen2", "--device", "tpu"], 12,
+    "device tpu": (["models", "info", "tiny-qwen2", "--device", "tpu"], DEVICE,
                    "error: Unknown device 'tpu': use cpu, cuda (an NVIDIA GPU), cuda:N or mps (Apple), or leave --device out"),
-    "device cuda:99": (["probe", "logit_lens", "--model", "tiny-qwen2", "--device", "cuda:99"], 12, "error: --device cuda:99"),
-    "device meta": (["study", "random-number", "--model", "tiny-qwen2", "--device", "meta", "--out", "{tmp}/r"], 12,
+    "device cuda:99": (["probe", "logit_lens", "--model", "tiny-qwen2", "--device", "cuda:99"], DEVICE, "error: --device cuda:99"),
+    "device meta": (["study", "random-number", "--model", "tiny-qwen2", "--device", "meta", "--out", "{tmp}/r"], DEVICE,
                     "error: Unknown device 'meta'"),
-    "probe --out an existing file": (["probe", "logit_lens", "--model", "tiny-qwen2", "--out", "{tmp}/notes.txt"], 9,
+    "probe --out an existing file": (["probe", "logit_lens", "--model", "tiny-qwen2", "--out", "{tmp}/notes.txt"], EXPORT,
                                      "error: Output folder {tmp}/notes.txt is a file, not a folder: choose a new or empty folder."),
-    "study --out an existing file": (["study", "random-number", "--model", "tiny-qwen2", "--out", "{tmp}/notes.txt"], 9,
+    "study --out an existing file": (["study", "random-number", "--model", "tiny-qwen2", "--out", "{tmp}/notes.txt"], EXPORT,
                                      "error: Output folder {tmp}/notes.txt is a file, not a folder"),
-    "sweep --out a folder": (["sweep", "blocks", "--model", "tiny-qwen2", "--out", "{tmp}/folder.html"], 9,
+    "sweep --out a folder": (["sweep", "blocks", "--model", "tiny-qwen2", "--out", "{tmp}/folder.html"], EXPORT,
                              "error: Output file {tmp}/folder.html is a folder, but a file"),
-    "sample next --top -1": (["sample", "next", "--model", "tiny-qwen2", "--top", "-1"], 10,
+    "sample next --top -1": (["sample", "next", "--model", "tiny-qwen2", "--top", "-1"], SAMPLING,
                              "error: --top is -1: pass a whole number ≥ 1."),
-    "sample next --top 0": (["sample", "next", "--model", "tiny-qwen2", "--top", "0"], 10, "error: --top is 0: pass a whole number ≥ 1."),
-    "sample anomalous --top -5": (["sample", "anomalous", "--model", "tiny-qwen2", "--top", "-5"], 10,
+    "sample next --top 0": (["sample", "next", "--model", "tiny-qwen2", "--top", "0"], SAMPLING, "error: --top is 0: pass a whole number ≥ 1."),
+    "sample anomalous --top -5": (["sample", "anomalous", "--model", "tiny-qwen2", "--top", "-5"], SAMPLING,
                                   "error: --top is -5: pass a whole number ≥ 1."),
-    "a value of the wrong type": (["sample", "next", "--model", "tiny-qwen2", "--top", "ten"], 2,
+    "a value of the wrong type": (["sample", "next", "--model", "tiny-qwen2", "--top", "ten"], USAGE,
                                   "error: Invalid value for '--top'"),
-    "an unknown option": (["probe", "logit_lens", "--no-such-option"], 2, "error: No such option: --no-such-option"),
+    "an unknown option": (["probe", "logit_lens", "--no-such-option"], USAGE, "error: No such option: --no-such-option"),
     "prompt file not UTF-8": (["study", "random-number", "--model", "tiny-qwen2", "--prompts", "{tmp}/latin1.txt",
-                               "--out", "{tmp}/r2"], 1, "error: Prompt file {tmp}/latin1.txt is not UTF-8 text (byte 12): save it as UTF-8."),
+                               "--out", "{tmp}/r2"], WorkbenchError.exit_code, "error: Prompt file {tmp}/latin1.txt is not UTF-8 text (byte 12): save it as UTF-8."),
 }
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -75,7 +79,7 @@ def test_one_line_that_names_the_fix(runs, name):
 @needs_no_gpu
 def test_device_cuda_without_a_gpu():
     run = workbench("models", "info", "tiny-qwen2", "--device", "cuda")
-    assert run.returncode == 12 and "Traceback" not in run.stderr
+    assert run.returncode == DEVICE and "Traceback" not in run.stderr
     assert run.error_lines[0].startswith("error: --device cuda asks for a GPU, but ")
     assert "use --device cpu, or leave --device out for the best available." in run.error_lines[0]
 

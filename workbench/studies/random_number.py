@@ -207,13 +207,14 @@ def measure(model: Model, options: StudyOptions, plan: Plan, step: Callable[[str
     dists = prompt_distributions(model, [GENERATE_PROMPT, prompt, *options.extra_prompts], digit_ids)
 
     step("logit lens and attention")
-    observed = run(model, prompt, [LogitLens(k=options.top_k), AttentionCapture()])
+    observed = run(model, prompt, [LogitLens(k=options.top_k), AttentionCapture()], targets=list(DIGITS))
     lens, attention = observed["logit_lens"], observed["attention"]
     clean = digit_distribution(observed.probs()[0], digit_ids)
     clean_logits = observed.logits["clean"]
 
     step(f"block {plan.block} as the identity")
-    identity = run(model, prompt, BlockReplacement(blocks=[plan.block]), clean_logits=clean_logits)["block_replacement"]
+    identity = run(model, prompt, BlockReplacement(blocks=[plan.block]), clean_logits=clean_logits,
+                   targets=list(DIGITS))["block_replacement"]
     step("identity sweep over every block")
     sweep_rows = identity_sweep(model, prompt, clean, clean_logits, digit_ids)
 
@@ -243,7 +244,7 @@ def identity_sweep(model: Model, prompt: str, clean: dict[str, float], clean_log
     rows = []
     clean_digits = torch.tensor(list(clean.values()))
     for b in range(model.facts.n_layers):
-        replaced = run(model, prompt, BlockReplacement(blocks=[b]), clean_logits=clean_logits)
+        replaced = run(model, prompt, BlockReplacement(blocks=[b]), clean_logits=clean_logits, targets=list(DIGITS))
         moved = torch.tensor(list(digit_distribution(replaced.probs()[0], digit_ids).values()))
         rows.append({"block": b, "kl_digits": _kl(clean_digits, moved),
                      "kl_full": float(replaced["block_replacement"]["kl"].numpy()[0])})
@@ -261,12 +262,15 @@ def interventions(model: Model, prompt: str, plan: Plan, clean_logits: torch.Ten
     def mask():
         return AttentionMask(keys=at, blocks=plan.mask_blocks)
 
+    def edited(probes, name):
+        return run(model, prompt, probes, clean_logits=clean_logits, targets=list(DIGITS))[name]
+
     late = sorted(set(plan.patch_blocks) | set(plan.late_blocks))
     return {
-        "patch": run(model, prompt, patch(plan.patch_blocks), clean_logits=clean_logits)["patch"],
-        "patch_late": run(model, prompt, patch(late), clean_logits=clean_logits)["patch"],
-        "mask": run(model, prompt, mask(), clean_logits=clean_logits)["attention_mask"],
-        "patch_and_mask": run(model, prompt, [patch(plan.patch_blocks), mask()], clean_logits=clean_logits)["patch"],
+        "patch": edited(patch(plan.patch_blocks), "patch"),
+        "patch_late": edited(patch(late), "patch"),
+        "mask": edited(mask(), "attention_mask"),
+        "patch_and_mask": edited([patch(plan.patch_blocks), mask()], "patch"),
     }
 
 
