@@ -93,3 +93,9 @@ class ResultError(ProbeError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class DeviceError(WorkbenchError):
+    """A device this machine does not have (``--device cuda`` without a GPU) or that the workbench does not know."""
+
+    exit_code = 15

@@ -84,7 +84,17 @@ def _emit(result, as_json: bool, out: str | None) -> None:
 PROMPT_OPT = typer.Option(STUDY_PROMPT, "--prompt", help="The prompt (default: the random-number study's).")
 METRIC_OPT = typer.Option("kl", "--metric", help=f"What each cell measures at the readout: {METRIC_FORMS}.")
 METHOD_OPT = typer.Option("auto", "--method", help="auto, fast or naive (one hooked forward per cell).")
-OUT_OPT = typer.Option(None, "--out", help="Write the result: .json data, or .html/.png/.svg/.pdf heatmap.")
+def _check_out(value: str | None) -> str | None:
+    """Checked as the options are parsed, before the model loads: a known suffix, never a foreign file."""
+    from workbench.export import check_figure_path
+
+    if value is not None:
+        check_figure_path(value)
+    return value
+
+
+OUT_OPT = typer.Option(None, "--out", callback=_check_out,
+                       help="Write the result: .json data, or .html/.png/.svg/.pdf heatmap (never over a file the workbench did not write).")
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 
 

@@ -130,7 +130,7 @@ def _parse_scalar(raw: str, annotation) -> Any:
             raise _Bad(f"{text!r} is not true or false")
     if int in members:
         try:
-            return _int(text)
+            return _int(text[1:] if text.startswith("@") else text)  # "@N": the position marker, harmless here
         except _Bad:
             if float not in members:
                 raise

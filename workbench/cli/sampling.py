@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from workbench.cli import app
+from workbench.cli import app, out_folder
 from workbench.errors import SamplingError
+from workbench.outputs import ANOMALOUS, AUDIT, EXPLORER
 from workbench.sampling.checks import finite_number, whole_number
 
 sample_app = typer.Typer(
@@ -98,10 +99,17 @@ def write_figure(fig, out: Path, stem: str, png: bool = True) -> list[Path]:
     return written
 
 
+KINDS = {"randomness": AUDIT, "anomalous": ANOMALOUS, "temperature": EXPLORER}
+
+
 def _write_results(data: dict, fig, out: Path, stem: str, png: bool) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(_dumps(data) + "\n")
-    return [out / "results.json", *write_figure(fig, out, stem, png)]
+    """``results.json`` and the figure, into a folder that replaces ``out`` only once complete."""
+    from workbench.outputs import output_folder
+
+    with output_folder(out, KINDS[stem]) as tmp:
+        (tmp / "results.json").write_text(_dumps(data) + "\n")
+        written = write_figure(fig, tmp, stem, png)
+    return [out / "results.json", *(out / path.name for path in written)]
 
 
 def randomness(
@@ -118,7 +126,8 @@ def randomness(
         100_000, "--max-contexts",
         help="Most forward rows the exact law of a multi-token range may take (one per number prefix); larger ranges are refused up front.",
     ),
-    out: Path = typer.Option(None, "--out", help="Folder for results.json, randomness.html and randomness.png."),
+    out: Path = typer.Option(None, "--out", callback=out_folder(AUDIT),
+                             help="Folder for results.json, randomness.html and randomness.png (new, empty, or an earlier audit)."),
     no_png: bool = typer.Option(False, "--no-png", help="Skip the PNG (no browser needed)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
 ) -> None:
@@ -329,9 +338,10 @@ def anomalous_command(
     temperature: float = typer.Option(-0.001, "--temperature", "-t", help="A negative temperature (T → 0⁻ picks the least likely token)."),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="Tokens per continuation (at least 1)."),
     samples: int = typer.Option(1, "--samples", help="Continuations per prompt."),
-    top: int = typer.Option(100, "--top", help="How many tokens closest to the embedding centroid to compare with."),
+    top: int = typer.Option(100, "--top", help="How many tokens closest to the embedding centroid to compare with (at least 1)."),
     seed: int = typer.Option(0, "--seed"),
-    out: Path = typer.Option(None, "--out", help="Folder for results.json and anomalous.html/.png."),
+    out: Path = typer.Option(None, "--out", callback=out_folder(ANOMALOUS),
+                             help="Folder for results.json and anomalous.html/.png (new, empty, or an earlier one)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Sample at negative temperature and locate the tokens that come out in the embedding space."""
@@ -363,7 +373,8 @@ def explore_command(
     high: float = typer.Option(2.0, "--to", help="Highest temperature (finite, ≥ --from)."),
     steps: int = typer.Option(41, "--steps", help="Temperatures in the sweep (odd keeps T = 0)."),
     full_vocab: bool = typer.Option(False, "--full-vocab", help="Digit probabilities in the full vocabulary, not renormalised."),
-    out: Path = typer.Option(None, "--out", help="Folder for results.json and temperature.html/.png."),
+    out: Path = typer.Option(None, "--out", callback=out_folder(EXPLORER),
+                             help="Folder for results.json and temperature.html/.png (new, empty, or an earlier one)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The digit distribution over T from −2 to 2 and the set each filter keeps."""

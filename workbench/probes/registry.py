@@ -30,16 +30,31 @@ def register_probe(cls: type) -> type:
 
 
 def _load_plugins() -> None:
+    """Import each plugin once; whatever it does at import (raise, ``sys.exit``, ``KeyboardInterrupt``,
+    print, register something else or replace a probe) is contained and reported, never fatal."""
+    import contextlib
+    import sys
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _REGISTRY or ep.name in _PLUGIN_ERRORS:
             continue
+        before = dict(_REGISTRY)
         try:
-            cls = ep.load()
+            with contextlib.redirect_stdout(sys.stderr):  # stdout belongs to the command (e.g. --json)
+                cls = ep.load()
             register_probe(cls)
             if cls.name != ep.name:
                 _REGISTRY[ep.name] = cls
-        except Exception as exc:  # a broken plugin must not break the workbench
-            _PLUGIN_ERRORS[ep.name] = f"{type(exc).__name__}: {exc}"
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a broken plugin must not break the workbench
+            _PLUGIN_ERRORS[ep.name] = _one_line(f"{type(exc).__name__}: {exc}")
+        replaced = sorted(name for name, cls in before.items() if _REGISTRY.get(name) is not cls)
+        if replaced:
+            _REGISTRY.update(before)
+            _PLUGIN_ERRORS[ep.name] = f"tried to replace the probe(s) {', '.join(replaced)}; kept the originals"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:500]
 
 
 def available_probes() -> dict[str, type]:
