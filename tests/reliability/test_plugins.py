@@ -129,4 +129,4 @@ def test_good_plugins_and_built_ins_still_run(site):
 def test_a_broken_plugin_asked_for_by_name_is_one_line(site):
     run = workbench("probe", "raises", "--model", "tiny-qwen2", env=env_with(site))
     assert run.returncode == 8 and "Traceback" not in run.stderr
-    assert len(run.error_lines) == 1 and run.error_lines[0].startswith("error: Unknown probe 'raises'")
+    assert len(run.error_lines) == 1 and run.error_lines[0].startswith("error: The probe plugin 'raises' failed to load (RuntimeError")

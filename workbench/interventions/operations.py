@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
 
 from workbench.errors import InterventionError
+from workbench.plugins import load_entry_points, unknown
 
 ENTRY_POINT_GROUP = "workbench.operations"
 _OPERATIONS: dict[str, type[Operation]] = {}
@@ -97,18 +97,7 @@ def register_operation(cls: type) -> type:
 
 
 def _load_plugins() -> None:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _OPERATIONS or ep.name in _PLUGIN_ERRORS:
-            continue
-        try:
-            cls = ep.load()
-            register_operation(cls)
-            if cls.name != ep.name:
-                _OPERATIONS[ep.name] = cls
-        except BaseException as exc:  # noqa: BLE001 — a broken plugin must not break the workbench
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            _PLUGIN_ERRORS[ep.name] = f"{type(exc).__name__}: {exc}"
+    load_entry_points(ENTRY_POINT_GROUP, _OPERATIONS, _PLUGIN_ERRORS, register_operation, "operation")
 
 
 def available_operations() -> dict[str, type[Operation]]:
@@ -125,7 +114,7 @@ def operation_plugin_errors() -> dict[str, str]:
 def get_operation(name: str) -> type[Operation]:
     operations = available_operations()
     if name not in operations:
-        raise InterventionError(f"Unknown operation {name!r}: available are {', '.join(sorted(operations))}.")
+        raise InterventionError(unknown("operation", name, operations, _PLUGIN_ERRORS))
     return operations[name]
 
 
