@@ -1,4 +1,4 @@
-"""Exact JSON for results, runs and study records: what :meth:`Result.save` writes, :func:`load_result` reads.
+"""Exact JSON for results, runs and study records: what :meth:`~workbench.results.Result.save` writes, :func:`load_result` reads.
 
 Plain JSON stays plain (numbers, strings, lists, string-keyed dicts), so a saved file is easy to read
 anywhere; what JSON cannot say is tagged with a ``"__workbench__"`` key and restored on load: NaN and
@@ -202,7 +202,7 @@ def named_from_dict(data: dict[str, Any]):
 
 
 def result_to_dict(result) -> dict[str, Any]:
-    """Everything in a :class:`Result` (and any field a subclass adds), with its class."""
+    """Everything in a :class:`~workbench.results.Result` (and any field a subclass adds), with its class."""
     cls = type(result)
     out = {
         "class": f"{cls.__module__}:{cls.__qualname__}",
@@ -241,7 +241,7 @@ def result_class(spec: str) -> type:
 
     Modules are imported only from the workbench itself or from an installed probe plugin (a saved
     file never makes the workbench import arbitrary code); a class that cannot be found falls back
-    to :class:`Result` with a one-line warning, so the numbers still load.
+    to :class:`~workbench.results.Result` with a one-line warning, so the numbers still load.
     """
     from workbench.results import Result
 
