@@ -90,7 +90,7 @@ def test_a_dataset_with_strings_and_a_nan_survives_netcdf(tiny_qwen2, tmp_path):
 
 @pytest.mark.real
 def test_real_logit_lens_dataset_selects_like_the_result(smollm2):
-    lens = run(smollm2, PROMPT, LogitLens(positions=[-1]))["logit_lens"]
+    lens = run(smollm2, PROMPT, LogitLens(positions=[-1]), targets=[str(d) for d in range(10)])["logit_lens"]
     dataset = lens.to_xarray()
     final = dataset["target_probs"].sel(layer="final", prompt=0).squeeze("position")
     expected = lens["target_probs"].sel(layer="final", prompt=0).numpy()[0]

@@ -8,7 +8,7 @@ import torch
 from probes.helpers import Observe, resid_points
 from workbench.errors import ProbeError
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens
-from workbench.probes.patching import SITES
+from workbench.probes.patching import PATCH_SITES as SITES
 from workbench.run import run
 from workbench.tokens import find_position
 

@@ -57,7 +57,8 @@ def check_against_hf(model, hf, result, layers=None):
         assert torch.equal(result["target_ranks"].sel(layer=labels[row]).values, ranks), labels[row]
         final = hf_logits.float().log_softmax(-1)
         kl = torch.nn.functional.kl_div(logits.log_softmax(-1), final, log_target=True, reduction="none").sum(-1)
-        torch.testing.assert_close(result["kl_to_final"].sel(layer=labels[row]).values, kl, atol=1e-5, rtol=0)
+        # KL at the embeddings is O(100) nats: float32 allows a relative 1e-6 there.
+        torch.testing.assert_close(result["kl_to_final"].sel(layer=labels[row]).values, kl, atol=1e-5, rtol=1e-6)
 
 
 def test_final_layer_equals_output(tiny_model):
@@ -93,7 +94,7 @@ def test_top_k_and_table_read_the_readout(tiny_qwen2):
 
 @pytest.mark.real
 def test_smollm2_lens(smollm2, hf_twins):
-    result = run(smollm2, PROMPT, LogitLens(k=5))["logit_lens"]
+    result = run(smollm2, PROMPT, LogitLens(k=5), targets=[str(d) for d in range(10)])["logit_lens"]
     check_final_equals_output(smollm2, result)
     n = smollm2.facts.n_layers
     # Embeddings, the study's layer 21, the last block and the output row.

@@ -112,7 +112,7 @@ CASES = {
     "readout -999": Case(["probe", "logit_lens", "-m", T, "--readout", "-999"], says="Readout position -999"),
     "a target of several tokens": Case(["probe", "logit_lens", "-m", T, "--targets", "not one token"], says="token"),
     "an unknown probe": Case(["probe", "no_such_probe", "-m", T], says="Unknown probe 'no_such_probe'"),
-    "an unknown option": Case(["probe", "logit_lens", "-m", T, "-o", "nope=1"], says="has no option nope"),
+    "an unknown option": Case(["probe", "logit_lens", "-m", T, "-o", "nope=1"], says="has no option 'nope'"),
     "patch without a source": Case(["probe", "patch", "-m", T], says="needs a source prompt"),
     "an option without =": Case(["probe", "logit_lens", "-m", T, "-o", "k"], says="is not key=value"),
     "an unknown command": Case(["frobnicate"], says="No such command"),

@@ -1,5 +1,6 @@
 """Memory stays bounded whatever size the user asks for: measured in child processes that report their
-own peak resident memory (``ru_maxrss``), so no other test's children can blur the number.
+own peak resident memory (``VmHWM`` of their own address space: ``ru_maxrss`` survives ``exec`` on Linux and
+would report the forking pytest process's peak), so no other test can blur the number.
 
 The audit over [0, 1 000 000] once grew to 23.6 GB (every number prefix in one batch). Its exact law needs
 one forward row per number prefix (≥ 1 000 002 here), so it is refused up front, before any forward, with
@@ -17,22 +18,24 @@ ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 
 CHILD = """
-import json, resource, sys
+import json, sys
 from workbench.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code or 0
-print(json.dumps({"code": code, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}), file=sys.stderr)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"code": code, "maxrss": int(hwm.split()[1]) * 1024}), file=sys.stderr)
 """
 
 GROWTH = """
-import json, resource, sys
+import json, sys
 from workbench.models import load_model
 from workbench.sampling import randomness_audit
 
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    return int(hwm.split()[1]) * 1024
 
 model = load_model("tiny-qwen2")
 randomness_audit(model, samples=5, high=12)  # the same code paths, warmed up on a small range

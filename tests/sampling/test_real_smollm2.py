@@ -7,6 +7,7 @@ import torch
 from transformers import LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from workbench.sampling import DEFAULT_PROMPT, beam_search, generate, greedy, make_sampler, randomness_audit
+from workbench.interventions import identity
 from workbench.tokens import digit_token_ids
 
 pytestmark = pytest.mark.real

@@ -12,12 +12,15 @@ from workbench.sweeps.sweep import HEAD_SITES, RESID_SITES
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 SOURCE = "I'm generating a random number between [0, 5]. The number is "
 TOL = 1e-5
+# A 30-block real model's logits are O(10) in float32: the two paths sum the same terms in a different
+# order (prefix cache, suffix-only blocks), which moves a logit difference by up to ~2e-5 (seen: 1.7e-5).
+REAL_TOL = 1e-4
 
 
-def assert_same(fast, naive):
+def assert_same(fast, naive, atol=TOL):
     assert fast["metric"].dims == naive["metric"].dims
     assert fast.meta["method"] == "fast" and naive.meta["method"] == "naive"
-    np.testing.assert_allclose(fast["metric"].numpy(), naive["metric"].numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(fast["metric"].numpy(), naive["metric"].numpy(), atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("site", RESID_SITES)
@@ -126,17 +129,17 @@ def test_smollm2_resid_pre_matches_naive(smollm2):
     fast = patch_sweep(smollm2, PROMPT, SOURCE, blocks=blocks, metric=metric, reuse_prefix=False, method="fast")
     naive = patch_sweep(smollm2, PROMPT, SOURCE, blocks=blocks, metric=metric, method="naive")
     assert fast["metric"].shape == (3, 18)
-    assert_same(fast, naive)
+    assert_same(fast, naive, atol=REAL_TOL)
 
 
 @pytest.mark.real
 def test_smollm2_heads_and_blocks_match_naive(smollm2):
     fast = patch_sweep(smollm2, PROMPT, SOURCE, site="z", blocks=[6, 14], metric="logit_diff:9,5", method="fast")
     naive = patch_sweep(smollm2, PROMPT, SOURCE, site="z", blocks=[6, 14], metric="logit_diff:9,5", method="naive")
-    assert_same(fast, naive)
+    assert_same(fast, naive, atol=REAL_TOL)
     fast = block_sweep(smollm2, PROMPT, blocks=[0, 21, 29], metric="kl", method="fast")
     naive = block_sweep(smollm2, PROMPT, blocks=[0, 21, 29], metric="kl", method="naive")
-    assert_same(fast, naive)
+    assert_same(fast, naive, atol=REAL_TOL)
     fast = mask_sweep(smollm2, PROMPT, blocks=[13], keys=[0, 11], cumulative=True, metric="digits_above:5", method="fast")
     naive = mask_sweep(smollm2, PROMPT, blocks=[13], keys=[0, 11], cumulative=True, metric="digits_above:5", method="naive")
-    assert_same(fast, naive)
+    assert_same(fast, naive, atol=REAL_TOL)

@@ -27,7 +27,7 @@ from workbench.probes.registry import register_probe
 from workbench.results import Named
 from workbench.tokens import align_prompts
 
-SITES = ("kv", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "q", "k", "v", "z")
+PATCH_SITES = ("kv", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "q", "k", "v", "z")
 
 
 def differing_positions(model, prompts: list[str], source: str) -> list[int]:
@@ -57,8 +57,8 @@ class ActivationPatch(Probe):
     def prepare(self, ctx: RunContext) -> Intervention:
         if not self.source:
             raise ProbeError("ActivationPatch needs a source prompt: pass source='…' (same token length as the prompt).")
-        if self.site not in SITES:
-            raise ProbeError(f"Unknown patching site {self.site!r}: use one of {', '.join(SITES)}.")
+        if self.site not in PATCH_SITES:
+            raise ProbeError(f"Unknown patching site {self.site!r}: use one of {', '.join(PATCH_SITES)}.")
         if self.heads is not None and not all(site.heads for site in expand_site(self.site)):
             raise ProbeError(f"heads= only applies to per-head sites (q, k, v, kv, z), not {self.site!r}.")
         positions = self.positions
