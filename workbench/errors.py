@@ -93,3 +93,16 @@ class ResultError(ProbeError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class DatasetError(WorkbenchError, ValueError):
+    """A prompt dataset that cannot be read (missing, not UTF-8, not JSONL/CSV/Parquet, no ``prompt`` column)
+    or that holds bad rows (each named by its id)."""
+
+    exit_code = 17
+
+
+class ExperimentError(WorkbenchError, ValueError):
+    """An experiment spec that is malformed, or an output folder that holds another experiment's results."""
+
+    exit_code = 18
