@@ -106,6 +106,7 @@ def run_experiment(experiment: Experiment | str | Path, out: str | Path | None =
             storage.refuse_if_different(out, storage.identity_of(old), storage.identity_of(manifest))
             manifest["created"] = old.get("created", manifest["created"])
         storage.claim(out)
+        storage.remove_partial(out)
         storage.write_json(out / storage.MANIFEST, manifest)
         if bad:
             storage.write_json(out / storage.BAD_ROWS, [b.to_dict() for b in bad])

@@ -91,11 +91,21 @@ def clear(out: str | Path) -> list[Path]:
                 removed.append(path)
         with contextlib.suppress(OSError):
             shards.rmdir()  # only when nothing else is left in it
-    for path in out.iterdir():
-        if path.is_file() and TMP_NAME.match(path.name):
-            path.unlink()
-            removed.append(path)
+    removed += remove_partial(out)
     (out / MARKER).unlink()
+    return removed
+
+
+def remove_partial(out: str | Path) -> list[Path]:
+    """Delete the temporary files a killed run left (a shard or results file cut off mid-write)."""
+    out = Path(out)
+    removed = []
+    for folder in (out, out / SHARDS):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.is_file() and TMP_NAME.match(path.name):
+                    path.unlink()
+                    removed.append(path)
     return removed
 
 
