@@ -92,14 +92,21 @@ class RayExecutor:
         self.actors: list[Any] = []
         self.infos: list[WorkerInfo] = []
         self._started_ray = False
+        self._key = None
 
     def describe(self) -> dict[str, Any]:
         return {"executor": "ray", "workers": len(self.actors), "address": self.address,
                 "gpus_per_worker": self.gpus_per_worker}
 
     def start(self, experiment, dataset) -> list[WorkerInfo]:
-        """Start (or join) Ray and the actors; each loads the model and reports its device and weights' hash."""
+        """Start (or join) Ray and the actors; each loads the model and reports its device and weights' hash.
+        Started already for the same experiment and items, the running actors are kept."""
         ray = _import_ray()
+        key = (experiment.analysis(), experiment.model, [item.id for item in dataset.items])
+        if self.actors and self._key == key:
+            return self.infos
+        self._kill_actors()
+        self._key = key
         if not ray.is_initialized():
             if self.address:
                 ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
@@ -123,8 +130,7 @@ class RayExecutor:
 
     def run(self, work: Work, shards: Sequence[Shard], done: Done) -> None:
         ray = _import_ray()
-        if not self.actors:
-            self.start(work.experiment, work.dataset)
+        self.start(work.experiment, work.dataset)
         queue = list(shards)
         idle = list(self.actors)
         running: dict[Any, tuple[Any, Shard]] = {}
@@ -154,7 +160,7 @@ class RayExecutor:
         finally:
             self.shutdown()
 
-    def shutdown(self) -> None:
+    def _kill_actors(self) -> None:
         ray = _import_ray()
         for actor in self.actors:
             try:
@@ -162,6 +168,10 @@ class RayExecutor:
             except Exception:  # noqa: BLE001 — already dead
                 pass
         self.actors = []
+
+    def shutdown(self) -> None:
+        ray = _import_ray()
+        self._kill_actors()
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
             self._started_ray = False
