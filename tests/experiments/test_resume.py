@@ -58,8 +58,8 @@ def make_spec(folder: Path, spec: str = SPEC, data=None) -> Path:
 
 
 def env() -> dict[str, str]:
-    # A small budget: a few rows per forward, so the run is many shards (~90) and a kill lands mid-run.
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORKBENCH_MEMORY_BUDGET": "1M"}
+    # A small budget: a few rows per forward, so the run is many shards (~150) and a kill lands mid-run.
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORKBENCH_MEMORY_BUDGET": "300K"}
 
 
 def command(spec: Path, out: Path, *extra: str) -> list[str]:

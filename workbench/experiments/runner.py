@@ -14,6 +14,7 @@ results, so a resumed run recomputes exactly the batches an uninterrupted one wo
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -115,12 +116,13 @@ def _extra_value(value: Any, kind: pa.DataType) -> Any:
 # ----- the plan -------------------------------------------------------------------------------------------
 
 
-def bytes_per_row(facts, n_tokens: int) -> int:
-    """Memory one batch row of ``n_tokens`` takes in a forward: the logits (and their softmax) dominate,
-    then the residual stream, the MLP and the attention scores of the block being computed."""
+def bytes_per_row(facts, n_tokens: int, last_logits_only: bool = False) -> int:
+    """Memory one batch row of ``n_tokens`` takes in a forward: the logits (and their softmax) of every
+    position unless only the last is unembedded, the residual stream, the MLP and the attention scores of
+    the block being computed."""
     itemsize = 2 if facts.dtype in ("bfloat16", "float16") else 4
-    per_token = 2 * facts.d_vocab * 4 + (16 * facts.d_model + 3 * facts.n_heads * n_tokens) * itemsize
-    return n_tokens * per_token
+    logits = 2 * facts.d_vocab * 4 * (1 if last_logits_only else n_tokens)
+    return logits + n_tokens * (16 * facts.d_model + 3 * facts.n_heads * n_tokens) * itemsize
 
 
 def plan_shards(model, work: Work, key: str) -> list[Shard]:
@@ -133,7 +135,8 @@ def plan_shards(model, work: Work, key: str) -> list[Shard]:
     cap_items = work.experiment.shard_items or MAX_SHARD_ITEMS
     shards = []
     for n_tokens, members in lengths.items():
-        per_row = bytes_per_row(model.facts, n_tokens)
+        per_row = bytes_per_row(model.facts, n_tokens, work.experiment.readout in (-1, n_tokens - 1)
+                                and keeps_last_logits(model))
         require_within_budget(2 * per_row, f"One prompt of {n_tokens} tokens with one condition",
                               "shorten the prompts, use a smaller model, or raise WORKBENCH_MEMORY_BUDGET", model.device)
         cap = None if model.device.type == "cuda" else max(2, CPU_TOKENS_PER_BATCH // n_tokens)
@@ -171,10 +174,10 @@ def compute_shard(work: Work, shard: Shard) -> pa.Table:
     n = len(items)
     readout = resolve_readout(tokens.shape[-1], experiment.readout)
     edited = [c for c in shard.conditions if not work.conditions[c].is_clean]
-    resolved, rows, noop = [], [], {}
+    resolved, rows, noop, captures = [], [], {}, {}
     for block, index in enumerate(edited, start=1):
         condition = work.conditions[index]
-        these = [resolve(iv, model, prompts, tokens, fields) for iv in condition.interventions]
+        these = [resolve(iv, model, prompts, tokens, fields, captures) for iv in condition.interventions]
         for item in these:
             resolved.append(item)
             rows.append([(block * n + p, p) for p in range(n)])
@@ -183,13 +186,26 @@ def compute_shard(work: Work, shard: Shard) -> pa.Table:
     hooks = compile_hooks(resolved, Binding(rows)) if resolved else []
     batch = tokens.repeat(1 + len(edited), 1)
     with model.bridge.hooks(fwd_hooks=hooks):
-        logits = model.bridge(batch)[:, readout].float()
+        logits = readout_logits(model, batch, readout)
     clean = logits[:n]
     blocks = {c: (logits[b * n:(b + 1) * n] if b else clean) for b, c in enumerate(edited, start=1)}
     if 0 in shard.conditions:
         blocks = {0: clean, **blocks}
     values = {c: metric_values(work, items, block, clean) for c, block in blocks.items()}
     return _table(work, shard, items, values, noop)
+
+
+def readout_logits(model, tokens: torch.Tensor, readout: int) -> Float[torch.Tensor, "batch vocab"]:
+    """The logits at the readout position only: the model unembeds just the last position when it can
+    (transformers' ``logits_to_keep``), which saves the ``[batch, pos, vocab]`` tensor."""
+    if readout == tokens.shape[-1] - 1 and keeps_last_logits(model):
+        return model.bridge(tokens, logits_to_keep=1)[:, -1].float()
+    return model.bridge(tokens)[:, readout].float()
+
+
+def keeps_last_logits(model) -> bool:
+    forward = type(model.bridge.original_model).forward
+    return "logits_to_keep" in inspect.signature(forward).parameters
 
 
 def metric_values(work: Work, items: list[Item], logits: Float[torch.Tensor, "item vocab"],
