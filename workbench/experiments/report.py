@@ -2,8 +2,9 @@
 
 - the **forest plot**: each named condition's mean effect (condition − clean) with its interval, one
   panel per metric; filled markers are significant after Benjamini–Hochberg correction, hollow ones not;
-- one **heatmap per grid and metric**: the mean effect per cell, with the cells that are not
-  significant after correction greyed out.
+- per grid and metric: a **heatmap** of the mean effect per cell (block × head, block × position), the
+  cells not significant after correction greyed out; a grid over one axis is drawn as each cell's
+  effect with its interval, grey where not significant.
 
 Every figure carries the manifest's hash twice: in its metadata (``layout.meta``, and a ``tEXt`` chunk
 of an exported PNG) and in a visible footnote, so a figure in a paper can be traced to the exact run.
@@ -33,10 +34,12 @@ def footnote(summary: dict[str, Any]) -> str:
             f"n = {summary['n_items']} items · {summary['method']['confidence']:.0%} intervals")
 
 
-def _stamp(fig: go.Figure, summary: dict[str, Any], note: str = "") -> go.Figure:
+def _stamp(fig: go.Figure, summary: dict[str, Any], note: str = "", shift: int = -70) -> go.Figure:
+    """The manifest's hash in the figure's metadata and in a visible footnote (under ``note``)."""
     fig.update_layout(meta={"workbench_manifest_sha256": summary["manifest_sha256"]})
-    fig.add_annotation(text=(note + "<br>" if note else "") + footnote(summary), xref="paper", align="left", yref="paper", x=0, y=0, yshift=-70, xanchor="left",
-                       yanchor="top", showarrow=False, font=dict(size=11, color="#666"))
+    fig.add_annotation(text=(note + "<br>" if note else "") + footnote(summary), xref="paper", yref="paper", x=0, y=0,
+                       yshift=shift, xanchor="left", yanchor="top", align="left", showarrow=False,
+                       font=dict(size=11, color="#666"))
     return fig
 
 
@@ -85,6 +88,41 @@ def _gap(a, b) -> float:
     return 0.0 if a is None or b is None else max(0.0, a - b)
 
 
+def grid_effects(summary: dict[str, Any], grid: str, metric: str) -> go.Figure:
+    """A grid swept over one axis: each cell's mean effect with its interval, grey where it is not
+    significant after correction over the grid's cells."""
+    entry = summary["grids"][grid]
+    cells = entry["metrics"][metric]
+    axis = entry["over"][0]
+    label = summary.get("metric_labels", {}).get(metric, metric)
+    fig = go.Figure()
+    for significant in (False, True):
+        chosen = [c for c in cells if c["mean"] is not None and bool(c["significant"]) == significant]
+        if not chosen:
+            continue
+        color = SIGNIFICANT if significant else NOT_SIGNIFICANT
+        fig.add_trace(go.Scatter(
+            x=[str(c[axis]) for c in chosen], y=[c["mean"] for c in chosen], mode="markers",
+            marker=dict(size=9, color=color, symbol="circle" if significant else "circle-open", line=dict(width=2)),
+            error_y=dict(type="data", symmetric=False, array=[_gap(c["ci_high"], c["mean"]) for c in chosen],
+                         arrayminus=[_gap(c["mean"], c["ci_low"]) for c in chosen], color=color, thickness=1.5, width=4),
+            name="significant (BH)" if significant else "not significant",
+            customdata=[[c["ci_low"], c["ci_high"], c["p_adjusted"]] for c in chosen],
+            hovertemplate=f"{axis} " + "%{x}: mean %{y:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], "
+                          "p adjusted %{customdata[2]:.3g}<extra></extra>"))
+    order = [str(c[axis]) for c in cells]
+    width = max(720, 200 + 26 * len(cells))
+    plots.style(fig, f"{grid}: Δ {label} per {axis}", height=460, width=width)
+    fig.update_xaxes(title_text=axis, categoryorder="array", categoryarray=order, tickangle=-45 if len(cells) > 12 else 0)
+    fig.update_yaxes(title_text=f"Δ {label} (condition − clean)", zeroline=True, zerolinecolor="#444")
+    fig.update_layout(title=dict(text=plots.wrap(f"{grid}: Δ {label} per {axis}", width // 11)),
+                      margin=dict(l=90, r=40, t=90, b=170), legend=dict(orientation="h", y=1.02, x=1, xanchor="right",
+                                                                          yanchor="bottom"))
+    return _stamp(fig, summary, f"filled: significant after Benjamini–Hochberg over the {len(cells)} cells "
+                                f"(α = {summary['method']['alpha']}); bars: {summary['method']['confidence']:.0%} "
+                                "bootstrap intervals", shift=-110 if len(cells) > 12 else -70)
+
+
 def grid_heatmap(summary: dict[str, Any], grid: str, metric: str) -> go.Figure:
     """Mean effect per cell of a grid; cells not significant after correction are grey. One swept axis is
     drawn as a strip (its values across), two as rows × columns (block down, head or position across)."""
@@ -122,13 +160,13 @@ def grid_heatmap(summary: dict[str, Any], grid: str, metric: str) -> go.Figure:
                              text=text, hovertemplate="%{text}<extra></extra>",
                              colorbar=dict(title=dict(text=f"Δ {_short(label, 24)}")), name="significant"))
     width = max(720, 200 + 34 * len(xs))
-    plots.style(fig, f"{grid}: Δ {label} per cell", height=max(320, 200 + 26 * len(ys)), width=width)
+    plots.style(fig, f"{grid}: Δ {label} per cell", height=max(440, 290 + 28 * len(ys)), width=width)
     fig.update_layout(title=dict(text=plots.wrap(f"{grid}: Δ {label} per cell", width // 11)),
-                      margin=dict(l=140, r=40, t=100, b=140))
+                      margin=dict(l=140, r=40, t=100, b=170))
     fig.update_xaxes(title_text=" × ".join(col_keys), tickangle=-45 if len(xs) > 12 else 0)
-    fig.update_yaxes(title_text=row_key or "", autorange="reversed")
+    fig.update_yaxes(title_text=row_key or "", autorange="reversed", tickmode="array", tickvals=y_labels)
     return _stamp(fig, summary, f"grey: not significant after Benjamini–Hochberg over the {len(cells)} cells "
-                                f"(α = {summary['method']['alpha']})")
+                                f"(α = {summary['method']['alpha']})", shift=-110 if len(xs) > 12 else -70)
 
 
 def _short(text: str, width: int) -> str:
@@ -146,7 +184,8 @@ def figures(summary: dict[str, Any]) -> dict[str, go.Figure]:
         out["forest"] = forest_plot(summary)
     for grid, entry in summary["grids"].items():
         for metric in entry["metrics"]:
-            out[f"{grid}/{metric}"] = grid_heatmap(summary, grid, metric)
+            draw = grid_effects if len(entry["over"]) == 1 else grid_heatmap
+            out[f"{grid}/{metric}"] = draw(summary, grid, metric)
     return out
 
 

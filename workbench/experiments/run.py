@@ -185,10 +185,20 @@ def metric_labels(work: Work) -> dict[str, str]:
         if spec == TARGETS_METRIC:
             out[spec] = "p(targets)"
         elif "{" in spec:
-            out[spec] = spec
+            out[spec] = template_label(spec)
         else:
             out[spec] = resolve_metric(work.model, spec).name
     return out
+
+
+def template_label(spec: str) -> str:
+    """A readable name for a metric whose argument is a row's field: ``digits_above:{source_bound}`` →
+    ``p(digit > source_bound)``."""
+    kind, _, arg = spec.partition(":")
+    arg = arg.replace("{", "").replace("}", "")
+    forms = {"digits_above": f"p(digit > {arg})", "prob": f"p({arg})", "rank": f"rank({arg})",
+             "logit_diff": "logit({}) − logit({})".format(*(arg.split(",") + [""])[:2])}
+    return forms.get(kind.strip(), spec)
 
 
 def _write_summary(out: Path, summary: dict[str, Any], manifest: dict[str, Any], report: bool) -> None:
