@@ -301,13 +301,13 @@ def from_template(template: str, values: Mapping[str, Sequence[Any]] | Sequence[
 
 
 def _fill_template(text: str, row: Mapping[str, Any], what: str) -> str:
+    from workbench.errors import InterventionError
+    from workbench.interventions.intervention import fill
+
     try:
-        return text.format_map(dict(row))
-    except KeyError as exc:
-        raise DatasetError(f"The {what} template {text!r} names the field {exc.args[0]!r}, which the values do not "
-                           f"give (they give {', '.join(map(str, row)) or 'none'}).") from None
-    except (ValueError, IndexError) as exc:
-        raise DatasetError(f"The {what} template {text!r} is not a valid template ({exc}): write fields as {{name}}.") from None
+        return fill(text, row, f"The {what} template")
+    except InterventionError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 # ----- checking rows against a model --------------------------------------------------------------------

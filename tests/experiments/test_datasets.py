@@ -65,7 +65,7 @@ def test_templates_expand_a_grid_or_a_list():
     assert grid[0].fields["bound"] == "9"
     listed = from_template("[0, {b}]", [{"b": 9, "s": 5}], source="[0, {s}]", targets=["{s}"])
     assert listed[0].source == "[0, 5]" and listed[0].targets == ("5",)
-    with pytest.raises(DatasetError, match="names the field 'bond'"):
+    with pytest.raises(DatasetError, match="names the field .bond."):
         from_template("[0, {bond}]", {"bound": ["9"]})
     with pytest.raises(DatasetError, match="has no values"):
         from_template("[0, {bound}]", {"bound": []})
