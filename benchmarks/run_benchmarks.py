@@ -2,7 +2,7 @@
 
     python benchmarks/run_benchmarks.py --model smollm2 [--device cuda] [--threads 2]
 
-Each line is what ``workbench bench patching-sweep --json`` / ``probe-overhead --json`` prints, plus
+Each line is what ``workbench bench patching-sweep --json`` / ``probe-overhead --json`` / ``separate --json`` prints, plus
 the machine load when it ran (``loadavg``): numbers on a shared machine are noisy, ratios less so.
 """
 
@@ -35,7 +35,8 @@ def main() -> None:
                                                                       device=args.device)),
                      ("head (z) sweep", lambda: bench.patching_sweep(args.model, STUDY_PROMPT, SOURCE, site="z",
                                                                      device=args.device)),
-                     ("probe overhead", lambda: bench.probe_overhead(args.model, STUDY_PROMPT, device=args.device))):
+                     ("probe overhead", lambda: bench.probe_overhead(args.model, STUDY_PROMPT, device=args.device)),
+                     ("separate runs", lambda: bench.separate_runs(args.model, STUDY_PROMPT, SOURCE, device=args.device))):
         before = os.getloadavg()[0]
         row = fn()
         print(json.dumps({"benchmark": name, **row, **machine, "loadavg": [before, os.getloadavg()[0]]}), flush=True)

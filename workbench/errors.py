@@ -95,6 +95,12 @@ class ResultError(ProbeError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DeviceError(WorkbenchError):
+    """A device this machine does not have (``--device cuda`` without a GPU) or that the workbench does not know."""
+
+    exit_code = 15
+
+
 class DatasetError(WorkbenchError, ValueError):
     """A prompt dataset that cannot be read (missing, not UTF-8, not JSONL/CSV/Parquet, no ``prompt`` column)
     or that holds bad rows (each named by its id)."""

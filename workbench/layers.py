@@ -18,9 +18,6 @@ from collections.abc import Iterable
 
 from workbench.errors import LayerError
 
-STUDY_N_LAYERS = 24  # Qwen2.5-0.5B-Instruct, the model of the source study
-
-
 def block_label(block: int) -> str:
     return f"block {block}"
 
@@ -108,14 +105,3 @@ def _as_index(value, what: str) -> int:
         except (TypeError, ValueError):
             raise LayerError(f"{what} {value!r} is not a whole number: pass an index such as 0 or -1.") from None
     return value
-
-
-def scale_block(study_block: int, n_layers: int) -> int:
-    """A study block on a model at least as deep as the study's; on a shallower one, the same relative depth.
-
-    Every default scales together on a shallower model (never some kept and some scaled), so the
-    study's order survives: blocks 6, 14, 21 stay in that order on an 8-block model (2, 4, 6).
-    """
-    if n_layers >= STUDY_N_LAYERS:
-        return study_block
-    return min(n_layers - 1, round(study_block * (n_layers - 1) / (STUDY_N_LAYERS - 1)))

@@ -25,8 +25,11 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from workbench.cache import cache_root, cached_models, gguf_cache_dir, write_cache  # noqa: F401  (re-exported)
-from workbench.errors import GGUFError, ModelNotFoundError, ModelSpecError, OfflineError, ProbeError
+from workbench.cache import (  # noqa: F401  (cache_root, cached_models, gguf_cache_dir are re-exported)
+    cache_root, cached_models, discard_entry, entry_problem, gguf_cache_dir, needs_rehash, record_hashes,
+    require_writable_cache, write_cache,
+)
+from workbench.errors import DeviceError, GGUFError, ModelNotFoundError, ModelSpecError, OfflineError, ProbeError
 from workbench.tiny import TINY_SPECS, build_tiny_model, tiny_description
 
 DEFAULT_MODEL = "smollm2"
@@ -209,9 +212,41 @@ def placement(device: str | None, device_map, n_devices: int | None, max_memory)
 def default_device() -> str:
     if torch.cuda.is_available():
         return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if _mps_available():
         return "mps"
     return "cpu"
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(device: str | torch.device | None) -> str:
+    """The device to load on: ``None`` → the best available; otherwise ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps``, refused with the fix when this machine does not have it (every command goes through here)."""
+    if device is None or str(device).strip().lower() in ("", "auto"):
+        return default_device()
+    text = str(device).strip().lower()
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"Unknown device {str(device)!r}: use cpu, cuda (an NVIDIA GPU), cuda:N or mps (Apple), "
+                          "or leave --device out for the best available.")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(f"--device {text} asks for a GPU, but {why}: use --device cpu, or leave --device out "
+                              "for the best available.")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise DeviceError(f"--device {text}: this machine has {count} CUDA GPU(s), cuda:0–cuda:{count - 1}.")
+    if parsed.type == "mps" and not _mps_available():
+        raise DeviceError(f"--device {text} asks for Apple's GPU (MPS), which this machine lacks: use --device cpu.")
+    if parsed.type == "cpu" and parsed.index not in (None, 0):
+        raise DeviceError(f"Unknown device {str(device)!r}: write cpu.")
+    return text
 
 
 def smollm2_gguf_path() -> Path:
@@ -251,7 +286,7 @@ def load_model(
     if isinstance(spec, Model):
         return spec
     torch_dtype = _resolve_dtype(dtype)
-    device = placement(device, device_map, n_devices, max_memory) or device or default_device()
+    device = placement(device, device_map, n_devices, max_memory) or resolve_device(device)
     text = str(spec)
     if text in TINY_SPECS:
         hf_model, tokenizer = build_tiny_model(text, seed=seed, dtype=torch_dtype)
@@ -471,8 +506,10 @@ def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
     if not path.is_file():
         raise ModelNotFoundError(f"No GGUF file at {path}: check the path.")
     cached = gguf_cache_dir(path, dtype)
-    if cache and (cached / "done.json").is_file():
-        return _load_hf_folder(cached, dtype)
+    if cache:
+        loaded = _load_cached(cached, dtype, path)
+        if loaded is not None:
+            return loaded
     architecture, n_tensors = _gguf_header(path)
     supported = supported_gguf_architectures()
     if architecture not in supported:
@@ -499,6 +536,25 @@ def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
     if cache:
         write_cache(hf_model, tokenizer, cached, path)
     return hf_model, tokenizer
+
+
+def _load_cached(entry: Path, dtype: torch.dtype, source: Path):
+    """The cached conversion when it verifies and loads; otherwise None, after checking that the cache can
+    take a rebuilt entry and removing a damaged one (with a one-line warning)."""
+    problem = entry_problem(entry)
+    if problem is None:
+        try:
+            loaded = _load_hf_folder(entry, dtype)
+        except Exception as exc:  # safetensors, tokenizers and JSON parsers each raise their own types
+            problem = f"it does not load: {_first_line(exc)}"
+        else:
+            if needs_rehash(entry):
+                record_hashes(entry, source)  # an entry from before hashes were kept, or a verified copy
+            return loaded
+    require_writable_cache(entry)  # before the conversion, not after it
+    if problem != "missing":
+        discard_entry(entry, problem, source)
+    return None
 
 
 def _load_hub(model_id: str, dtype: torch.dtype):

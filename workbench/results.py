@@ -99,8 +99,16 @@ class Named:
         return xr.DataArray(self.numpy(), dims=self.dims, coords=coords, name=name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dims": list(self.dims), "coords": {d: list(map(to_jsonable, c)) for d, c in self.coords.items()},
-                "values": to_jsonable(self.numpy().tolist())}
+        """Dims, coords, dtype, shape and values, exact (see :mod:`workbench.serialization`)."""
+        from workbench.serialization import named_to_dict
+
+        return named_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Named:
+        from workbench.serialization import named_from_dict
+
+        return named_from_dict(data)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -203,27 +211,29 @@ class Result:
         return self[name].to_dataframe(name)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
-            "probe": self.probe,
-            "model": self.model,
-            "prompts": self.prompts,
-            "tokens": self.tokens,
-            "meta": to_jsonable(self.meta),
-            "arrays": {k: v.to_dict() for k, v in self.arrays.items()},
-        }
-        if self.baseline is not None:
-            out["baseline"] = self.baseline.to_dict()
-        return out
+        """Plain JSON-ready data with the class, dtypes, NaN/inf and baseline: :meth:`from_dict` rebuilds it."""
+        from workbench.serialization import result_to_dict
+
+        return result_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        """The result :meth:`to_dict` described, of its saved class (a Result subclass)."""
+        from workbench.serialization import result_from_dict
+
+        return result_from_dict(data)
 
     def save(self, path: str | Path, **figure_options: Any) -> Path:
-        """Write by suffix: ``.json`` the data; ``.html``/``.png``/``.svg``/``.pdf`` the main figure."""
-        from workbench.export import write_figure
+        """Write by suffix: ``.json`` the data (:func:`load_result` reads it back); ``.html``/``.png``/
+        ``.svg``/``.pdf`` the main figure. Never overwrites a file the workbench did not write."""
+        from workbench.export import check_figure_path, write_figure
+        from workbench.outputs import write_file
+        from workbench.serialization import dumps
 
         path = Path(path)
+        check_figure_path(path)
         if path.suffix.lower() == ".json":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.to_dict()))
-            return path
+            return write_file(path, dumps("result", self.to_dict()))
         return write_figure(self.figure(**figure_options), path)
 
     def compare(self, other: Result) -> Comparison:
@@ -272,6 +282,53 @@ class Result:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.summary()})"
+
+
+def load_result(path: str | Path) -> Result:
+    """Read back what :meth:`Result.save` wrote as ``.json``: the same class, arrays (dtypes, NaN/inf,
+    strings), labels, metadata and baseline."""
+    from workbench.serialization import read_json, result_from_dict
+
+    return result_from_dict(read_json(path, "result"))
+
+
+def save_run(run, path: str | Path) -> Path:
+    """Write a whole :class:`~workbench.run.RunResult` (every result, the logits of each pass, the
+    prompts, tokens, readout and targets, the model's facts) to a ``.json`` file; :func:`load_run`
+    reads it back without the model."""
+    from workbench.export import check_figure_path
+    from workbench.outputs import write_file
+    from workbench.serialization import dumps, encode
+
+    path = Path(path)
+    check_figure_path(path, formats=(".json",))
+    ctx = run.context
+    body = {
+        "results": {name: result.to_dict() for name, result in run.results.items()},
+        "logits": {phase: encode(logits) for phase, logits in run.logits.items()},
+        "context": {"facts": ctx.facts.to_dict(), "prompts": ctx.prompts, "tokens": encode(ctx.tokens),
+                    "str_tokens": ctx.str_tokens, "readout": ctx.readout, "target_ids": ctx.target_ids,
+                    "target_labels": ctx.target_labels, "phase": ctx.phase},
+    }
+    return write_file(path, dumps("run", body))
+
+
+def load_run(path: str | Path):
+    """The :class:`~workbench.run.RunResult` :func:`save_run` wrote; its context carries the model's
+    facts (``context.facts``) but no weights (``context.model.bridge`` is None)."""
+    from workbench.models import Model, ModelFacts
+    from workbench.probes.base import RunContext
+    from workbench.run import RunResult
+    from workbench.serialization import decode, read_json, result_from_dict
+
+    data = read_json(path, "run")
+    ctx = data["context"]
+    facts = ModelFacts(**{**ctx["facts"], "head_to_group": tuple(ctx["facts"]["head_to_group"])})
+    context = RunContext(model=Model(bridge=None, facts=facts), prompts=ctx["prompts"], tokens=decode(ctx["tokens"]),
+                         str_tokens=ctx["str_tokens"], readout=ctx["readout"], target_ids=ctx["target_ids"],
+                         target_labels=ctx["target_labels"], phase=ctx["phase"])
+    return RunResult(results={name: result_from_dict(r) for name, r in data["results"].items()},
+                     logits={phase: decode(v) for phase, v in data["logits"].items()}, context=context)
 
 
 @dataclass(repr=False)

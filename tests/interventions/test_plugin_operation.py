@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,8 @@ import torch
 from workbench.interventions import Intervention, operations
 from workbench.run import hook_count, run
 from workbench.sweeps import block_sweep, patch_sweep
+
+from plugin_wheel import install_plugin
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
@@ -48,17 +48,9 @@ def plugin_source() -> str:
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("steer")
-    source, dist, site = root / "src", root / "dist", root / "site"
-    source.mkdir()
-    (source / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
-    (source / "wb_steer.py").write_text(plugin_source().replace("@register_operation\n", ""))  # found by its entry point
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
-                   check=True, capture_output=True)
-    wheel, = dist.glob("wb_steer-0.0.1-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True)
-    return site
+    # Without the decorator: the installed plugin must be found through its entry point alone.
+    source = plugin_source().replace("@register_operation\n", "")
+    return install_plugin(tmp_path_factory.mktemp("steer"), "wb_steer", source, PYPROJECT)
 
 
 @pytest.fixture
@@ -71,9 +63,11 @@ def installed(plugin_site, monkeypatch, request):
 
 
 def steer(blocks=(1,), positions=(-1,), token="9", coefficient=6.0) -> Intervention:
-    return Intervention.from_dict({"site": "resid_pre", "op": {"name": "steer_to_token", "token": token,
-                                                               "coefficient": coefficient},
-                                   "blocks": list(blocks), "positions": list(positions)})
+    data = {"site": "resid_pre", "op": {"name": "steer_to_token", "token": token, "coefficient": coefficient},
+            "blocks": list(blocks)}
+    if positions is not None:
+        data["positions"] = list(positions)
+    return Intervention.from_dict(data)
 
 
 def by_hand(model, block, position, token="9", coefficient=6.0, tokens=None):
@@ -122,3 +116,20 @@ def test_sweeps_run_the_plugin_operation_on_the_fast_engine(installed, tiny_mode
     grid_naive = patch_sweep(tiny_model, PROMPT, operation=template.op, metric="prob:9", method="naive")
     assert grid["metric"].dims == ("block", "position")
     np.testing.assert_allclose(grid["metric"].numpy(), grid_naive["metric"].numpy(), atol=1e-6, rtol=0)
+
+
+def test_generation_and_beam_search_run_the_plugin_operation(installed, tiny_qwen2):
+    from workbench.sampling import beam_search, generate, greedy, sequence_logprob
+
+    edit = steer(blocks=(1,), positions=(-1,))
+    steered = generate(tiny_qwen2, PROMPT, greedy(), 1, stop_at_eos=False, interventions=[edit])
+    first = int(by_hand(tiny_qwen2, 1, -1)[0, -1].argmax())
+    assert steered.row_tokens(0) == [first]  # the first step equals the hand-written edit
+    everywhere = steer(blocks=(1,), positions=None)  # positions not named: every position, generated ones too
+    beams = beam_search(tiny_qwen2, PROMPT, width=2, max_new_tokens=3, interventions=[everywhere])
+    plain = beam_search(tiny_qwen2, PROMPT, width=2, max_new_tokens=3)
+    assert [b.tokens for b in beams.beams] != [b.tokens for b in plain.beams]
+    for beam in beams.beams:
+        assert beam.logprob == pytest.approx(sequence_logprob(tiny_qwen2, PROMPT, beam.tokens, interventions=[everywhere]),
+                                             abs=1e-3)
+    assert hook_count(tiny_qwen2) == 0

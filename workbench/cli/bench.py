@@ -57,6 +57,18 @@ def probe_overhead(model: str = MODEL, repeats: int = typer.Option(10, help="Tim
     _print(bench.probe_overhead(model, STUDY_PROMPT, repeats=repeats, device=device), as_json)
 
 
+@bench_app.command("separate")
+def separate(model: str = MODEL, repeats: int = typer.Option(5, help="Timed repeats (the minimum is reported)."),
+             device: str = DEVICE, threads: int = THREADS,
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """run(..., separate=True) with three interventions vs three runs, and vs one batched forward."""
+    from workbench.sweeps import bench
+
+    _threads(threads)
+    _print(bench.separate_runs(model, STUDY_PROMPT, STUDY_PROMPT.replace("9]", "5]"), repeats=repeats, device=device),
+           as_json)
+
+
 def _emit(result, as_json: bool, out: str | None) -> None:
     if out:
         path = result.save(out)
@@ -72,7 +84,17 @@ def _emit(result, as_json: bool, out: str | None) -> None:
 PROMPT_OPT = typer.Option(STUDY_PROMPT, "--prompt", help="The prompt (default: the random-number study's).")
 METRIC_OPT = typer.Option("kl", "--metric", help=f"What each cell measures at the readout: {METRIC_FORMS}.")
 METHOD_OPT = typer.Option("auto", "--method", help="auto, fast or naive (one hooked forward per cell).")
-OUT_OPT = typer.Option(None, "--out", help="Write the result: .json data, or .html/.png/.svg/.pdf heatmap.")
+def _check_out(value: str | None) -> str | None:
+    """Checked as the options are parsed, before the model loads: a known suffix, never a foreign file."""
+    from workbench.export import check_figure_path
+
+    if value is not None:
+        check_figure_path(value)
+    return value
+
+
+OUT_OPT = typer.Option(None, "--out", callback=_check_out,
+                       help="Write the result: .json data, or .html/.png/.svg/.pdf heatmap (never over a file the workbench did not write).")
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 
 

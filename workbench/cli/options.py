@@ -95,13 +95,7 @@ def _parse(raw: str, annotation) -> Any:
     if lists and (text.startswith("[") or "," in text or text == "" or not scalars):
         item_type = (typing.get_args(lists[0]) or (Any,))[0]
         if text.startswith("["):
-            try:
-                items = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise _Bad(f"not a JSON list ({exc.msg} at character {exc.pos})") from None
-            if not isinstance(items, list):
-                raise _Bad("not a list")
-            return [_coerce(item, item_type) for item in items]
+            return [_coerce(item, item_type) for item in _json(text, list, "list")]
         return [_parse_scalar(part, item_type) for part in raw.split(",") if text != ""]
     if not scalars:
         raise _Bad("not a value of this type")
@@ -136,7 +130,7 @@ def _parse_scalar(raw: str, annotation) -> Any:
             raise _Bad(f"{text!r} is not true or false")
     if int in members:
         try:
-            return _int(text)
+            return _int(text[1:] if text.startswith("@") else text)  # "@N": the position marker, harmless here
         except _Bad:
             if float not in members:
                 raise
@@ -149,14 +143,19 @@ def _parse_scalar(raw: str, annotation) -> Any:
             raise _Bad(f"{text!r} is not a finite number")
         return value
     if dict in members or typing.get_origin(members[0]) is dict:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _Bad(f"not a JSON object ({exc.msg})") from None
-        if not isinstance(value, dict):
-            raise _Bad("not a JSON object")
-        return value
+        return _json(text, dict, "object")
     return text
+
+
+def _json(text: str, kind: type, name: str):
+    """``text`` parsed as a JSON value of ``kind`` (a list or an object)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _Bad(f"not a JSON {name} ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, kind):
+        raise _Bad(f"not a JSON {name}")
+    return value
 
 
 def _int(text: str) -> int:

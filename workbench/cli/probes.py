@@ -14,10 +14,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from workbench.cli import app
+from workbench.cli import app, out_folder
 from workbench.cli.models import SPEC_HELP
 from workbench.cli.options import describe_default, parse_options, probe_options
 from workbench.errors import ProbeError
+from workbench.outputs import PROBE
 from workbench.studies.random_number import STUDY_PROMPT
 
 probes_app = typer.Typer(help="Registered probes (built-in, @register_probe, and installed plugins).", no_args_is_help=True)
@@ -88,7 +89,8 @@ def probe(
     option: list[str] = typer.Option([], "--option", "-o", help="Probe option key=value (e.g. blocks=6,14; keys=9; source='…')."),
     targets: str = typer.Option(None, help="Comma-separated target tokens (default: the clean run's 10 most likely)."),
     readout: int = typer.Option(-1, help="Readout position (default: the last token)."),
-    out: Path = typer.Option(None, "--out", help="Folder for the figures (HTML, PNG when a browser exists) and result.json."),
+    out: Path = typer.Option(None, "--out", callback=out_folder(PROBE),
+                             help="Folder for the figures (HTML, PNG when a browser exists) and result.json: new, empty, or an earlier probe output."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     device: str = typer.Option(None, help="cpu, cuda or mps."),
     static: bool = typer.Option(True, help="Also write PNG/SVG figures (needs Chromium)."),
@@ -123,11 +125,13 @@ def probe(
 def write_result(result, out: Path, *, static: bool = True, stem: str | None = None) -> list[Path]:
     """Every figure of a result as HTML (and PNG + SVG when a browser exists), plus the data as JSON."""
     from workbench.export import write_figures
+    from workbench.outputs import output_folder
 
-    out.mkdir(parents=True, exist_ok=True)
     stem = stem or result.probe
     figures = {f"{stem}.{key}": fig for key, fig in result.figures().items()}
-    written, note = write_figures(figures, out, static=("png", "svg") if static else ())
+    with output_folder(out, PROBE) as tmp:  # replaces only an earlier probe output, once complete
+        written, note = write_figures(figures, tmp, static=("png", "svg") if static else ())
+        result.save(tmp / f"{stem}.json")
     if note:
         typer.secho(note, err=True, fg="yellow")
-    return [result.save(out / f"{stem}.json"), *written]
+    return [out / f"{stem}.json", *(out / path.name for path in written)]

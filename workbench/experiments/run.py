@@ -93,23 +93,48 @@ def run_experiment(experiment: Experiment | str | Path, out: str | Path | None =
     if not good.items:
         raise DatasetError(f"Every row of {dataset.name} is bad ({bad_rows_message(bad)}).")
     work = Work.build(model, experiment, good)
-    device = str(model.device)
-    if isinstance(runner, RayExecutor):
-        step(0, 0, "starting Ray workers")
-        device = _check_workers(runner.start(experiment, good), model)
-    manifest = storage.build_manifest(experiment, dataset, model, device, [b.id for b in bad])
-    manifest["metric_labels"] = metric_labels(work)
+    try:
+        device = str(model.device)
+        if isinstance(runner, RayExecutor):
+            step(0, 0, "starting Ray workers")
+            device = _check_workers(runner.start(experiment, good), model)
+        manifest = storage.build_manifest(experiment, dataset, model, device, [b.id for b in bad])
+        manifest["metric_labels"] = metric_labels(work)
+        if out is None:
+            computed = _compute(None, model, work, manifest, runner, step)
+        else:
+            storage.claim(out)
+            with storage.exclusive(out):
+                old = None if force else storage.read_manifest(out)
+                if force:
+                    storage.clear(out)
+                elif old is not None:
+                    storage.refuse_if_different(out, storage.identity_of(old), storage.identity_of(manifest))
+                    manifest["created"] = old.get("created", manifest["created"])
+                storage.remove_partial(out)
+                storage.write_json(out / storage.MANIFEST, manifest)
+                if bad:
+                    storage.write_json(out / storage.BAD_ROWS, [b.to_dict() for b in bad])
+                computed = _compute(out, model, work, manifest, runner, step)
+    finally:
+        if isinstance(runner, RayExecutor):
+            runner.shutdown()
+    summary = summarize_table(computed.table, manifest)
     if out is not None:
-        if force:
-            storage.clear(out)
-        elif old is not None:
-            storage.refuse_if_different(out, storage.identity_of(old), storage.identity_of(manifest))
-            manifest["created"] = old.get("created", manifest["created"])
-        storage.claim(out)
-        storage.remove_partial(out)
-        storage.write_json(out / storage.MANIFEST, manifest)
-        if bad:
-            storage.write_json(out / storage.BAD_ROWS, [b.to_dict() for b in bad])
+        _write_summary(out, summary, manifest, report)
+    return ExperimentRun(computed.table, manifest, summary, out, bad, computed=computed.computed,
+                         reused=computed.reused)
+
+
+@dataclass
+class _Computed:
+    table: pa.Table
+    computed: int
+    reused: int
+
+
+def _compute(out: Path | None, model, work: Work, manifest: dict[str, Any], runner, step: Progress) -> _Computed:
+    """Plan the shards (or reuse the saved plan), compute the missing ones, and gather every row."""
     plan = _plan(out, model, work, manifest)
     shards = [Shard.from_dict(s) for s in plan["shards"]]
     done = storage.finished_shards(out, [s.id for s in shards]) if out is not None else set()
@@ -127,11 +152,7 @@ def run_experiment(experiment: Experiment | str | Path, out: str | Path | None =
         finished += 1
         step(finished, len(shards), "computing shards")
 
-    try:
-        runner.run(work, todo, finish)
-    finally:
-        if isinstance(runner, RayExecutor):
-            runner.shutdown()
+    runner.run(work, todo, finish)
     step(finished, len(shards), "writing results")
     if out is not None:
         table = storage.consolidate(out, plan, manifest)
@@ -139,10 +160,7 @@ def run_experiment(experiment: Experiment | str | Path, out: str | Path | None =
         table = storage.order_rows(pa.concat_tables([tables[s.id] for s in shards]), plan["conditions"],
                                    manifest["analysis"]["metrics"])
         table = storage.with_manifest(table, manifest)
-    summary = summarize_table(table, manifest)
-    if out is not None:
-        _write_summary(out, summary, manifest, report)
-    return ExperimentRun(table, manifest, summary, out, bad, computed=len(todo), reused=len(done))
+    return _Computed(table, len(todo), len(done))
 
 
 def _plan(out: Path | None, model, work: Work, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from workbench.errors import ExperimentError
 from workbench.experiments.spec import canonical_json
+from workbench.outputs import umask
 
 FORMAT = "workbench-experiment/1"
 MANIFEST, PLAN, RESULTS, SUMMARY, REPORT, BAD_ROWS = (
@@ -43,8 +44,6 @@ WRITTEN = (MANIFEST, PLAN, RESULTS, SUMMARY, REPORT, BAD_ROWS, MARKER, *FIGURES)
 SHARD_NAME = re.compile(r"^[0-9a-f]{16}\.parquet$")
 TMP_NAME = re.compile(r"^\.tmp-.*")
 METADATA_KEY = b"workbench.manifest"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 # ----- output folder safety (the lead swaps this section for workbench/outputs.py) -------------------------
@@ -52,17 +51,18 @@ os.umask(_UMASK)
 
 def check_out_dir(out: str | Path) -> bool:
     """Refuse, before the model loads, a folder the workbench may not write. Returns whether ``out`` already
-    holds an experiment (to resume, or to start over with ``--force``)."""
+    holds an experiment (to resume, or to start over with ``--force``).
+
+    An experiment's folder grows shard by shard and is resumed in place, so it is not swapped in whole
+    like the other outputs (:mod:`workbench.outputs`): it must be new, empty, or an experiment folder."""
+    from workbench.outputs import require_writable
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExperimentError(f"{out} is a file: --out names a folder for the experiment's results.")
+    require_writable(out, str(out), what="Experiment folder ", fix="choose another --out")
     if not out.exists():
-        parent = next(p for p in out.absolute().parents if p.exists())
-        if not os.access(parent, os.W_OK):
-            raise ExperimentError(f"Cannot create {out}: {parent} is not writable. Choose another --out.")
         return False
-    if not os.access(out, os.W_OK):
-        raise ExperimentError(f"{out} is not writable: choose another --out.")
     if (out / MARKER).is_file():
         return True
     entries = sorted(p.name for p in out.iterdir())
@@ -73,7 +73,8 @@ def check_out_dir(out: str | Path) -> bool:
 
 
 def clear(out: str | Path) -> list[Path]:
-    """Delete what the workbench wrote in ``out`` (for ``--force``) and nothing else; returns what it deleted."""
+    """Delete what the workbench wrote in ``out`` (for ``--force``) and nothing else; returns what it deleted.
+    The marker stays: the folder is still the workbench's."""
     out = Path(out)
     if not (out / MARKER).is_file():
         return []
@@ -92,7 +93,6 @@ def clear(out: str | Path) -> list[Path]:
         with contextlib.suppress(OSError):
             shards.rmdir()  # only when nothing else is left in it
     removed += remove_partial(out)
-    (out / MARKER).unlink()
     return removed
 
 
@@ -107,6 +107,22 @@ def remove_partial(out: str | Path) -> list[Path]:
                     path.unlink()
                     removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def exclusive(out: str | Path):
+    """One run at a time per folder: a second ``experiment run`` on the same folder is refused, not mixed in."""
+    import fcntl
+
+    fd = os.open(Path(out) / MARKER, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExperimentError(f"Another run is writing {out} right now: wait for it, or use another --out.") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def claim(out: str | Path) -> None:
@@ -125,7 +141,7 @@ def write_bytes(path: Path, data: bytes) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from the user's group
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would hide results from the user's group
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

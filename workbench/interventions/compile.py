@@ -83,13 +83,19 @@ class Edit:
 @dataclass
 class Binding:
     """Which batch rows carry which intervention: ``rows[i]`` lists ``(batch_row, prompt_index)`` pairs
-    for the i-th resolved intervention. :meth:`joint` puts every intervention on every row."""
+    for the i-th resolved intervention, or is a single prompt index meaning *every row of the batch*
+    carries that prompt (generation, whose batch shrinks as rows stop). :meth:`joint` puts every
+    intervention on every prompt's row."""
 
-    rows: list[list[tuple[int, int]]]
+    rows: list[list[tuple[int, int]] | int]
 
     @classmethod
     def joint(cls, n_interventions: int, n_prompts: int) -> Binding:
         return cls([[(p, p) for p in range(n_prompts)] for _ in range(n_interventions)])
+
+    @classmethod
+    def every_row(cls, n_interventions: int, prompt: int = 0) -> Binding:
+        return cls([prompt] * n_interventions)
 
 
 def compile_hooks(resolved: Sequence[Resolved], binding: Binding | None = None, offset: int = 0) -> list[Hook]:
@@ -100,12 +106,16 @@ def compile_hooks(resolved: Sequence[Resolved], binding: Binding | None = None, 
     actions: dict[str, list[Callable]] = defaultdict(list)
     for index, item in enumerate(resolved):
         rows = binding.rows[index]
-        if not rows:
+        if not isinstance(rows, int) and not any(_positions_exist(item, prompt) for _, prompt in rows):
             continue
         for site in item.sites:
             for block in item.blocks:
                 _add_actions(actions, item, site, block, rows, offset)
     return [(name, _hook(fns)) for name, fns in actions.items()]
+
+
+def _positions_exist(item: Resolved, prompt: int) -> bool:
+    return item.every_position or bool(item.positions[prompt])
 
 
 def _hook(fns: list[Callable]) -> Callable:
@@ -117,26 +127,33 @@ def _hook(fns: list[Callable]) -> Callable:
     return hook
 
 
-def _live(positions: list[int], offset: int) -> list[int]:
-    return [p for p in positions if p >= offset]
+def _pairs(rows, act: torch.Tensor) -> list[tuple[int, int]]:
+    return [(row, rows) for row in range(act.shape[0])] if isinstance(rows, int) else rows
+
+
+def _positions(item: Resolved, site: Site, prompt: int, act: torch.Tensor, offset: int) -> list[int]:
+    """The absolute positions edited in a row whose live tensor starts at ``offset``: the resolved ones
+    from ``offset`` on, or, for an edit of every position (``item.every_position``), every live one —
+    generated tokens included."""
+    if item.every_position:
+        axis = 2 if site.layout[1] == "head" else 1
+        return list(range(offset, offset + act.shape[axis]))
+    return [p for p in item.positions[prompt] if p >= offset]
 
 
 def _add_actions(actions, item: Resolved, site: Site, block: int, rows, offset: int) -> None:
     """Register what one (intervention, site, block) does at each hook point it needs."""
-    edits = []
-    for row, prompt in rows:
-        positions = _live(item.positions[prompt], offset)
-        if positions:
-            edits.append((row, Edit(site, block, prompt, positions, item.heads, item.state, offset)))
-    if not edits:
-        return
 
     def apply_op(act: torch.Tensor, inputs: dict | None = None, base: dict | None = None) -> torch.Tensor:
         """Edit ``act`` row by row; ``inputs`` gives the block's input (identity), ``base`` a tensor the
         site's value is ``act + base`` of (resid_mid written through attn_out)."""
         act = act.clone()
-        for row, edit in edits:
-            live = [p - offset for p in edit.positions]
+        for row, prompt in _pairs(rows, act):
+            positions = _positions(item, site, prompt, act, offset)
+            if not positions:
+                continue
+            edit = Edit(site, block, prompt, positions, item.heads, item.state, offset)
+            live = [p - offset for p in positions]
             if inputs is not None:
                 edit.input = select(inputs[row], site, live, edit.heads)
             values = select(act[row], site, live, edit.heads)
@@ -152,7 +169,7 @@ def _add_actions(actions, item: Resolved, site: Site, block: int, rows, offset: 
 
     def keep_input(resid: torch.Tensor) -> torch.Tensor:
         stored.clear()
-        stored.update({row: resid[row] for row, _ in edits})
+        stored.update({row: resid[row] for row, _ in _pairs(rows, resid)})
         return resid
 
     actions[f"blocks.{block}.hook_resid_pre"].append(keep_input)

@@ -115,6 +115,7 @@ class Resolved:
     heads: list[int] | None
     state: Any = None
     notes: list[str] = field(default_factory=list)
+    every_position: bool = False  # the edit covers every position, also ones a generation appends
 
     @property
     def op(self) -> Operation:
@@ -236,8 +237,10 @@ def resolve(intervention: Intervention, model, prompts: Sequence[str], tokens: t
                        positions=positions, heads=heads, explicit_positions=intervention.positions is not None,
                        notes=notes, fields=list(fields) if fields is not None else None, captures=captures)
     state = intervention.op.prepare(prep)
+    every = intervention.positions is None and intervention.op.extends_to_new_positions \
+        and prep.positions == [list(range(n)) for _ in prompts]
     return Resolved(intervention=intervention, sites=sites, blocks=blocks, positions=prep.positions, heads=heads,
-                    state=state, notes=notes)
+                    state=state, notes=notes, every_position=every)
 
 
 def _filled(values, fields, index: int, what: str):

@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
 
 from workbench.errors import InterventionError
+from workbench.plugins import load_entry_points, unknown
 
 ENTRY_POINT_GROUP = "workbench.operations"
 _OPERATIONS: dict[str, type[Operation]] = {}
@@ -37,6 +37,9 @@ class Operation(ABC):
 
     name: ClassVar[str] = ""
     sites: ClassVar[tuple[str, ...] | None] = None  # the sites it can edit; None: every site but "block"
+    # With no positions named, does the edit also cover tokens a generation appends? Not for an operation
+    # whose state is aligned to the prompt's positions (a source prompt's activations).
+    extends_to_new_positions: ClassVar[bool] = True
 
     def prepare(self, prep) -> Any:
         """Work before the edited pass; the result is ``edit.state`` in :meth:`apply` (default: none)."""
@@ -94,18 +97,7 @@ def register_operation(cls: type) -> type:
 
 
 def _load_plugins() -> None:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _OPERATIONS or ep.name in _PLUGIN_ERRORS:
-            continue
-        try:
-            cls = ep.load()
-            register_operation(cls)
-            if cls.name != ep.name:
-                _OPERATIONS[ep.name] = cls
-        except BaseException as exc:  # noqa: BLE001 — a broken plugin must not break the workbench
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            _PLUGIN_ERRORS[ep.name] = f"{type(exc).__name__}: {exc}"
+    load_entry_points(ENTRY_POINT_GROUP, _OPERATIONS, _PLUGIN_ERRORS, register_operation, "operation")
 
 
 def available_operations() -> dict[str, type[Operation]]:
@@ -122,7 +114,7 @@ def operation_plugin_errors() -> dict[str, str]:
 def get_operation(name: str) -> type[Operation]:
     operations = available_operations()
     if name not in operations:
-        raise InterventionError(f"Unknown operation {name!r}: available are {', '.join(sorted(operations))}.")
+        raise InterventionError(unknown("operation", name, operations, _PLUGIN_ERRORS))
     return operations[name]
 
 
@@ -158,6 +150,7 @@ class Patch(Operation):
 
     source: str | tuple[str, ...] = ""
     name: ClassVar[str] = "patch"
+    extends_to_new_positions: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         sources = (self.source,) if isinstance(self.source, str) else tuple(self.source)

@@ -22,7 +22,7 @@ from typing import Any
 
 from workbench import interventions as iv
 from workbench.datasets import Dataset, load_dataset
-from workbench.layers import resolve_blocks, scale_block
+from workbench.layers import resolve_blocks
 
 BUNDLED = Path(__file__).parent / "data" / "random_number_prompts.jsonl"
 METRICS = ("digits_above:{source_bound}", "prob:{bound}", "kl")
@@ -32,6 +32,8 @@ def headline_conditions(model, *, block: int | None = None, patch_blocks: Sequen
                         mask_blocks: Sequence[int] | None = None) -> dict[str, list[iv.Intervention]]:
     """The three headline interventions as ``{field}`` templates (one description serves every row);
     blocks default to the study's (21; 6, 14; 13 on), scaled to the model's depth."""
+    from workbench.studies.random_number import scale_block  # the study's own rule; imported late (no cycle)
+
     n = model.facts.n_layers
     block = resolve_blocks(model.facts, block)[0] if block is not None else scale_block(21, n)
     patch = resolve_blocks(model.facts, patch_blocks) if patch_blocks is not None else \
