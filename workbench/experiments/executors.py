@@ -12,6 +12,7 @@ actor's results equal the local executor's: the same code computes the same shar
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -108,11 +109,12 @@ class RayExecutor:
         self._kill_actors()
         self._key = key
         if not ray.is_initialized():
+            quiet = dict(log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
             if self.address:
-                ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
+                ray.init(address=self.address, **quiet)
             else:
-                ray.init(num_cpus=int(max(1, (self.workers or 1) * self.cpus_per_worker)), log_to_driver=False,
-                         include_dashboard=False, runtime_env={"env_vars": _forwarded_env()})
+                ray.init(num_cpus=int(max(1, (self.workers or 1) * self.cpus_per_worker)),
+                         runtime_env={"env_vars": _forwarded_env()}, **quiet)
             self._started_ray = True
         gpus = self.gpus_per_worker
         if gpus is None:
