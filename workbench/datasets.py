@@ -323,6 +323,7 @@ def check_items(model, dataset: Dataset, interventions: Sequence[Any] = (), metr
     parse (``dataset.bad``) come first."""
     from workbench.errors import TokenError
     from workbench.interventions.intervention import fill
+    from workbench.metrics import resolve_metric
     from workbench.tokens import align_prompts, find_positions, single_token_id, to_tokens
 
     bad = list(dataset.bad)
@@ -334,8 +335,11 @@ def check_items(model, dataset: Dataset, interventions: Sequence[Any] = (), metr
             for target in item.targets or targets or ():
                 single_token_id(model, target)
             for metric in metrics:
+                if metric == "targets" and not (item.targets or targets):
+                    raise DatasetError("the 'targets' metric needs this row's targets (a targets column) or "
+                                       "targets = [...] in the spec")
                 if "{" in metric:
-                    fill(metric, item.fields, "Metric")
+                    resolve_metric(model, fill(metric, item.fields, "Metric"))
             for intervention in interventions:
                 _check_intervention(model, item, intervention, fill, find_positions, align_prompts)
         except WorkbenchError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -83,26 +84,29 @@ def test_bad_rows_are_reported_by_id(tiny_qwen2):
         {"id": "not-there", "prompt": data[2]["prompt"] + "!", "source": data[2]["source"] + "!", "bound": "3",
          "source_bound": "1"},
         {"id": "not-text", "prompt": 42},
+        {"id": "long-bound", "prompt": data[3]["prompt"].replace("[0, 9]", "[0, 99999]"), "bound": "99999",
+         "source_bound": "5"},
     ]
     dataset = from_records(data)
     assert [b.id for b in dataset.bad] == ["empty", "not-text"]
     interventions = [iv.patch("kv", "{source}", blocks=[0], positions="{bound}")]
-    bad = check_items(tiny_qwen2, dataset, interventions, ["digits_above:{source_bound}"])
+    bad = check_items(tiny_qwen2, dataset, interventions, ["digits_above:{source_bound}", "prob:{bound}"])
     reasons = {b.id: b.reason for b in bad}
-    assert set(reasons) == {"empty", "misaligned", "two-token-target", "no-field", "not-there", "not-text"}
+    assert set(reasons) == {"empty", "misaligned", "two-token-target", "no-field", "not-there", "not-text", "long-bound"}
     assert "empty prompt" in reasons["empty"]
     assert "do not align" in reasons["misaligned"]
     assert "not one" in reasons["two-token-target"]
     assert "'bound'" in reasons["no-field"]
     assert "'3' is not in the prompt" in reasons["not-there"]
     assert "not text" in reasons["not-text"]
+    assert re.search(r"Target '99999' is \d+ tokens", reasons["long-bound"])
     assert str(bad[0]).startswith(f"row {len(rows(bounds=('9',))) + 1} (id empty): ")
     exp = Experiment(dataset=dataset, conditions={"patch": interventions}, metrics=["digits_above:{source_bound}"],
                      model="tiny-qwen2", resamples=999)
-    with pytest.raises(DatasetError, match=r"^6 bad rows: row \d+ \(id empty\): empty prompt.*and 3 more.*--skip-bad-rows"):
+    with pytest.raises(DatasetError, match=r"^7 bad rows: row \d+ \(id empty\): empty prompt.*and 4 more.*--skip-bad-rows"):
         run_experiment(exp, model=tiny_qwen2)
     skipped = run_experiment(exp, model=tiny_qwen2, skip_bad_rows=True)
-    assert len(skipped.skipped) == 6 and skipped.summary["n_items"] == len(rows(bounds=("9",)))
+    assert len(skipped.skipped) == 7 and skipped.summary["n_items"] == len(rows(bounds=("9",)))
     assert skipped.manifest["dataset"]["skipped_rows"] == sorted(reasons)
 
 
