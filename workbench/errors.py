@@ -99,3 +99,16 @@ class DeviceError(WorkbenchError):
     """A device this machine does not have (``--device cuda`` without a GPU) or that the workbench does not know."""
 
     exit_code = 15
+
+
+class DatasetError(WorkbenchError, ValueError):
+    """A prompt dataset that cannot be read (missing, not UTF-8, not JSONL/CSV/Parquet, no ``prompt`` column)
+    or that holds bad rows (each named by its id)."""
+
+    exit_code = 17
+
+
+class ExperimentError(WorkbenchError, ValueError):
+    """An experiment spec that is malformed, or an output folder that holds another experiment's results."""
+
+    exit_code = 18

@@ -14,7 +14,9 @@ facts every probe needs (:class:`ModelFacts`). Specs, tried in this order:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,13 +65,14 @@ class ModelFacts:
     tied_embeddings: bool = False
     parallel_blocks: bool = False
     editable_attention: bool = True
+    devices: tuple[str, ...] = ()  # every device holding weights: more than one when split by a device map
 
     @property
     def heads_per_group(self) -> int:
         return self.n_heads // self.n_kv_heads
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"head_to_group": list(self.head_to_group)}
+        return asdict(self) | {"head_to_group": list(self.head_to_group), "devices": list(self.devices)}
 
 
 @dataclass
@@ -107,7 +110,8 @@ class Model:
         final soft-capping (Gemma 2: ``cap * tanh(logits / cap)``), so the last block's residual gives the
         model's own logits."""
         bridge = self.bridge
-        logits = bridge.unembed(bridge.ln_final(resid)).float()
+        normed = bridge.ln_final(resid.to(_device_of(bridge.ln_final, resid.device)))
+        logits = bridge.unembed(normed.to(_device_of(bridge.unembed, normed.device))).float().to(self.device)
         cap = float(getattr(bridge.cfg, "output_logits_soft_cap", 0) or 0)
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
@@ -126,6 +130,83 @@ class Model:
             f"Model({f.name!r}: {f.n_layers} blocks, {f.n_heads} query heads / {f.n_kv_heads} key/value heads, "
             f"d_model {f.d_model}, vocab {f.d_vocab}, {f.device}/{f.dtype})"
         )
+
+
+def _device_of(module, default: torch.device) -> torch.device:
+    """Where a module's weights live (a model split by a device map keeps its blocks on several)."""
+    return next((p.device for p in module.parameters()), default)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A model split over devices by accelerate: a device map (a strategy or module → device) and memory caps."""
+
+    device_map: str | dict[str, Any]
+    max_memory: dict[Any, Any] | None = None
+
+    def dispatch(self, hf_model, name: str) -> str:
+        """Place ``hf_model``'s modules (accelerate moves activations between them) and return the main device."""
+        from accelerate import dispatch_model, infer_auto_device_map
+        from accelerate.utils import get_balanced_memory
+
+        device_map = self.device_map
+        if isinstance(device_map, dict) and {str(v) for v in device_map.values()} & {"disk", "meta"}:
+            raise ModelSpecError("Disk and meta offload are not supported: map every module to a GPU or the CPU.")
+        try:
+            if isinstance(device_map, str):
+                no_split = list(getattr(hf_model, "_no_split_modules", None) or [])
+                memory = self.max_memory
+                if device_map != "sequential":
+                    memory = get_balanced_memory(hf_model, max_memory=memory, no_split_module_classes=no_split,
+                                                 low_zero=device_map == "balanced_low_0")
+                device_map = infer_auto_device_map(hf_model, max_memory=memory, no_split_module_classes=no_split)
+            # Hooks even when every module sits on one device, so a map on the CPU runs the split code path
+            # (accelerate's warning that CPU modules are "offloaded" is wrong when the CPU is the main device).
+            with _quiet("accelerate.big_modeling"):
+                dispatch_model(hf_model, device_map=dict(device_map), force_hooks=True)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ModelSpecError(f"The device map does not fit {name} ({_first_line(exc)}): name every module of the "
+                                 "model (e.g. model.embed_tokens, model.layers.0, …, lm_head) or use device_map='auto'.") from None
+        return str(hf_model.get_input_embeddings().weight.device)
+
+
+def placement(device: str | None, device_map, n_devices: int | None, max_memory) -> Placement | None:
+    """A :class:`Placement` for ``device_map``/``n_devices`` (None: the whole model on one device)."""
+    if device_map is None and (n_devices is None or n_devices <= 1):
+        if max_memory is not None:
+            raise ModelSpecError("max_memory only applies to a split model: pass device_map='auto' or n_devices=N too.")
+        return None
+    if device is not None:
+        raise ModelSpecError(f"device={device!r} and a device map both say where the model goes: pass one of them.")
+    if n_devices is not None and n_devices > 1:
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if found < n_devices:
+            raise ModelSpecError(f"n_devices={n_devices} splits the model over {n_devices} GPUs, but this machine has "
+                                 f"{found}: pass fewer, or an explicit device_map.")
+        if device_map is None:
+            device_map = "balanced"
+            max_memory = max_memory or {i: torch.cuda.mem_get_info(i)[0] for i in range(n_devices)}
+    if isinstance(device_map, str) and device_map not in MAP_STRATEGIES:
+        raise ModelSpecError(f"device_map={device_map!r}: use one of {', '.join(MAP_STRATEGIES)} or a dict from module "
+                             "names to devices.")
+    if not isinstance(device_map, (str, dict)) or (isinstance(device_map, dict) and not device_map):
+        raise ModelSpecError(f"device_map={device_map!r}: use one of {', '.join(MAP_STRATEGIES)} or a dict from module "
+                             "names to devices.")
+    return Placement(device_map, max_memory)
 
 
 def default_device() -> str:
@@ -189,16 +270,23 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     cache: bool = True,
     seed: int | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    n_devices: int | None = None,
+    max_memory: dict[Any, Any] | None = None,
 ) -> Model:
     """Load ``spec`` (see the module docstring) and boot it as a bridge in eval mode.
 
     ``dtype`` defaults to float32 everywhere: interpretability numbers (lens probabilities,
     patching deltas) should not carry half-precision noise unless asked for.
+
+    A model bigger than one device is split by accelerate: ``device_map`` (``"auto"``, ``"balanced"``,
+    ``"sequential"`` or a dict from module names to devices), or ``n_devices=N`` (balanced over N GPUs),
+    with ``max_memory`` per device. The weights are read into CPU memory first, then placed.
     """
     if isinstance(spec, Model):
         return spec
     torch_dtype = _resolve_dtype(dtype)
-    device = resolve_device(device)
+    device = placement(device, device_map, n_devices, max_memory) or resolve_device(device)
     text = str(spec)
     if text in TINY_SPECS:
         hf_model, tokenizer = build_tiny_model(text, seed=seed, dtype=torch_dtype)
@@ -261,10 +349,14 @@ def _looks_like_hub_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and " " not in text
 
 
-def _boot(hf_model, tokenizer, *, name: str, source: str, device: str) -> Model:
+def _boot(hf_model, tokenizer, *, name: str, source: str, device: str | Placement) -> Model:
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf_model = hf_model.to(device).eval()
+    if isinstance(device, Placement):
+        device = device.dispatch(hf_model, name)
+    else:
+        hf_model = hf_model.to(device)
+    hf_model = hf_model.eval()
     config = hf_model.config
     if not getattr(config, "architectures", None):  # a config built in code; a saved config.json names it
         config.architectures = [type(hf_model).__name__]
@@ -302,6 +394,7 @@ def _boot(hf_model, tokenizer, *, name: str, source: str, device: str) -> Model:
         prepend_bos=_prepends_bos(bridge),
         device=str(device),
         dtype=str(next(hf_model.parameters()).dtype).removeprefix("torch."),
+        devices=tuple(sorted({str(p.device) for p in hf_model.parameters()})),
         head_to_group=tuple(h // per_group for h in range(n_heads)),
         tied_embeddings=_tied_embeddings(hf_model),
         parallel_blocks=bool(getattr(cfg, "parallel_attn_mlp", False)),

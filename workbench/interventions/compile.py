@@ -42,7 +42,7 @@ def assign(row: torch.Tensor, site: Site, positions: Sequence[int], heads: Seque
            values: torch.Tensor) -> None:
     """Write ``values`` (as :func:`select` returns them) back into ``row`` in place."""
     pos = torch.as_tensor(list(positions), dtype=torch.long, device=row.device)
-    values = values.to(row.dtype)
+    values = values.to(device=row.device, dtype=row.dtype)  # a split model's blocks sit on different devices
     if _scores(site):
         values = values.transpose(0, 1)  # [head, pos, key]
         if heads is None:

@@ -9,6 +9,7 @@ rule per kind of input: :func:`workbench.layers.resolve_blocks`, :func:`~workben
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +146,7 @@ class Preparation:
     explicit_positions: bool
     notes: list[str]
     fields: list[Mapping[str, Any]] | None = None
+    captures: dict | None = None  # shared by the resolves of one batch: one clean forward per source
 
     def text(self, value: str, prompt: int, what: str = "Text") -> str:
         """``value`` with ``{name}`` templates filled from prompt ``prompt``'s fields."""
@@ -167,7 +169,14 @@ class Preparation:
 
     @torch.no_grad()
     def capture(self, tokens: torch.Tensor) -> dict[tuple[str, int], torch.Tensor]:
-        """One clean forward of ``tokens``, keeping every (site, block) of this intervention."""
+        """One clean forward of ``tokens``, keeping every (site, block) of this intervention. With a shared
+        ``captures`` dict the forward keeps the sites at every block, once, for every intervention after."""
+        if self.captures is not None:
+            key = (tuple(tokens.shape), tokens.cpu().numpy().tobytes(), tuple(site.name for site in self.sites))
+            if key not in self.captures:
+                every = dataclasses.replace(self, blocks=list(range(self.model.facts.n_layers)), captures=None)
+                self.captures[key] = every.capture(tokens)
+            return {(site.name, b): self.captures[key][site.name, b] for site in self.sites for b in self.blocks}
         kept: dict[tuple[str, int], torch.Tensor] = {}
 
         def keep(key):
@@ -198,11 +207,13 @@ def fill(text: str, fields: Mapping[str, Any] | None, what: str) -> str:
 
 
 def resolve(intervention: Intervention, model, prompts: Sequence[str], tokens: torch.Tensor,
-            fields: Sequence[Mapping[str, Any]] | None = None) -> Resolved:
+            fields: Sequence[Mapping[str, Any]] | None = None, captures: dict | None = None) -> Resolved:
     """Check ``intervention`` against ``model`` and ``prompts`` (tokenised as ``tokens``) and prepare it.
 
     ``fields`` (one mapping per prompt, e.g. the rows of a dataset) fill ``{name}`` templates in text
-    positions, masked keys and patch sources, so one description serves prompts that differ."""
+    positions, masked keys and patch sources, so one description serves prompts that differ.
+    ``captures`` (a dict shared by several resolves) lets operations that run clean forwards (patch
+    sources, mean-ablation prompts) run each once for all of them."""
     if fields is not None and len(fields) != len(prompts):
         raise InterventionError(f"{len(fields)} field rows for {len(prompts)} prompts: pass one per prompt.")
     if not isinstance(intervention, Intervention):
@@ -224,7 +235,7 @@ def resolve(intervention: Intervention, model, prompts: Sequence[str], tokens: t
     notes: list[str] = []
     prep = Preparation(model=model, prompts=list(prompts), tokens=tokens, sites=sites, blocks=blocks,
                        positions=positions, heads=heads, explicit_positions=intervention.positions is not None,
-                       notes=notes, fields=list(fields) if fields is not None else None)
+                       notes=notes, fields=list(fields) if fields is not None else None, captures=captures)
     state = intervention.op.prepare(prep)
     every = intervention.positions is None and intervention.op.extends_to_new_positions \
         and prep.positions == [list(range(n)) for _ in prompts]

@@ -235,7 +235,7 @@ class Mean(Operation):
         mean = edit.state[edit.key]
         if edit.heads is not None:
             mean = mean[edit.heads]
-        return mean.to(values.dtype).expand_as(values).clone()
+        return mean.to(device=values.device, dtype=values.dtype).expand_as(values).clone()
 
     def describe(self) -> str:
         return f"mean-ablated over {len(self.prompts)} prompts" if self.prompts else "mean-ablated (over the run)"
@@ -363,7 +363,7 @@ class Add(Operation):
         return torch.tensor(self.vector, device=prep.model.device)
 
     def apply(self, values: torch.Tensor, edit) -> torch.Tensor:
-        return values + self.coefficient * edit.state.to(values.dtype)
+        return values + self.coefficient * edit.state.to(device=values.device, dtype=values.dtype)
 
     def describe(self) -> str:
         return f"{self.coefficient:g} × a {len(self.vector)}-d vector added"

@@ -59,8 +59,9 @@ class RunContext:
 
     def save(self, key: str, value: torch.Tensor) -> None:
         """Keep a detached copy of an activation for ``result`` (only what the probe asks for is kept).
-        The value's first axis must be the batch (one row per prompt)."""
-        self.saved[key] = value.detach().clone()
+        The value's first axis must be the batch (one row per prompt). Kept on the model's main device, so
+        a probe combines blocks of a model split over several devices."""
+        self.saved[key] = value.detach().to(self.model.device).clone()
 
 
 @dataclass

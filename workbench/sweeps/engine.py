@@ -154,6 +154,10 @@ class Engine:
     """The clean run of one prompt (per-layer arguments, residuals, KV prefix) and a batched cell runner."""
 
     def __init__(self, model, tokens: torch.Tensor, readout: int = -1, check: bool = True):
+        devices = getattr(model.facts, "devices", ())
+        if len(devices) > 1:  # its cached residuals and KV prefix live on one device
+            raise EngineCheckError(f"{model.facts.name} is split over {', '.join(devices)} and the fast engine keeps "
+                                   "every tensor on one device")
         self.model = model
         self.bridge = model.bridge
         self.device = model.device
