@@ -70,3 +70,9 @@ class BudgetError(WorkbenchError):
     """A size the user asked for that cannot run within the memory budget, even in batches."""
 
     exit_code = 11
+
+
+class LensError(WorkbenchError, ValueError):
+    """A lens file that is missing, corrupt or fitted on another model, or a lens fit that cannot run."""
+
+    exit_code = 15

@@ -26,7 +26,7 @@ def _register() -> None:
     from workbench.cli import models  # noqa: F401
     import importlib
 
-    for module in ("probes", "study", "sampling", "bench"):
+    for module in ("probes", "study", "sampling", "bench", "lens"):
         try:
             importlib.import_module(f"workbench.cli.{module}")
         except ModuleNotFoundError as exc:

@@ -66,7 +66,7 @@ class LogitLens(Probe):
         keep = self._positions(ctx)
 
         def summarise(phase: str) -> LogitLensResult:
-            stack = [self.unembed(ctx.model, record.saved[phase][label]) for label in labels[:-1]]
+            stack = [self.read(ctx.model, record.saved[phase][label], layer) for layer, label in enumerate(labels[:-1])]
             stack.append(record.logits[phase][:, keep].float())
             return self._summarise(ctx, stack, labels, keep)
 
@@ -74,6 +74,10 @@ class LogitLens(Probe):
         if len(record.phases) > 1:
             result.baseline = summarise("clean")
         return result
+
+    def read(self, model, resid: Float[torch.Tensor, "batch pos d_model"], layer: int) -> Float[torch.Tensor, "batch pos vocab"]:
+        """Logits of residual row ``layer`` (0 = embeddings, i + 1 = after block i); a fitted lens translates first."""
+        return self.unembed(model, resid)
 
     @staticmethod
     def unembed(model, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos vocab"]:

@@ -1,0 +1,145 @@
+"""The text a lens is fitted on: a user's file, or text sampled from the model itself with a fixed seed.
+
+Either way it becomes equal-length token rows (each starting with the model's BOS when it prepends one),
+and a :class:`Corpus` says where they came from and hashes exactly the tokens used, so a lens records its
+data. Sampling is the default because it needs nothing but the model, and the model's own text is the
+distribution the tuned-lens paper trains on when no dataset is given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from tqdm.auto import tqdm
+
+from workbench.errors import LensError
+from workbench.memory import require_within_budget
+from workbench.provenance import sha256_file, tensor_hash, text_hash
+
+FILE_ROW_TOKENS = 128  # tokens per row cut from a file
+SAMPLED_ROW_TOKENS = 32  # tokens per sampled row; generation reruns the prefix, so cost grows with its square
+SAMPLE_BLOCK_ROWS = 8  # rows per generate() call, each block with its own derived seed (same text on any machine)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Token rows plus where they came from (``source``) and a hash of exactly these tokens."""
+
+    rows: Int[torch.Tensor, "row pos"]
+    source: str
+    settings: dict[str, Any]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.rows.numel())
+
+    @property
+    def sha256(self) -> str:
+        return tensor_hash(self.rows.to(torch.int64))
+
+    def split(self, fractions: tuple[float, ...], seed: int = 0) -> list[Int[torch.Tensor, "row pos"]]:
+        """Rows shuffled with ``seed`` and cut in parts of the given fractions (the last part takes the rest)."""
+        order = torch.randperm(self.rows.shape[0], generator=torch.Generator().manual_seed(seed))
+        parts, begin = [], 0
+        for fraction in fractions[:-1]:
+            count = max(1, round(fraction * len(order)))
+            parts.append(self.rows[order[begin:begin + count]])
+            begin += count
+        parts.append(self.rows[order[begin:]])
+        return parts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "sha256": self.sha256, "rows": int(self.rows.shape[0]),
+                "row_tokens": int(self.rows.shape[1]), "tokens": self.n_tokens, **self.settings}
+
+
+def start_token(model) -> int:
+    """The token every row starts with: BOS, or the document separator (EOS) of models without one."""
+    tokenizer = model.tokenizer
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise LensError(f"{model.facts.name}'s tokenizer has neither a BOS nor an EOS token to start sampled text: "
+                    "pass a text file with --corpus.")
+
+
+def corpus_from_text(model, text: str, *, tokens: int, source: str, row_tokens: int = FILE_ROW_TOKENS,
+                     settings: dict[str, Any] | None = None) -> Corpus:
+    """Cut ``text`` into rows of ``row_tokens`` (BOS first when the model prepends one), up to ``tokens`` in all."""
+    if row_tokens < 2:
+        raise LensError(f"Rows of {row_tokens} tokens are too short for a lens: use at least 2.")
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    head = [int(model.tokenizer.bos_token_id)] if model.facts.prepend_bos and model.tokenizer.bos_token_id is not None else []
+    body = row_tokens - len(head)
+    n_rows = min(len(ids) // body, math.ceil(tokens / row_tokens))
+    if n_rows < 3:
+        raise LensError(f"{source} holds {len(ids)} tokens, {3 * body} at least are needed (three rows of "
+                        f"{row_tokens}, to train, validate and test): pass a longer text.")
+    rows = torch.tensor([head + ids[i * body:(i + 1) * body] for i in range(n_rows)], dtype=torch.long)
+    return Corpus(rows=rows, source=source, settings=settings or {})
+
+
+def corpus_from_file(model, path: str | Path, *, tokens: int, row_tokens: int = FILE_ROW_TOKENS) -> Corpus:
+    """A UTF-8 text file as corpus; the lens records its path and SHA-256."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LensError(f"No corpus file at {path}: pass a UTF-8 text file, or leave --corpus out to sample text "
+                        "from the model.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LensError(f"{path} is not UTF-8 text (byte {exc.start}): convert it or pass another file.") from None
+    return corpus_from_text(model, text, tokens=tokens, source=f"file:{path.resolve()}", row_tokens=row_tokens,
+                            settings={"file_sha256": sha256_file(path)})
+
+
+def block_seed(seed: int, block: int) -> int:
+    """An independent seed for each block of sampled rows, the same on every machine."""
+    return int(text_hash(f"workbench.lenses.corpus:{seed}:{block}")[:12], 16)
+
+
+def sample_corpus(model, *, tokens: int, seed: int = 0, row_tokens: int = SAMPLED_ROW_TOKENS,
+                  temperature: float = 1.0, progress: bool = False) -> Corpus:
+    """Text sampled from the model at ``temperature`` by :func:`workbench.sampling.generate`: rows of
+    ``row_tokens`` from its start token.
+
+    ``generate`` reruns the whole prefix at every step (exact under any hook, no KV cache), so a row
+    costs about ``row_tokens / 2`` forward passes of its length: rows are kept short. Rows are drawn
+    :data:`SAMPLE_BLOCK_ROWS` at a time, each block seeded from ``seed`` and its index, so the corpus does
+    not depend on the machine's memory.
+    """
+    from workbench.sampling import generate, make_sampler
+
+    if row_tokens < 2:
+        raise LensError(f"Rows of {row_tokens} tokens are too short for a lens: use at least 2.")
+    n_rows = max(3, math.ceil(tokens / row_tokens))
+    new_tokens = row_tokens - 1
+    per_block = SAMPLE_BLOCK_ROWS * row_tokens * (model.facts.d_vocab * 4 * 3 + 16 * model.facts.d_model * 4)
+    require_within_budget(per_block, f"Sampling {SAMPLE_BLOCK_ROWS} rows of {row_tokens} tokens",
+                          "sample shorter rows", model.device)
+    prompt = torch.tensor([[start_token(model)]], dtype=torch.long, device=model.device)
+    blocks = []
+    with tqdm(total=n_rows, desc="sampling corpus", unit="row", disable=not progress, leave=False) as bar:
+        for block, begin in enumerate(range(0, n_rows, SAMPLE_BLOCK_ROWS)):
+            count = min(SAMPLE_BLOCK_ROWS, n_rows - begin)
+            sampler = make_sampler(temperature=temperature, seed=block_seed(seed, block))
+            out = generate(model, prompt, sampler, max_new_tokens=new_tokens, n=count, stop_at_eos=False)
+            blocks.append(torch.cat([out.prompt_tokens, out.tokens], dim=1).cpu())
+            bar.update(count)
+    return Corpus(rows=torch.cat(blocks), source=f"sampled from the model (seed {seed}, temperature {temperature:g})",
+                  settings={"seed": seed, "temperature": temperature, "row_tokens": row_tokens})
+
+
+def make_corpus(model, corpus: str | Path | Corpus | None = None, *, tokens: int, seed: int = 0,
+                progress: bool = False) -> Corpus:
+    """A corpus from a :class:`Corpus`, a text file path, or (``None``) sampled from the model."""
+    if isinstance(corpus, Corpus):
+        return corpus
+    if corpus is None:
+        return sample_corpus(model, tokens=tokens, seed=seed, progress=progress)
+    return corpus_from_file(model, corpus, tokens=tokens)
