@@ -67,8 +67,22 @@ def model_fingerprint(model: Any) -> dict[str, str]:
         if files:
             combined = "\n".join(f"{p.name} {sha256_file(p)}" for p in files)
             return {"kind": "files", "sha256": text_hash(combined), "source": source}
-    return {"kind": "weights", "sha256": tensor_hash(dict(model.bridge.original_model.state_dict())),
-            "source": source}
+    return {"kind": "weights", "sha256": weights_hash(model.bridge.original_model), "source": source}
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's distinct parameters (its weights), independent of their names.
+
+    A wrapped model (the TransformerLens bridge registers each weight under several aliases, and adds
+    buffers of its own) and the plain one hash the same: each distinct tensor counts once, the digests
+    are sorted, not named, and buffers (derived from the config, e.g. rotary frequencies) are left out.
+    """
+    seen: dict[tuple, str] = {}
+    for tensor in module.parameters():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if key not in seen:
+            seen[key] = tensor_hash(tensor)
+    return text_hash("\n".join(sorted(seen.values())))
 
 
 def library_versions() -> dict[str, str]:

@@ -172,10 +172,10 @@ class LensComparison:
 
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                             subplot_titles=("KL(final ‖ layer), nats", f"rank of the best target (0 = top); top-{self.k} below the line"))
-        colours = {"logit lens": "#7f7f7f"}
+        colours = {"logit lens": "#7f7f7f", "linear lens": "#1f77b4", "tuned lens": "#d62728"}
         first = self.first_in_top_k()
         for name in self.kl:
-            colour = colours.get(name, "#d62728")
+            colour = colours.get(name, "#2ca02c")
             fig.add_scatter(x=self.layers, y=np.maximum(self.kl[name], 1e-6), name=name, mode="lines+markers",
                             line={"color": colour}, legendgroup=name, row=1, col=1)
             fig.add_scatter(x=self.layers, y=self.best_rank[name] + 1, name=name, mode="lines+markers", showlegend=False,
