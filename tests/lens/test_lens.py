@@ -81,22 +81,18 @@ def test_heldout_kl_agrees_with_plain_transformers(tiny_model, tiny_corpus, tiny
 
 
 def test_closed_form_equals_a_direct_least_squares_solve(tiny_qwen2, tiny_corpus, tiny_linear):
-    """Weighted ridge towards the identity, solved as one stacked least-squares problem by scipy."""
+    """Ridge towards the identity, solved as one stacked least-squares problem by scipy."""
     lens = tiny_linear(tiny_qwen2)
     train = Splits.of(tiny_corpus(tiny_qwen2), lens.header["seed"]).train
     stack = collect_residuals(tiny_qwen2, train).double().numpy()
     y = stack[-1]
-    w = 1.0 / (y ** 2).sum(-1)
     for layer in (0, 2):
         x = stack[layer]
-        mean_x = (w[:, None] * x).sum(0) / w.sum()
-        cov = ((w[:, None] * (x - mean_x)).T @ (x - mean_x)) / w.sum()
-        lam = lens.header["ridge"]["alpha"][layer] * np.trace(cov) / x.shape[1]
-        d = x.shape[1]
-        # rows sqrt(w)·[x, 1] Θ ≈ sqrt(w)·(y − x), plus sqrt(λ·Σw)·[I, 0] Θ ≈ 0 (ridge on A only).
-        design = np.vstack([np.sqrt(w)[:, None] * np.hstack([x, np.ones((len(x), 1))]),
-                            np.sqrt(lam * w.sum()) * np.hstack([np.eye(d), np.zeros((d, 1))])])
-        target = np.vstack([np.sqrt(w)[:, None] * (y - x), np.zeros((d, d))])
+        n, d = x.shape
+        lam = lens.header["ridge"]["alpha"][layer] * np.trace(np.cov(x.T, bias=True)) / d
+        # rows [x, 1] Θ ≈ y − x, plus sqrt(n λ)·[I, 0] Θ ≈ 0 (the ridge on A only, towards the identity).
+        design = np.vstack([np.hstack([x, np.ones((n, 1))]), np.sqrt(n * lam) * np.hstack([np.eye(d), np.zeros((d, 1))])])
+        target = np.vstack([y - x, np.zeros((d, d))])
         theta = scipy.linalg.lstsq(design, target)[0]
         np.testing.assert_allclose(lens.weight[layer].double().numpy(), theta[:d].T, rtol=1e-3, atol=1e-5)
         np.testing.assert_allclose(lens.bias[layer].double().numpy(), theta[d], rtol=1e-3, atol=1e-4)
@@ -144,17 +140,22 @@ def test_unreadable_lens_files_are_refused(tmp_path, tiny_qwen2):
     assert foreign.read_bytes() == before
 
 
-def test_sampled_corpus_is_generate_with_a_seed_per_block(tiny_llama):
+def test_sampled_corpus_is_generate_with_a_seed_per_block(tiny_llama, monkeypatch):
     a = sample_corpus(tiny_llama, tokens=80, seed=3)
     assert torch.equal(a.rows, sample_corpus(tiny_llama, tokens=80, seed=3).rows)
     assert not torch.equal(a.rows, sample_corpus(tiny_llama, tokens=80, seed=4).rows)
-    assert a.rows.shape == (3, 32) and (a.rows[:, 0] == tiny_llama.tokenizer.bos_token_id).all()
+    assert a.rows.shape == (3, 64) and (a.rows[:, 0] == tiny_llama.tokenizer.bos_token_id).all()
+    assert a.settings["sampling"] == "kv-cache copy"
     from workbench.lenses.corpus import block_seed
 
     prompt = torch.tensor([[tiny_llama.tokenizer.bos_token_id]])
-    out = generate(tiny_llama, prompt, make_sampler(seed=block_seed(3, 0)), max_new_tokens=31, n=3, stop_at_eos=False)
+    # The KV-cached draw gives generate()'s tokens for the same sampler and seed.
+    out = generate(tiny_llama, prompt, make_sampler(seed=block_seed(3, 0)), max_new_tokens=63, n=3, stop_at_eos=False)
     assert torch.equal(a.rows[:, 1:], out.tokens)
     assert a.to_dict()["sha256"] == sample_corpus(tiny_llama, tokens=80, seed=3).sha256
+    monkeypatch.setattr("workbench.lenses.corpus.kv_copy", lambda model, check: None)  # no plain copy: generate()
+    fallback = sample_corpus(tiny_llama, tokens=80, seed=3)
+    assert fallback.settings["sampling"] == "generate" and torch.equal(fallback.rows, a.rows)
 
 
 @pytest.fixture(scope="session")

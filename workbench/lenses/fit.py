@@ -4,13 +4,13 @@ Both predict the last residual row ``y`` (after the last block, which the final 
 into the output) from each row ``x``, through ``x + A x + b``.
 
 **linear** (Din et al. 2023, "Jump to Conclusions", arXiv 2303.09435: linear shortcuts fitted by least
-squares) minimises, per row, ``Σ_t w_t ‖(I + A) x_t + b − y_t‖² + λ ‖A‖²`` with ``w_t = 1 / ‖y_t‖²``, so
-each token counts by its *relative* error (the final norm discards the scale), and a ridge that shrinks
-towards the identity, i.e. towards the logit lens, never towards zero. With weighted means ``x̄, ȳ`` and
-covariances ``Σ_xx, Σ_xy`` the solution is ``Aᵀ = (Σ_xx + λ I)⁻¹ (Σ_xy − Σ_xx)`` and ``b = ȳ − x̄ − A x̄``;
-the last row has ``x = y`` and gets exactly the identity. The moments are accumulated over the corpus in
-float64, so memory does not grow with the token count. ``λ = α · tr(Σ_xx) / d`` with ``α`` chosen per row
-from :data:`RIDGE_GRID` by the KL on validation tokens (never the test tokens the lens reports).
+squares) minimises, per row, the mean of ``‖(I + A) x_t + b − y_t‖²`` over tokens plus ``λ ‖A‖²``: a ridge
+that shrinks towards the identity, i.e. towards the logit lens, never towards zero. With means ``x̄, ȳ``
+and covariances ``Σ_xx, Σ_xy`` the solution is ``Aᵀ = (Σ_xx + λ I)⁻¹ (Σ_xy − Σ_xx)`` and
+``b = ȳ − x̄ − A x̄``; the last row has ``x = y`` and gets the identity. The moments are accumulated over
+the corpus in float64, so memory does not grow with the token count. ``λ = α · tr(Σ_xx) / d`` with ``α``
+chosen per row from :data:`RIDGE_GRID` by the KL on validation tokens (never the test tokens the lens
+reports). Each row's first position is left out (see :func:`~workbench.lenses.collect.residual_batches`).
 
 **tuned** (Belrose et al. 2023, "Eliciting Latent Predictions from Transformers with the Tuned Lens",
 arXiv 2303.08112) minimises the mean ``KL(final ‖ lens_l)`` over tokens for every row, the output
@@ -158,9 +158,9 @@ def fit_lens(
 
 @dataclass
 class Moments:
-    """Weighted first and second moments of every row ``x`` against the last row ``y``, in float64."""
+    """Token count and first and second moments of every row ``x`` against the last row ``y``, in float64."""
 
-    weight: torch.Tensor
+    count: torch.Tensor
     sum_x: torch.Tensor
     sum_y: torch.Tensor
     sum_xx: torch.Tensor
@@ -175,17 +175,15 @@ class Moments:
     def add(self, stack: Float[torch.Tensor, "layer token d_model"]) -> None:
         x = stack.to("cpu", torch.float64)
         y = x[-1]
-        w = 1.0 / y.pow(2).sum(-1).clamp_min(1e-12)
-        wx = x * w[:, None]
-        self.weight += w.sum()
-        self.sum_x += wx.sum(1)
-        self.sum_y += (y * w[:, None]).sum(0)
-        self.sum_xx += wx.transpose(1, 2) @ x
-        self.sum_xy += wx.transpose(1, 2) @ y
+        self.count += x.shape[1]
+        self.sum_x += x.sum(1)
+        self.sum_y += y.sum(0)
+        self.sum_xx += x.transpose(1, 2) @ x
+        self.sum_xy += x.transpose(1, 2) @ y
 
     def solve(self, alphas: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """``A`` ``[alpha, layer, d, d]`` and ``b`` ``[alpha, layer, d]`` for every ridge strength (float64)."""
-        n = self.weight
+        n = self.count
         mean_x, mean_y = self.sum_x / n, self.sum_y / n
         cov_xx = self.sum_xx / n - mean_x[:, :, None] * mean_x[:, None, :]
         cov_xy = self.sum_xy / n - mean_x[:, :, None] * mean_y[None, None, :]
@@ -213,7 +211,7 @@ def fit_linear(model, splits: Splits, *, header: dict[str, Any] | None = None, a
     started = time.perf_counter()
     moments = Moments.zeros(f.n_layers + 1, f.d_model)
     for stack in residual_batches(model, splits.train, progress=progress, desc="linear lens: moments",
-                                  extra_bytes_per_token=3 * 8 * (f.n_layers + 1) * f.d_model):
+                                  extra_bytes_per_token=2 * 8 * (f.n_layers + 1) * f.d_model):
         moments.add(stack)
     weights, biases = moments.solve(alphas)
     validation = collect_residuals(model, _cap_rows(splits.validation, MAX_VALIDATION_TOKENS), progress=progress,
@@ -227,7 +225,7 @@ def fit_linear(model, splits: Splits, *, header: dict[str, Any] | None = None, a
     lens.header.update(
         method="linear",
         ridge={"alpha_grid": list(alphas), "alpha": [alphas[i] for i in best.tolist()],
-               "validation_kl": kls.T.tolist(), "target_weights": "1/|y|^2", "towards": "identity"},
+               "validation_kl": kls.T.tolist(), "towards": "identity"},
         linear_seconds=round(time.perf_counter() - started, 2),
     )
     _record_heldout(model, lens, splits, progress)
