@@ -91,6 +91,8 @@ def _print_lens(lens) -> None:
         rows.append(("tuned", f"{tuned['steps']} steps × {tuned['tokens_per_step']} tokens, {tuned['optimizer']} lr {tuned['lr']:g}"))
     if "fit_seconds" in h:
         rows.append(("fit time", f"{h['fit_seconds']:.1f} s"))
+    if note := (h.get("tuned") or {}).get("note"):
+        rows.append(("note", note))
     for key, value in rows:
         facts.add_row(key, value)
     console.print(facts)
