@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from workbench.lenses import corpus_from_text, fit_lens
 from workbench.run import hook_count
@@ -66,10 +65,3 @@ def model_left_clean(request):
         assert hook_count(model) == 0, f"hooks left on {model.facts.name} after {request.node.name}"
         assert [p.requires_grad for p in model.bridge.parameters()] == flags, "requires_grad changed"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -216,7 +216,7 @@ def model_header(model, spec: str | None = None) -> dict[str, Any]:
 
 @torch.no_grad()
 def kl_per_layer(model, residuals: Float[torch.Tensor, "layer token d_model"],
-                 lens: Lens | None = None) -> Float[torch.Tensor, "layer"]:
+                 lens: Lens | None = None) -> Float[torch.Tensor, " layer"]:
     """Mean KL(final ‖ row) over tokens, in nats, for every row: of ``lens``, or of the logit lens (``None``).
 
     ``final`` is the model's output distribution, read from the last row untranslated.
