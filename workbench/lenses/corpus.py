@@ -18,7 +18,7 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from workbench.errors import LensError
-from workbench.memory import require_within_budget
+from workbench.memory import require_within_budget, rows_per_batch
 from workbench.provenance import sha256_file, tensor_hash, text_hash
 
 FILE_ROW_TOKENS = 128  # tokens per row cut from a file
@@ -43,14 +43,18 @@ class Corpus:
         return tensor_hash(self.rows.to(torch.int64))
 
     def split(self, fractions: tuple[float, ...], seed: int = 0) -> list[Int[torch.Tensor, "row pos"]]:
-        """Rows shuffled with ``seed`` and cut in parts of the given fractions (the last part takes the rest)."""
-        order = torch.randperm(self.rows.shape[0], generator=torch.Generator().manual_seed(seed))
+        """Rows shuffled with ``seed`` and cut in parts of about the given fractions, each at least one row
+        (the first part takes what the others leave)."""
+        n = self.rows.shape[0]
+        counts = [max(1, round(fraction * n)) for fraction in fractions[1:]]
+        if n - sum(counts) < 1:
+            raise LensError(f"{self.source} has {n} rows, too few to split into {len(fractions)} parts: "
+                            "pass a longer corpus or more tokens.")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         parts, begin = [], 0
-        for fraction in fractions[:-1]:
-            count = max(1, round(fraction * len(order)))
+        for count in [n - sum(counts), *counts]:
             parts.append(self.rows[order[begin:begin + count]])
             begin += count
-        parts.append(self.rows[order[begin:]])
         return parts
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +125,8 @@ def sample_corpus(model, *, tokens: int, seed: int = 0, row_tokens: int = SAMPLE
     n_rows = max(3, math.ceil(tokens / row_tokens))
     new_tokens = row_tokens - 1
     f = model.facts
-    per_block = SAMPLE_BLOCK_ROWS * row_tokens * (f.d_vocab * 4 * 3 + 2 * f.n_layers * f.d_model * 4)
+    # One step's logits and sampler work per row, plus the rows' key/value cache (at most d_model per layer).
+    per_block = SAMPLE_BLOCK_ROWS * (f.d_vocab * 4 * 4 + row_tokens * f.n_layers * 2 * f.d_model * 4)
     require_within_budget(per_block, f"Sampling {SAMPLE_BLOCK_ROWS} rows of {row_tokens} tokens", "sample shorter rows",
                           model.device)
     start = torch.full((1, 1), start_token(model), dtype=torch.long, device=model.device)
@@ -143,7 +148,9 @@ def sample_corpus(model, *, tokens: int, seed: int = 0, row_tokens: int = SAMPLE
 def _sample_with_generate(model, prompt, new_tokens: int, sampler) -> Int[torch.Tensor, "row pos"]:
     from workbench.sampling import generate
 
-    out = generate(model, prompt, sampler, max_new_tokens=new_tokens, stop_at_eos=False)
+    per_row = prompt.shape[1] + new_tokens
+    rows = rows_per_batch(per_row * model.facts.d_vocab * 4 * 2, model.device)  # every position's logits, each step
+    out = generate(model, prompt, sampler, max_new_tokens=new_tokens, stop_at_eos=False, batch_size=rows)
     return torch.cat([out.prompt_tokens, out.tokens], dim=1)
 
 
