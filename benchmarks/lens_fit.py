@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--figure", type=Path, default=None, help="comparison figure (.png/.html) for the docs")
+    parser.add_argument("--save-lenses", type=Path, default=None, help="folder to write linear.lens and tuned.lens")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,10 +89,16 @@ def main() -> None:
         "prompt_best_rank": {"logit": readings["linear"].best_rank["logit lens"].tolist(),
                              "linear": readings["linear"].best_rank["linear lens"].tolist(),
                              "tuned": readings["tuned"].best_rank["tuned lens"].tolist()},
+        "prompt_target_mass": {"logit": readings["linear"].target_mass["logit lens"].tolist(),
+                               "linear": readings["linear"].target_mass["linear lens"].tolist(),
+                               "tuned": readings["tuned"].target_mass["tuned lens"].tolist()},
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     print(json.dumps(row), flush=True)
+    if args.save_lenses:
+        linear.save(args.save_lenses / "linear.lens")
+        tuned.save(args.save_lenses / "tuned.lens")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(row, indent=1) + "\n")

@@ -176,7 +176,8 @@ class LensComparison:
         first = self.first_in_top_k()
         for name in self.kl:
             colour = colours.get(name, "#2ca02c")
-            fig.add_scatter(x=self.layers, y=np.maximum(self.kl[name], 1e-6), name=name, mode="lines+markers",
+            kl = np.where(self.kl[name] > 1e-6, self.kl[name], np.nan)  # exact rows (KL 0 up to float noise): no log
+            fig.add_scatter(x=self.layers, y=kl, name=name, mode="lines+markers",
                             line={"color": colour}, legendgroup=name, row=1, col=1)
             fig.add_scatter(x=self.layers, y=self.best_rank[name] + 1, name=name, mode="lines+markers", showlegend=False,
                             line={"color": colour}, legendgroup=name, row=2, col=1,
@@ -184,9 +185,13 @@ class LensComparison:
             if first[name] is not None:
                 fig.add_vline(x=self.layers.index(first[name]), line={"color": colour, "dash": "dot"}, row=2, col=1)
         fig.add_hline(y=self.k + 0.5, line={"color": "black", "dash": "dash"}, row=2, col=1)
+        worst = max(int(r.max()) for r in self.best_rank.values()) + 1
+        ranks = [r for r in (0, 1, 3, 9, 30, 100, 300, 1000, 3000, 10000, 30000, 100000) if r < worst * 2]
         fig.update_yaxes(type="log", row=1, col=1, title_text="KL (nats)")
-        fig.update_yaxes(type="log", row=2, col=1, title_text="rank + 1")
+        fig.update_yaxes(type="log", row=2, col=1, title_text="rank (log scale)", tickvals=[r + 1 for r in ranks],
+                         ticktext=["0 (top)", *map(str, ranks[1:])], range=[-0.05, np.log10(worst * 1.5)])
         fig.update_xaxes(title_text="residual stream", tickangle=-45, row=2, col=1)
         said = ", ".join(f"{name} {layer or 'never'}" for name, layer in first.items())
         title = f"Logit lens vs {self.lens} ({self.model}, position {self.position}); first target in top-{self.k}: {said}"
-        return plots.style(fig, title, height=700, width=max(900, 28 * len(self.layers) + 250))
+        fig = plots.style(fig, title, height=760, width=max(900, 28 * len(self.layers) + 250))
+        return fig.update_layout(margin={"t": 140})
