@@ -14,10 +14,12 @@ from workbench.probes import (
     Probe,
     register_probe,
 )
+from workbench.results import load_result, load_run, save_run
 from workbench.run import RunResult, run
 
 __all__ = [
     "WorkbenchError", "Model", "ModelFacts", "load_model", "run", "RunResult", "Probe", "register_probe",
     "LogitLens", "BlockReplacement", "AttentionCapture", "AttentionMask", "ActivationPatch",
+    "load_result", "save_run", "load_run",
 ]
 __version__ = "0.1.0"

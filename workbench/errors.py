@@ -37,13 +37,14 @@ class OfflineError(WorkbenchError):
 
 
 class LayerError(WorkbenchError, IndexError):
-    """A block, head or layer index that the model does not have."""
+    """A block or head that the model does not have, or an empty list of them."""
 
     exit_code = 6
 
 
 class TokenError(WorkbenchError, ValueError):
-    """A target that is not one token, text that is not in the prompt, or prompts that do not align."""
+    """A target that is not one token, a position or text not in the prompt, prompts that do not align,
+    or a prompt longer than the model's context."""
 
     exit_code = 7
 
@@ -72,7 +73,35 @@ class BudgetError(WorkbenchError):
     exit_code = 11
 
 
+class InterventionError(ProbeError):
+    """An intervention that is malformed: an unknown site or operation, an operation a site cannot take,
+    or an edit that would produce meaningless numbers (a query left with no visible key)."""
+
+    exit_code = 12
+
+
+class SweepError(ProbeError):
+    """A sweep asked for a grid, site or method it cannot run."""
+
+    exit_code = 13
+
+
+class ResultError(ProbeError, KeyError):
+    """A result array, dimension or label that does not exist, or a figure a result cannot draw."""
+
+    exit_code = 14
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DeviceError(WorkbenchError):
+    """A device this machine does not have (``--device cuda`` without a GPU) or that the workbench does not know."""
+
+    exit_code = 15
+
+
 class LensError(WorkbenchError, ValueError):
     """A lens file that is missing, corrupt or fitted on another model, or a lens fit that cannot run."""
 
-    exit_code = 15
+    exit_code = 16

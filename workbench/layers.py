@@ -18,9 +18,6 @@ from collections.abc import Iterable
 
 from workbench.errors import LayerError
 
-STUDY_N_LAYERS = 24  # Qwen2.5-0.5B-Instruct, the model of the source study
-
-
 def block_label(block: int) -> str:
     return f"block {block}"
 
@@ -51,39 +48,60 @@ def describe_blocks(resolved: list[int], given: int | Iterable[int] | None, defa
 
 
 def resolve_blocks(facts, blocks: int | Iterable[int] | None, default: Iterable[int] | None = None) -> list[int]:
-    """Validate block indices (negative ones count from the end) against the model."""
+    """Validate block indices (negative ones count from the end) against the model; ``None`` means
+    ``default`` (every block when no default). An empty list is refused: it would edit nothing."""
     n = facts.n_layers
     if blocks is None:
         return list(range(n)) if default is None else list(default)
     chosen = [blocks] if isinstance(blocks, int) else list(blocks)
+    if not chosen:
+        raise LayerError(f"The block list is empty, so nothing would be edited: name at least one block of 0–{n - 1}.")
     out = []
     for b in chosen:
-        index = b + n if b < 0 else b
+        index = _as_index(b, "Block")
+        index = index + n if index < 0 else index
         if not 0 <= index < n:
             raise LayerError(
                 f"Block {b} does not exist: {facts.name} has blocks 0–{n - 1} (counted from 0). Pick one in range."
             )
-        out.append(index)
+        if index not in out:
+            out.append(index)
     return out
 
 
-def resolve_heads(facts, heads: int | Iterable[int] | None) -> list[int]:
+HEAD_KINDS = ("query", "kv")
+
+
+def resolve_heads(facts, heads: int | Iterable[int] | None, kind: str = "query") -> list[int]:
+    """Validate head indices against the model: ``kind="query"`` for query heads (patterns, q, z,
+    scores), ``"kv"`` for key/value heads (k, v: grouped-query attention has fewer). Negative ones count
+    from the end; ``None`` means every head of that kind; an empty list is refused."""
+    if kind not in HEAD_KINDS:
+        raise LayerError(f"Unknown head kind {kind!r}: use 'query' or 'kv'.")
+    n = facts.n_heads if kind == "query" else facts.n_kv_heads
+    what = "query heads" if kind == "query" else "key/value heads"
     if heads is None:
-        return list(range(facts.n_heads))
-    n = facts.n_heads
+        return list(range(n))
     chosen = [heads] if isinstance(heads, int) else list(heads)
+    if not chosen:
+        raise LayerError(f"The head list is empty, so nothing would be selected: name at least one of {what} 0–{n - 1}.")
+    out = []
     for h in chosen:
-        if not -n <= h < n:
-            raise LayerError(f"Head {h} does not exist: {facts.name} has query heads 0–{n - 1}.")
-    return [h % n for h in chosen]
+        index = _as_index(h, "Head")
+        if not -n <= index < n:
+            raise LayerError(f"Head {h} does not exist: {facts.name} has {what} 0–{n - 1}.")
+        if index % n not in out:
+            out.append(index % n)
+    return out
 
 
-def scale_block(study_block: int, n_layers: int) -> int:
-    """A study block on a model at least as deep as the study's; on a shallower one, the same relative depth.
-
-    Every default scales together on a shallower model (never some kept and some scaled), so the
-    study's order survives: blocks 6, 14, 21 stay in that order on an 8-block model (2, 4, 6).
-    """
-    if n_layers >= STUDY_N_LAYERS:
-        return study_block
-    return min(n_layers - 1, round(study_block * (n_layers - 1) / (STUDY_N_LAYERS - 1)))
+def _as_index(value, what: str) -> int:
+    """An int (a bool or a float with a fraction is not an index)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        except (TypeError, ValueError):
+            raise LayerError(f"{what} {value!r} is not a whole number: pass an index such as 0 or -1.") from None
+    return value

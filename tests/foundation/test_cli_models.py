@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from workbench.errors import GGUFError, ModelNotFoundError, ModelSpecError, OfflineError
+from workbench.tiny import TINY_SPECS
 
-from .conftest import write_header_only_gguf
+from .gguf_writer import write_header_only_gguf
 
 
 @dataclass
@@ -113,7 +114,7 @@ def test_models_list_shows_the_short_names(workbench_cache):
     result = invoke(["models", "list"])
     assert result.exit_code == 0, result.output
     rows = [line.split("│")[1].strip() for line in result.stdout.splitlines() if line.startswith("│")]
-    assert [row for row in rows if row] == ["smollm2", "tiny-qwen2", "tiny-llama"]
+    assert [row for row in rows if row] == ["smollm2", *TINY_SPECS]
     assert "Cached GGUF conversions in" in result.stdout
 
 
@@ -131,7 +132,7 @@ def test_models_info_on_a_gguf_fills_the_cache(files, workbench_cache, from_pret
     listing = json.loads(listed.stdout)
     assert listing["cache"] == str(workbench_cache)
     assert listing["cached"] == [{"path": str(converted[0]), "source": str(files["tiny"])}]
-    assert list(listing["short_names"]) == ["smollm2", "tiny-qwen2", "tiny-llama"]
+    assert list(listing["short_names"]) == ["smollm2", *TINY_SPECS]
 
     from_pretrained_calls.clear()
     again = invoke(["models", "info", str(files["tiny"]), "--json"])

@@ -16,7 +16,8 @@ import torch
 from workbench.errors import GGUFError, ModelSpecError
 from workbench.models import cache_root, cached_models, gguf_architecture, gguf_cache_dir, load_model
 
-from .conftest import PROMPT, write_header_only_gguf, write_tiny_gguf
+from .conftest import PROMPT
+from .gguf_writer import write_header_only_gguf, write_tiny_gguf
 
 
 def gguf_loads(calls) -> list[str]:
@@ -54,7 +55,7 @@ def test_gguf_cache_round_trip(tiny_llama_gguf, workbench_cache, from_pretrained
     assert gguf_loads(from_pretrained_calls) == [tiny_llama_gguf.name]
     folder = gguf_cache_dir(tiny_llama_gguf, torch.float32)
     assert folder.parent == workbench_cache / "gguf"
-    assert json.loads((folder / "done.json").read_text()) == {"source": str(tiny_llama_gguf)}
+    assert json.loads((folder / "done.json").read_text())["source"] == str(tiny_llama_gguf)
     assert (folder / "config.json").is_file() and list(folder.glob("*.safetensors"))
     assert cached_models() == [{"path": str(folder), "source": str(tiny_llama_gguf)}]
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from workbench.errors import LayerError
-from workbench.layers import STUDY_N_LAYERS, block_label, resid_labels, resolve_blocks, resolve_heads, scale_block
+from workbench.layers import block_label, resid_labels, resolve_blocks, resolve_heads
+from workbench.studies.random_number import STUDY_N_LAYERS, scale_block
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 
@@ -59,7 +60,7 @@ def test_resolve_blocks(tiny_qwen2):
     assert resolve_blocks(facts, None, default=[1, 2]) == [1, 2]
     assert resolve_blocks(facts, 2) == [2]
     assert resolve_blocks(facts, -1) == [3]
-    assert resolve_blocks(facts, [0, -4, 3]) == [0, 0, 3]
+    assert resolve_blocks(facts, [0, -4, 3]) == [0, 3]  # -4 is block 0: named twice, edited once (a scale would compound)
     assert resolve_blocks(facts, range(2)) == [0, 1]
 
 

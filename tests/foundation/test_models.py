@@ -190,7 +190,8 @@ def test_smollm2_from_the_wheel(smollm2):
         dict(
             name="SmolLM2-135M-Instruct", architecture="llama", n_layers=30, n_heads=9, n_kv_heads=3,
             d_model=576, d_head=64, d_vocab=49152, prepend_bos=True, dtype="float32",
-            head_to_group=(0, 0, 0, 1, 1, 1, 2, 2, 2),
+            head_to_group=(0, 0, 0, 1, 1, 1, 2, 2, 2), n_ctx=8192, tied_embeddings=True, parallel_blocks=False,
+            editable_attention=True,
         ),
     )
     assert smollm2.facts.heads_per_group == 3

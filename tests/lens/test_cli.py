@@ -41,26 +41,31 @@ def test_fit_info_compare(tmp_path, words_file, capsys):
     assert figure.stat().st_size > 10_000
 
     code, _, err = run(["lens", "compare", str(lens_path), "--model", "tiny-llama", "--out", str(figure)], capsys)
-    assert code == 15 and "exists" in err and err.count("\n") == 1
+    assert code == 0, err  # its own figure is replaced …
+    notes = tmp_path / "notes.html"
+    notes.write_text("<p>mine</p>")
+    code, _, err = run(["lens", "compare", str(lens_path), "--model", "tiny-llama", "--out", str(notes)], capsys)
+    assert code == 9 and "not written by the workbench" in err and err.count("\n") == 1  # … a user's never
+    assert notes.read_text() == "<p>mine</p>"
 
     # Refitting over its own lens file is allowed; a lens for another model is refused in one line.
     code, _, err = run(["lens", "fit", "--model", "tiny-llama", "--out", str(lens_path), "--corpus", str(words_file),
                         "--tokens", "2048", "--json"], capsys)
     assert code == 0, err
     code, _, err = run(["lens", "compare", str(lens_path), "--model", "tiny-qwen2"], capsys)
-    assert code == 15 and "fitted on tiny-llama" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert code == 16 and "fitted on tiny-llama" in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_fit_refuses_before_any_work(tmp_path, words_file, capsys):
     precious = tmp_path / "notes.txt"
     precious.write_text("keep me")
     code, _, err = run(["lens", "fit", "--model", "no-such-model", "--out", str(precious)], capsys)
-    assert code == 15 and "never overwritten" in err and precious.read_text() == "keep me"
+    assert code == 16 and "never overwritten" in err and precious.read_text() == "keep me"
     code, _, err = run(["lens", "fit", "--model", "no-such-model", "--out", str(tmp_path / "a.lens"),
                         "--corpus", str(tmp_path / "missing.txt")], capsys)
-    assert code == 15 and "No corpus file" in err
+    assert code == 16 and "No corpus file" in err
     code, _, err = run(["lens", "fit", "--model", "tiny-llama", "--out", str(tmp_path / "a.lens"), "--method", "exact"], capsys)
-    assert code == 15 and "linear or tuned" in err
+    assert code == 16 and "linear or tuned" in err
     code, _, err = run(["lens", "fit", "--model", "tiny-llama", "--out", str(tmp_path), "--corpus", str(words_file)], capsys)
-    assert code == 15 and "is a folder" in err
+    assert code == 16 and "is a folder" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

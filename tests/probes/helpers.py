@@ -18,6 +18,7 @@ PROMPT = "I'm generating a random number between [0, 9]. The number is "
 SOURCE = "I'm generating a random number between [0, 5]. The number is "
 # Same token length as PROMPT on every model here: a second prompt for batches.
 OTHER = "I'm generating a random number between [0, 7]. The number is "
+DIGITS = [str(d) for d in range(10)]  # the targets the digit checks read (results default to the top tokens)
 
 # Where the "9" of "[0, 9]" sits: Qwen-style tokenizers add no BOS, Llama-style ones do.
 NINE_POSITION = {"tiny-qwen2": 12, "tiny-llama": 13, "SmolLM2-135M-Instruct": 12}

@@ -11,8 +11,6 @@ from workbench.run import run
 
 from .helpers import NINE_POSITION, PROMPT
 
-# Study block 13 of 24 at the same relative depth: round(13 * (n - 1) / 23), masked to the last block.
-SCALED_BLOCKS = {"tiny-qwen2": [2, 3], "tiny-llama": [1, 2]}
 
 
 def manual_mask_logits(model, blocks, key, heads=None, queries=None):
@@ -61,10 +59,12 @@ def check_mask(model, probe, blocks, key, heads=None):
     return result
 
 
-def test_default_masks_the_nine_from_the_scaled_block(tiny_model):
+def test_keys_are_required_and_blocks_default_to_every_block(tiny_model):
+    """No default key (masking "9" only makes sense for one prompt); every block by default."""
+    with pytest.raises(ProbeError, match="needs the keys"):
+        run(tiny_model, PROMPT, AttentionMask())
     name = tiny_model.facts.name
-    result = check_mask(tiny_model, AttentionMask(), SCALED_BLOCKS[name], NINE_POSITION[name])
-    assert "13" in result["attention_mask"].meta["note"]
+    result = check_mask(tiny_model, AttentionMask(keys="9"), list(range(tiny_model.facts.n_layers)), NINE_POSITION[name])
     assert not torch.equal(result.logits["intervened"], result.logits["clean"])
 
 
@@ -123,15 +123,16 @@ def test_queries_are_positions_like_keys(tiny_qwen2):
     last = run(tiny_qwen2, PROMPT, AttentionMask(keys="9", blocks=[3], queries=[n - 1]))
     negative = run(tiny_qwen2, PROMPT, AttentionMask(keys="9", blocks=[3], queries=[-1]))
     assert torch.equal(negative.logits["intervened"], last.logits["intervened"])
-    with pytest.raises(ProbeError, match="outside"):
+    with pytest.raises(TokenError, match="outside"):  # positions are the token domain
         run(tiny_qwen2, PROMPT, AttentionMask(keys="9", queries=[n]))
 
 
 def test_key_position_out_of_range_raises(tiny_qwen2):
-    with pytest.raises(ProbeError, match="outside"):
+    with pytest.raises(TokenError, match="outside"):
         run(tiny_qwen2, PROMPT, AttentionMask(keys=[40]))
 
 
 @pytest.mark.real
 def test_smollm2_mask_nine_from_block_13(smollm2):
-    check_mask(smollm2, AttentionMask(), list(range(13, 30)), NINE_POSITION["SmolLM2-135M-Instruct"])
+    check_mask(smollm2, AttentionMask(keys="9", blocks=list(range(13, 30))), list(range(13, 30)),
+               NINE_POSITION["SmolLM2-135M-Instruct"])

@@ -9,10 +9,7 @@ from workbench.errors import LayerError, ProbeError
 from workbench.probes import BlockReplacement
 from workbench.run import run
 
-from .helpers import PROMPT, Observe, hf_forward, resid_points
-
-# Study block 21 of 24 at the same relative depth: round(21 * (n - 1) / 23).
-SCALED_DEFAULT = {"tiny-qwen2": 3, "tiny-llama": 2}
+from .helpers import DIGITS, PROMPT, Observe, hf_forward, resid_points
 
 
 class PassThrough(torch.nn.Module):
@@ -34,7 +31,7 @@ def hf_identity_logits(hf, tokens, block):
 
 def check_identity(model, hf, block, probe=None):
     probe = probe or BlockReplacement(blocks=block)
-    observed = run(model, PROMPT, [Observe(resid_points(model.facts.n_layers)), probe])
+    observed = run(model, PROMPT, [Observe(resid_points(model.facts.n_layers)), probe], targets=DIGITS)
     clean, edited = observed["observe"]["clean"], observed["observe"]["intervened"]
     assert torch.equal(edited[f"blocks.{block}.hook_resid_post"], edited[f"blocks.{block}.hook_resid_pre"])
     assert not torch.equal(clean[f"blocks.{block}.hook_resid_post"], clean[f"blocks.{block}.hook_resid_pre"])
@@ -77,11 +74,15 @@ def test_ablation_matches_plain_hf(tiny_model, hf_twins, mode):
     assert not torch.allclose(result.logits["intervened"], result.logits["clean"])
 
 
-def test_default_block_scales_to_shallow_models(tiny_model):
-    result = run(tiny_model, PROMPT, BlockReplacement())["block_replacement"]
-    block = SCALED_DEFAULT[tiny_model.facts.name]
+def test_blocks_are_required_and_named_in_the_description(tiny_model):
+    """No default block: the block to replace is the question itself (the study names its own)."""
+    with pytest.raises(ProbeError, match="needs the blocks"):
+        run(tiny_model, PROMPT, BlockReplacement())
+    with pytest.raises(LayerError, match="empty"):
+        run(tiny_model, PROMPT, BlockReplacement(blocks=[]))
+    block = tiny_model.facts.n_layers - 1
+    result = run(tiny_model, PROMPT, BlockReplacement(blocks=block))["block_replacement"]
     assert result.meta["blocks"] == [block]
-    assert "21" in result.meta["note"] and str(block) in result.meta["note"]
     assert result.meta["description"] == f"block {block} → identity"
 
 
@@ -116,5 +117,5 @@ def test_distribution_arrays_are_consistent(tiny_qwen2):
 
 @pytest.mark.real
 def test_smollm2_identity_block_21(smollm2, hf_twins):
-    result = check_identity(smollm2, hf_twins(smollm2), 21, probe=BlockReplacement())
-    assert result.meta["blocks"] == [21] and result.meta["note"] == ""
+    result = check_identity(smollm2, hf_twins(smollm2), 21, probe=BlockReplacement(blocks=21))
+    assert result.meta["blocks"] == [21] and not result.meta["noop"]

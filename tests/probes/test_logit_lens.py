@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.errors import ProbeError
+from workbench.errors import ProbeError, TokenError
 from workbench.layers import resid_labels
 from workbench.probes import LogitLens
 from workbench.run import run
 
-from .helpers import PROMPT, hf_lens, hf_residuals
+from .helpers import DIGITS, PROMPT, hf_lens, hf_residuals
 
 
 def check_final_equals_output(model, result):
@@ -66,12 +66,12 @@ def test_final_layer_equals_output(tiny_model):
 
 
 def test_matches_plain_transformers(tiny_model, hf_twins):
-    result = run(tiny_model, PROMPT, LogitLens(k=5))["logit_lens"]
+    result = run(tiny_model, PROMPT, LogitLens(k=5), targets=DIGITS)["logit_lens"]
     check_against_hf(tiny_model, hf_twins(tiny_model), result)
 
 
 def test_layer_labels_follow_the_convention(tiny_model):
-    result = run(tiny_model, PROMPT, LogitLens(k=3))["logit_lens"]
+    result = run(tiny_model, PROMPT, LogitLens(k=3), targets=DIGITS)["logit_lens"]
     n = tiny_model.facts.n_layers
     assert result["top_probs"].coords["layer"] == ["embeddings", *(f"after block {i}" for i in range(n)), "final"]
     assert result["top_probs"].shape == (1, n + 2, len(tiny_model.str_tokens(PROMPT)), 3)
@@ -112,5 +112,5 @@ def test_positions_subset_equals_the_full_lens_columns(tiny_model):
     assert (part["top_tokens"].numpy() == full["top_tokens"].numpy()[:, :, [2, n - 1]]).all()
     with pytest.raises(ProbeError, match="not read"):
         part.top_k("final", position=5)
-    with pytest.raises(ProbeError, match="outside"):
+    with pytest.raises(TokenError, match="outside"):  # positions are the token domain
         run(tiny_model, PROMPT, LogitLens(positions=[n]))

@@ -14,7 +14,7 @@ from .helpers import NINE_POSITION, PROMPT, SITES, SOURCE, heads_of, hf_forward
 
 RESIDUAL_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 # Study blocks 6 and 14 of 24 at the same relative depth.
-SCALED_BLOCKS = {"tiny-qwen2": [1, 2], "tiny-llama": [1]}
+SCALED_BLOCKS = {"tiny-qwen2": [1, 2], "tiny-llama": [1]}  # the study's blocks 6, 14 at the same relative depth
 
 
 def hf_site(hf, site: str, block: int):
@@ -146,7 +146,7 @@ def test_kv_patch_equals_hand_written_hook_k_and_hook_v(tiny_model):
 
         hooks = [(n, lambda act, hook, n=n: write(act, hook, n)) for n in names]
         expected = tiny_model.bridge.run_with_hooks(tiny_model.to_tokens(PROMPT), fwd_hooks=hooks)
-    result = run(tiny_model, PROMPT, ActivationPatch(source=SOURCE))
+    result = run(tiny_model, PROMPT, ActivationPatch(source=SOURCE, blocks=blocks))
     assert result["patch"].meta["blocks"] == blocks
     assert torch.equal(result.logits["intervened"], expected)
 
@@ -158,10 +158,10 @@ def test_defaults_locate_the_differing_token_by_text(tiny_model):
     assert nine == NINE_POSITION[name]
     assert result.meta["positions"] == [nine]
     assert tiny_model.str_tokens(PROMPT)[nine] == "9" and tiny_model.str_tokens(SOURCE)[nine] == "5"
-    assert result.meta["blocks"] == SCALED_BLOCKS[name]
-    assert "(6, 14)" in result.meta["note"]
+    every = list(range(tiny_model.facts.n_layers))  # blocks default to every block
+    assert result.meta["blocks"] == every
     grid = result["patched"].values
-    assert grid.sum() == len(SCALED_BLOCKS[name]) and all(grid[b, nine] == 1 for b in SCALED_BLOCKS[name])
+    assert grid.sum() == len(every) and all(grid[b, nine] == 1 for b in every)
     by_text = run(tiny_model, PROMPT, ActivationPatch(source=SOURCE, positions="9"))["patch"]
     assert by_text.meta["positions"] == [nine]
 
@@ -189,8 +189,8 @@ def test_heads_on_a_residual_site_raise_probe_error(tiny_qwen2, site):
 
 
 @pytest.mark.parametrize(("site", "head"), [("kv", 2), ("k", 2), ("q", 4), ("z", 4)])
-def test_missing_head_raises_probe_error(tiny_qwen2, site, head):
-    with pytest.raises(ProbeError, match=f"Head {head} does not exist"):
+def test_missing_head_raises_layer_error(tiny_qwen2, site, head):
+    with pytest.raises(LayerError, match=f"Head {head} does not exist"):
         run(tiny_qwen2, PROMPT, ActivationPatch(source=SOURCE, site=site, heads=[head]))
 
 
@@ -206,9 +206,8 @@ def test_bad_options_raise(tiny_qwen2):
 @pytest.mark.real
 def test_smollm2_study_patch_and_self_patch(smollm2, hf_twins):
     nine = NINE_POSITION["SmolLM2-135M-Instruct"]
-    result = run(smollm2, PROMPT, ActivationPatch(source=SOURCE))
+    result = run(smollm2, PROMPT, ActivationPatch(source=SOURCE, blocks=[6, 14]))
     assert result["patch"].meta["blocks"] == [6, 14] and result["patch"].meta["positions"] == [nine]
-    assert result["patch"].meta["note"] == ""
     expected = hf_patched_logits(hf_twins(smollm2), smollm2.to_tokens(PROMPT), smollm2.to_tokens(SOURCE),
                                  "kv", [6, 14], [nine])
     torch.testing.assert_close(result.logits["intervened"], expected, atol=1e-4, rtol=1e-4)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -19,6 +17,8 @@ from workbench.errors import ProbeError
 from workbench.probes import Probe, available_probes, get_probe, register_probe, registry
 from workbench.results import Named, Result
 from workbench.run import run
+
+from plugin_wheel import install_plugin
 
 from .helpers import PROMPT
 
@@ -75,18 +75,8 @@ py-modules = ["wb_resid_norm"]
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
     """Build the plugin as a wheel (no network: no isolation, no deps) and install it into its own folder."""
-    root = tmp_path_factory.mktemp("plugin")
-    source, dist, site = root / "src", root / "dist", root / "site"
-    source.mkdir()
-    (source / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
-    (source / "wb_resid_norm.py").write_text(PLUGIN_MODULE)
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
-                   check=True, capture_output=True)
-    wheels = list(dist.glob("wb_resid_norm-0.0.1-*.whl"))
-    assert len(wheels) == 1
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site),
-                    str(wheels[0])], check=True, capture_output=True)
-    assert (site / "wb_resid_norm.py").is_file() and list(site.glob("wb_resid_norm-0.0.1.dist-info"))
+    site = install_plugin(tmp_path_factory.mktemp("plugin"), "wb_resid_norm", PLUGIN_MODULE, PYPROJECT)
+    assert list(site.glob("wb_resid_norm-0.0.1.dist-info"))
     return site
 
 

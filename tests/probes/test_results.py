@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 import math
 import struct
+from html import escape
 
 import numpy as np
 import pytest
 import torch
 
-from workbench import results as results_module
 from workbench.errors import ExportError, ProbeError
 from workbench.export import static_export, write_figure
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens
 from workbench.results import Comparison, Named
 from workbench.run import run
 
-from .helpers import PROMPT, SOURCE
+from .helpers import DIGITS, PROMPT, SOURCE
 
 PROBES = ["logit_lens", "attention", "block_replacement", "attention_mask", "patch"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -26,8 +26,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def study(tiny_qwen2):
     """Every built-in probe in one run on the study prompt (observers then carry a clean baseline)."""
-    return run(tiny_qwen2, PROMPT, [LogitLens(k=3), AttentionCapture(blocks=[0, 2]), BlockReplacement(),
-                                    AttentionMask(), ActivationPatch(source=SOURCE)])
+    return run(tiny_qwen2, PROMPT, [LogitLens(k=3), AttentionCapture(blocks=[0, 2]), BlockReplacement(blocks=3),
+                                    AttentionMask(keys="9", blocks=[2, 3]), ActivationPatch(source=SOURCE, blocks=[1, 2])],
+               targets=DIGITS)
 
 
 def png_size(path) -> tuple[int, int]:
@@ -220,18 +221,16 @@ def test_compare_intervened_with_baseline(study):
     torch.testing.assert_close(delta["kl_to_final"].values, expected, atol=1e-6, rtol=0)
 
 
-def test_repr_html_is_a_plotly_div(study, monkeypatch):
-    monkeypatch.setattr(results_module, "_PLOTLYJS_SHOWN", False)
-    first = study["attention"]._repr_html_()
-    second = study["attention"]._repr_html_()
-    for html in (first, second):
-        assert 'class="plotly-graph-div"' in html and "AttentionResult" in html
-        assert study["attention"].summary() in html
-    # plotly.js goes into the notebook once, with the first result shown.
-    assert len(first) > len(second) + 1_000_000
+def test_jupyter_display_is_plotlys_mimetype_and_a_standalone_html(study):
     for probe in PROBES:
-        html = study[probe]._repr_html_()
-        assert html.startswith("<div>") and 'class="plotly-graph-div"' in html
+        bundle = study[probe]._repr_mimebundle_()
+        figure = json.loads(study[probe].figure().to_json())
+        assert bundle["application/vnd.plotly.v1+json"]["data"] == figure["data"]
+        html = bundle["text/html"]
+        assert html.startswith("<div>") and 'class="plotly-graph-div"' in html and type(study[probe]).__name__ in html
+        assert escape(study[probe].summary()) in html and bundle["text/plain"] == repr(study[probe])
+        # every output carries plotly.js: a saved notebook renders whichever outputs were cleared
+        assert len(html) > 1_000_000
 
 
 def test_summaries_name_what_was_done(study):

@@ -9,7 +9,7 @@ from workbench.errors import ProbeError, TokenError
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens, Probe
 from workbench.run import hook_count, run
 
-from .helpers import OTHER, PROMPT, SOURCE, Observe, resid_points
+from .helpers import DIGITS, OTHER, PROMPT, SOURCE, Observe, resid_points
 
 
 class Boom(Probe):
@@ -117,8 +117,8 @@ def test_errors_before_the_pass_leave_no_hook_behind(tiny_model):
 def test_every_probe_together_leaves_the_model_clean(tiny_model):
     before = logits_of(tiny_model)
     n = tiny_model.facts.n_layers
-    run(tiny_model, PROMPT, [Observe(resid_points(n)), LogitLens(), AttentionCapture(), BlockReplacement(),
-                             AttentionMask(), ActivationPatch(source=SOURCE, site="resid_mid")])
+    run(tiny_model, PROMPT, [Observe(resid_points(n)), LogitLens(), AttentionCapture(), BlockReplacement(blocks=n - 1),
+                             AttentionMask(keys="9"), ActivationPatch(source=SOURCE, site="resid_mid")])
     assert hook_count(tiny_model) == 0
     assert torch.equal(logits_of(tiny_model), before)
 
@@ -126,9 +126,9 @@ def test_every_probe_together_leaves_the_model_clean(tiny_model):
 def test_batch_equals_each_prompt_alone(tiny_model):
     probes = lambda: [LogitLens(k=4), AttentionCapture(), BlockReplacement(blocks=0),  # noqa: E731
                       AttentionMask(keys=" [", blocks=[1])]
-    batch = run(tiny_model, [PROMPT, OTHER], probes())
+    batch = run(tiny_model, [PROMPT, OTHER], probes(), targets=DIGITS)
     for i, prompt in enumerate([PROMPT, OTHER]):
-        alone = run(tiny_model, prompt, probes())
+        alone = run(tiny_model, prompt, probes(), targets=DIGITS)
         torch.testing.assert_close(batch.logits["intervened"][i], alone.logits["intervened"][0], atol=1e-5, rtol=0)
         torch.testing.assert_close(batch.logits["clean"][i], alone.logits["clean"][0], atol=1e-5, rtol=0)
         for name, array in [("logit_lens", "top_probs"), ("logit_lens", "target_probs"), ("attention", "pattern"),
@@ -173,6 +173,6 @@ def test_readout_targets_and_errors(tiny_qwen2):
 def test_smollm2_raising_hook_leaves_the_model_clean(smollm2):
     before = logits_of(smollm2)
     with pytest.raises(RuntimeError, match="boom from a hook"):
-        run(smollm2, PROMPT, [AttentionCapture(blocks=[0]), BlockReplacement(), Boom("blocks.21.hook_resid_post", True)])
+        run(smollm2, PROMPT, [AttentionCapture(blocks=[0]), BlockReplacement(blocks=21), Boom("blocks.21.hook_resid_post", True)])
     assert hook_count(smollm2) == 0
     assert torch.equal(logits_of(smollm2), before)

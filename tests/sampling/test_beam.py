@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from workbench.errors import SamplingError
+from workbench.interventions import identity, scale
 from workbench.sampling import beam_search, generate, greedy, sequence_logprob
 
 PROMPT = "The quick brown fox"
@@ -72,3 +73,53 @@ def test_bad_beam_settings(tiny_qwen2):
         beam_search(tiny_qwen2, PROMPT, width=0)
     with pytest.raises(SamplingError, match="length_penalty"):
         beam_search(tiny_qwen2, PROMPT, width=2, length_penalty=float("nan"))
+
+
+def test_hooks_stay_attached_for_the_whole_search_and_are_removed(tiny_qwen2):
+    """With block 1 as the identity every beam's log-probability is the hooked model's (fresh forwards with
+    the same hooks), the search differs from the plain one, and the bridge is plain again afterwards."""
+    tokens = tiny_qwen2.to_tokens(PROMPT)
+    before = tiny_qwen2.bridge(tokens)
+    plain = beam_search(tiny_qwen2, PROMPT, width=3, max_new_tokens=4, length_penalty=1.0)
+    edits = [identity(blocks=1)]
+    hooked = beam_search(tiny_qwen2, PROMPT, width=3, max_new_tokens=4, length_penalty=1.0, interventions=edits)
+    assert [b.tokens for b in hooked.beams] != [b.tokens for b in plain.beams]
+    for beam in hooked.beams:
+        expected = sequence_logprob(tiny_qwen2, PROMPT, beam.tokens, interventions=edits)
+        assert beam.logprob == pytest.approx(expected, abs=1e-3)
+    torch.testing.assert_close(tiny_qwen2.bridge(tokens), before)
+    # An intervention with no positions named edits the generated tokens too (here: attention halved there).
+    halved = [scale("z", 0.5, blocks=[0, 1])]
+    for beam in beam_search(tiny_qwen2, PROMPT, width=2, max_new_tokens=3, interventions=halved).beams:
+        expected = sequence_logprob(tiny_qwen2, PROMPT, beam.tokens, interventions=halved)
+        assert beam.logprob == pytest.approx(expected, abs=1e-3)
+
+    def explode(resid, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        beam_search(tiny_qwen2, PROMPT, width=2, max_new_tokens=2, fwd_hooks=[("blocks.0.hook_resid_post", explode)])
+    torch.testing.assert_close(tiny_qwen2.bridge(tokens), before)
+
+
+def test_finished_hypotheses_never_take_a_live_slot(tiny_qwen2):
+    """The greedy path's tokens are stop tokens, so the likeliest hypothesis stops after one token. It is
+    set aside in the pool while three live beams go on to ``max_new_tokens``: the pool ends with it and the
+    two best full-length beams (transformers' agreement tests check the same on every setting)."""
+    free = generate(tiny_qwen2, PROMPT, greedy(), 3, stop_at_eos=False).row_tokens(0)
+    result = beam_search(tiny_qwen2, PROMPT, width=3, max_new_tokens=5, length_penalty=0.0, stop=free)
+    assert result.steps == 5
+    assert [(len(b.tokens), b.finished) for b in result.beams] == [(1, True), (5, False), (5, False)]
+    assert result.beams[0].tokens == free[:1]
+    for beam in result.beams[1:]:
+        assert all(t not in free for t in beam.tokens)
+
+
+def test_bad_early_stopping_and_return_counts(tiny_qwen2):
+    with pytest.raises(SamplingError, match="early_stopping is 'sometimes'"):
+        beam_search(tiny_qwen2, PROMPT, width=2, early_stopping="sometimes")
+    with pytest.raises(SamplingError, match="num_return_sequences is 3: pass a whole number from 1 to 2"):
+        beam_search(tiny_qwen2, PROMPT, width=2, num_return_sequences=3)
+    with pytest.raises(SamplingError, match="Stop token id 100000 is not in"):
+        beam_search(tiny_qwen2, PROMPT, width=2, stop=[100000])
+    assert len(beam_search(tiny_qwen2, PROMPT, width=3, max_new_tokens=2, num_return_sequences=1).beams) == 1

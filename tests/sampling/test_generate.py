@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from workbench.errors import SamplingError
-from workbench.sampling import generate, greedy, identity_block_hooks, make_sampler
+from workbench.interventions import identity
+from workbench.sampling import generate, greedy, make_sampler
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 
@@ -41,9 +42,11 @@ def test_greedy_generation_equals_a_manual_loop(tiny_model):
 
 
 def test_generation_with_block_1_as_identity_equals_a_manual_loop(tiny_qwen2):
-    hooked = generate(tiny_qwen2, PROMPT, greedy(), 6, stop_at_eos=False, fwd_hooks=identity_block_hooks(1))
+    hooked = generate(tiny_qwen2, PROMPT, greedy(), 6, stop_at_eos=False, interventions=[identity(blocks=1)])
     assert hooked.row_tokens(0) == manual_greedy(tiny_qwen2, PROMPT, 6, identity_hooks_written_here(1))
-    assert hooked.hooks == ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+    assert hooked.interventions == [identity(blocks=1).to_dict()] and hooked.hooks == []
+    raw = generate(tiny_qwen2, PROMPT, greedy(), 6, stop_at_eos=False, fwd_hooks=identity_hooks_written_here(1))
+    assert raw.row_tokens(0) == hooked.row_tokens(0)  # raw TransformerLens hooks still work
     # the intervention is real: block 1 as identity changes the logits
     tokens = tiny_qwen2.to_tokens(PROMPT)
     plain = tiny_qwen2.bridge(tokens)
@@ -55,7 +58,7 @@ def test_generation_with_block_1_as_identity_equals_a_manual_loop(tiny_qwen2):
 def test_hooks_are_removed_after_generation(tiny_qwen2):
     tokens = tiny_qwen2.to_tokens(PROMPT)
     before = tiny_qwen2.bridge(tokens)
-    generate(tiny_qwen2, PROMPT, greedy(), 2, fwd_hooks=identity_block_hooks(1))
+    generate(tiny_qwen2, PROMPT, greedy(), 2, interventions=[identity(blocks=1)])
     torch.testing.assert_close(tiny_qwen2.bridge(tokens), before)
 
 
@@ -110,3 +113,25 @@ def test_bad_generation_requests(counted_bigram, tiny_qwen2):
         generate(tiny_qwen2, PROMPT, greedy(), -1)
     with pytest.raises(SamplingError, match="same token length"):
         generate(tiny_qwen2, ["The number is ", "The quick brown fox jumps over"], greedy(), 1)
+
+
+def test_an_intervention_without_positions_edits_every_generated_token(tiny_qwen2):
+    """Positions not named: every position of every step, the generated ones included (written by hand here)."""
+    from workbench.interventions import scale
+
+    edited = generate(tiny_qwen2, PROMPT, greedy(), 5, stop_at_eos=False, interventions=[scale("z", 0.5, blocks=[0, 1])])
+    by_hand = [(f"blocks.{b}.attn.hook_z", lambda z, hook: z * 0.5) for b in (0, 1)]
+    assert edited.row_tokens(0) == manual_greedy(tiny_qwen2, PROMPT, 5, by_hand)
+    assert edited.row_tokens(0) != generate(tiny_qwen2, PROMPT, greedy(), 5, stop_at_eos=False).row_tokens(0)
+
+
+def test_interventions_follow_each_prompt_of_a_batch(tiny_qwen2):
+    """Two prompts, each continued twice: a chunk never mixes prompts, so each gets its own edit."""
+    from workbench.interventions import mask_keys
+
+    prompts = [PROMPT, PROMPT.replace("9]", "7]")]
+    edits = [mask_keys([12], blocks=[0, 1])]  # the bound of each prompt
+    both = generate(tiny_qwen2, prompts, greedy(), 4, n=2, stop_at_eos=False, interventions=edits, batch_size=3)
+    for i, prompt in enumerate(prompts):
+        alone = generate(tiny_qwen2, prompt, greedy(), 4, stop_at_eos=False, interventions=edits)
+        assert both.row_tokens(2 * i) == both.row_tokens(2 * i + 1) == alone.row_tokens(0)

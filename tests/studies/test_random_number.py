@@ -1,7 +1,9 @@
-"""The study's numbers equal what the probes return when called directly, and bad options write nothing."""
+"""The study's numbers equal what the probes return when called directly, bad options write nothing, and a
+written study reloads exactly (``workbench report`` redraws it without the model)."""
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -11,8 +13,8 @@ import torch
 from workbench.errors import LayerError, TokenError, WorkbenchError
 from workbench.probes import ActivationPatch, AttentionMask, BlockReplacement, LogitLens
 from workbench.run import run
-from workbench.studies.random_number import STUDY_PROMPT, StudyOptions, plan_study, run_study
-from workbench.studies.report import write_report
+from workbench.studies.random_number import STUDY_PROMPT, SWEEP_PROMPTS, StudyOptions, plan_study, run_study
+from workbench.studies.report import load_study, write_report
 from workbench.tokens import DIGITS, digit_token_ids, to_tokens
 
 SOURCE = STUDY_PROMPT.replace("[0, 9]", "[0, 5]")
@@ -64,6 +66,7 @@ def test_intervention_numbers_equal_the_probes_called_directly(smollm2, smollm2_
                                        AttentionMask(keys="9", blocks=list(range(13, 30)))])
     direct["patch_and_mask"] = both["patch"]
     for key, result in direct.items():
+        assert list(result.distribution()) == list(DIGITS), key  # SmolLM2's ten most likely tokens here are the digits
         for digit, p in result.distribution().items():
             assert d[key][digit] == pytest.approx(p, abs=1e-6), (key, digit)
     lens = run(smollm2, STUDY_PROMPT, LogitLens())["logit_lens"]
@@ -161,3 +164,105 @@ def test_cli_writes_html_png_and_svg_figures(tmp_path):
         files = list((out / "figures").glob(f"*.{suffix}"))
         assert len(files) >= 10, suffix
     assert (out / "figures" / "distributions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- a saved study reloads exactly, and `workbench report` redraws it without the model -------------------
+
+
+def assert_same_study(study, loaded):
+    from tests.reliability.test_roundtrip import assert_same_result, assert_same_value
+
+    assert_same_value(study.record, loaded.record, "record")
+    assert list(study.results) == list(loaded.results)
+    for name in study.results:
+        assert_same_result(study.results[name], loaded.results[name], name)
+    assert [(f.key, f.title, f.caption, f.section) for f in study.figures] == \
+        [(f.key, f.title, f.caption, f.section) for f in loaded.figures]
+    for fig, again in zip(study.figures, loaded.figures):
+        assert fig.figure.to_json() == again.figure.to_json(), fig.key
+    assert loaded.plan == study.plan
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_qwen2, tmp_path_factory):
+    prompts = tmp_path_factory.mktemp("prompts") / "extra.txt"
+    prompts.write_text("I'm generating a random number between [0, 99]. The number is \n")
+    study = run_study(tiny_qwen2, StudyOptions(sweep_prompts=SWEEP_PROMPTS[:4], prompts_file=prompts))
+    out = tmp_path_factory.mktemp("tiny-study") / "report"
+    write_report(study, out, static=False)
+    return study, out
+
+
+def test_a_written_study_reloads_exactly(tiny_study):
+    study, out = tiny_study
+    assert_same_study(study, load_study(out))
+    assert_same_study(study, load_study(out / "results.json"))
+
+
+def test_results_json_keeps_the_plain_record_readable(tiny_study):
+    study, out = tiny_study
+    data = json.loads((out / "results.json").read_text())
+    assert data["workbench_output"]["kind"] == "random-number study"
+    assert data["distributions"] == study.record["distributions"]  # plain JSON, no tags in the numbers
+    assert set(data["probe_results"]) == set(study.results)
+
+
+REDRAW_WITHOUT_A_MODEL = """
+import sys
+import workbench.models
+
+def no_model(*args, **kwargs):
+    raise AssertionError("workbench report must not load a model")
+
+workbench.models.load_model = no_model
+workbench.models._boot = no_model
+from workbench.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_workbench_report_redraws_without_the_model(tiny_study, tmp_path):
+    from workbench.outputs import read_marker
+
+    study, out = tiny_study
+    copy = tmp_path / "report"
+    shutil.copytree(out, copy)
+    results_before = (copy / "results.json").read_bytes()
+    (copy / "report.html").write_text("stale")  # a changed file the marker no longer vouches for …
+    proc = subprocess.run([sys.executable, "-c", REDRAW_WITHOUT_A_MODEL, "report", str(copy), "--no-static"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0 and "report.html, which the workbench did not write (or which changed since)" in proc.stderr
+    shutil.copyfile(out / "report.html", copy / "report.html")  # … restored: the folder is ours again
+    shutil.rmtree(copy / "figures")
+    proc = subprocess.run([sys.executable, "-c", REDRAW_WITHOUT_A_MODEL, "report", str(copy), "--no-static"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(study.figures)} figures redrawn" in proc.stdout
+    assert (copy / "results.json").read_bytes() == results_before  # the same bytes: encoding is deterministic
+    assert sorted(p.name for p in (copy / "figures").iterdir()) == sorted(f"{f.key}.html" for f in study.figures)
+    assert sorted(read_marker(copy)["files"]) == sorted(read_marker(out)["files"])
+    assert_same_study(study, load_study(copy))
+    html_text = (copy / "report.html").read_text()
+    for fig in study.figures:
+        assert f"fig-{fig.key}" in html_text
+
+
+def test_workbench_report_refuses_what_is_not_a_study(tmp_path):
+    from tests.reliability.conftest import snapshot, user_folder, workbench
+
+    folder = user_folder(tmp_path / "d")
+    before = snapshot(folder)
+    run = workbench("report", str(folder))
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.error_lines == [f"error: Output folder {folder} holds results.json, which the workbench did not write: "
+                               "choose a new or empty folder (nothing was changed)."]
+    run = workbench("report", str(folder), "--out", str(tmp_path / "new"))
+    assert run.error_lines == [f"error: {folder / 'results.json'} is not written by this version of the workbench, "
+                               "not a saved random-number study: pass a file written by the matching save."]
+    assert snapshot(folder) == before and not (tmp_path / "new").exists()
+
+
+@pytest.mark.real
+def test_the_smollm2_study_reloads_exactly(smollm2_study):
+    study, out = smollm2_study
+    assert_same_study(study, load_study(out))

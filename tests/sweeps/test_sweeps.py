@@ -7,7 +7,7 @@ import torch
 from workbench.errors import ProbeError
 from workbench.sweeps import block_sweep, mask_sweep, patch_sweep, resolve_metric
 from workbench.sweeps.attribution import attribution_sweep, compare_attribution
-from workbench.sweeps.cells import HEAD_SITES, RESID_SITES
+from workbench.sweeps.sweep import HEAD_SITES, RESID_SITES
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 SOURCE = "I'm generating a random number between [0, 5]. The number is "

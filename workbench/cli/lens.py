@@ -111,20 +111,20 @@ def compare(
     lens: Path = typer.Argument(..., help="A lens file written by `workbench lens fit`."),
     model: str = typer.Option("smollm2", "--model", "-m", help=SPEC_HELP),
     prompt: str = typer.Option(PROMPT, "--prompt", "-p", help="Prompt to read (the last position by default)."),
-    targets: str = typer.Option(None, help="Comma-separated target tokens (default: the digits 0–9)."),
+    targets: str = typer.Option(None, help="Comma-separated target tokens (default: the clean run's 10 most likely next tokens)."),
     k: int = typer.Option(10, "-k", help="Top-k threshold for 'the targets are in the top-k'."),
-    out: Path = typer.Option(None, "--out", help="Figure file (.html, .png, .svg by suffix); never overwrites."),
+    out: Path = typer.Option(None, "--out", help="Figure file (.html, .png, .svg by suffix); replaces only a figure the workbench wrote."),
     device: str = typer.Option(None, help="cpu, cuda or mps."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Logit lens vs LENS on one prompt: KL to the output per layer, first layer with a target in the top-k."""
-    from workbench.export import write_figure
+    from workbench.export import check_figure_path, write_figure
     from workbench.models import load_model
     from workbench.probes import TunedLens
     from workbench.run import run
 
-    if out is not None and out.exists():
-        raise LensError(f"{out} exists: choose another --out (the comparison never overwrites a file).")
+    if out is not None:
+        check_figure_path(out)  # before the model loads: never over a file the workbench did not write
     loaded = load_model(model, device=device)
     result = run(loaded, prompt, TunedLens(lens=lens, k=k, positions=[-1]),
                  targets=targets.split(",") if targets else None)["tuned_lens"]

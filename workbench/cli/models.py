@@ -13,7 +13,8 @@ from workbench.cli import app
 models_app = typer.Typer(help="Inspect models: facts of a spec, known short names, cached GGUF conversions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-SPEC_HELP = "Model spec: smollm2, tiny-qwen2, tiny-llama, a .gguf file, a Hugging Face folder or a hub id."
+SPEC_HELP = ("Model spec: smollm2, tiny-<family> (see `workbench models list`), a .gguf file, a Hugging Face "
+             "folder or a hub id.")
 
 
 @models_app.command("info")

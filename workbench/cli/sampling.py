@@ -16,8 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from workbench.cli import app
+from workbench.cli import app, out_folder
 from workbench.errors import SamplingError
+from workbench.outputs import ANOMALOUS, AUDIT, EXPLORER
+from workbench.sampling.checks import finite_number, whole_number
 
 sample_app = typer.Typer(
     help="Sampling lab: samplers (temperature of any sign, top-k/p, min-p, top-nσ), generation, beam search, "
@@ -28,7 +30,11 @@ app.add_typer(sample_app, name="sample")
 
 MODEL_HELP = "Model spec (smollm2, tiny-qwen2, tiny-llama, a .gguf, a HF folder, a hub id) or bigram:PATH for a bigram model of a text file."
 SAMPLER_HELP = "Sampler spec, repeatable: 'greedy' or key=value pairs, e.g. 't=0.7,top_p=0.9', 't=-0.001', 'top_n_sigma=1'."
-PROMPT_DEFAULT = "I'm generating a random number between [0, 9]. The number is "
+INTERVENTION_HELP = ("An intervention as JSON, repeatable, e.g. '{\"site\": \"block\", \"op\": \"identity\", "
+                     "\"blocks\": [21]}' (any registered operation, plugins included).")
+
+
+from workbench.sampling.audit import DEFAULT_PROMPT as PROMPT_DEFAULT  # noqa: E402  (the audit's question)
 
 
 def load_next_token_model(spec: str):
@@ -50,6 +56,17 @@ def _samplers(specs: list[str] | None, seed: int | None, default: str = "t=1"):
 
     specs = specs or [default]
     return [parse_sampler(s, seed=None if seed is None else seed + i) for i, s in enumerate(specs)]
+
+
+def _seed(seed: int, samplers: int = 1) -> int:
+    """``--seed``: the i-th sampler gets seed + i, so the last one must stay below 2**63 too."""
+    from workbench.sampling.processors import SEED_LIMIT
+
+    return whole_number("--seed", seed, 0, SEED_LIMIT - max(samplers, 1))
+
+
+def _progress(as_json: bool) -> bool:
+    return not as_json and sys.stderr.isatty()
 
 
 def _dumps(data) -> str:
@@ -82,10 +99,17 @@ def write_figure(fig, out: Path, stem: str, png: bool = True) -> list[Path]:
     return written
 
 
+KINDS = {"randomness": AUDIT, "anomalous": ANOMALOUS, "temperature": EXPLORER}
+
+
 def _write_results(data: dict, fig, out: Path, stem: str, png: bool) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(_dumps(data) + "\n")
-    return [out / "results.json", *write_figure(fig, out, stem, png)]
+    """``results.json`` and the figure, into a folder that replaces ``out`` only once complete."""
+    from workbench.outputs import output_folder
+
+    with output_folder(out, KINDS[stem]) as tmp:
+        (tmp / "results.json").write_text(_dumps(data) + "\n")
+        written = write_figure(fig, tmp, stem, png)
+    return [out / "results.json", *(out / path.name for path in written)]
 
 
 def randomness(
@@ -96,19 +120,33 @@ def randomness(
     low: int = typer.Option(0, "--low", help="Smallest valid answer."),
     high: int = typer.Option(9, "--high", help="Largest valid answer."),
     method: str = typer.Option("auto", "--method", help="auto, first-token (one batch draw) or generate (multi-token answers)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first sampler (the i-th gets seed + i)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Rows per forward when generating answers."),
-    out: Path = typer.Option(None, "--out", help="Folder for results.json, randomness.html and randomness.png."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first sampler (the i-th gets seed + i); answer j of a sampler draws from its own stream (seed, j)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Rows per forward when generating answers (speed only: the answers do not depend on it)."),
+    max_contexts: int = typer.Option(
+        100_000, "--max-contexts",
+        help="Most forward rows the exact law of a multi-token range may take (one per number prefix); larger ranges are refused up front.",
+    ),
+    out: Path = typer.Option(None, "--out", callback=out_folder(AUDIT),
+                             help="Folder for results.json, randomness.html and randomness.png (new, empty, or an earlier audit)."),
     no_png: bool = typer.Option(False, "--no-png", help="Skip the PNG (no browser needed)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
 ) -> None:
     """Is the model's random number random? Histogram vs exact law vs uniform, χ², entropy, and secrets."""
     from workbench.sampling import randomness_audit
 
+    samples = whole_number("--samples", samples, 1)
+    batch_size = whole_number("--batch-size", batch_size, 1)
+    max_contexts = whole_number("--max-contexts", max_contexts, 1)
+    whole_number("--low", low, 0)
+    if high < low:
+        raise SamplingError(f"The range --low {low} --high {high} is empty: pass --high ≥ --low.")
+    if method not in ("auto", "first-token", "generate"):
+        raise SamplingError(f"--method is {method!r}: use auto, first-token or generate.")
+    samplers = _samplers(sampler, _seed(seed, len(sampler or [1])))
     lm = load_next_token_model(model)
     audit = randomness_audit(
-        lm, samples=samples, samplers=_samplers(sampler, seed), prompt=prompt, low=low, high=high,
-        method=method, seed=seed, batch_size=batch_size, progress=not as_json and sys.stderr.isatty(),
+        lm, samples=samples, samplers=samplers, prompt=prompt, low=low, high=high, method=method, seed=seed,
+        batch_size=batch_size, progress=_progress(as_json), max_contexts=max_contexts,
     )
     if out is not None:
         written = _write_results(audit.to_dict(), audit.figure(), out, "randomness", not no_png)
@@ -149,7 +187,7 @@ def next_token(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
     prompt: str = typer.Option(PROMPT_DEFAULT, "--prompt", "-p", help="Raw prompt."),
     sampler: list[str] = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
-    top: int = typer.Option(10, "--top", help="Tokens to list per sampler."),
+    top: int = typer.Option(10, "--top", help="Tokens to list per sampler (at least 1)."),
     draws: int = typer.Option(0, "--draws", help="Also draw this many tokens per sampler (seeded)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -157,20 +195,29 @@ def next_token(
     """The next-token distribution after each sampler's processors, with its monitors."""
     import torch
 
+    from workbench.memory import require_within_budget
     from workbench.sampling import as_next_token_model, distribution_stats
-    from workbench.sampling.lm import prompt_tokens
+    from workbench.sampling.lm import check_context, prompt_tokens
 
+    top = whole_number("--top", top, 1)
+    draws = whole_number("--draws", draws, 0)
+    samplers = _samplers(sampler, _seed(seed, len(sampler or [1])))
+    require_within_budget(
+        draws * len(samplers) * 96, f"Listing {draws:,} draws for each of {len(samplers)} samplers",
+        "pass a smaller --draws (each draw is printed), or use `workbench sample audit` for counts",
+    )
     lm = as_next_token_model(load_next_token_model(model))
     tokens = prompt_tokens(lm, prompt)
+    check_context(lm, tokens.shape[1])
     logits = lm.next_token_logits(tokens)
     report = []
-    for s in _samplers(sampler, seed):
+    for s in samplers:
         probs = s.probs(logits, input_ids=tokens)[0]
         values, ids = probs.topk(min(top, probs.numel()))
         entry = {
             "sampler": s.describe(),
             "top": [{"id": int(i), "text": lm.decode([int(i)]), "prob": float(v)} for v, i in zip(values, ids) if v > 0],
-            "monitors": distribution_stats(torch.log(probs.clamp(min=0)), k=top).to_dict(),
+            "monitors": distribution_stats(torch.log(probs.clamp(min=0)), k=min(top, probs.numel())).to_dict(),
         }
         if draws:
             entry["draws"] = [lm.decode([int(t)]) for t in s.sample(logits, input_ids=tokens, num_samples=draws)[0]]
@@ -198,25 +245,29 @@ def generate_command(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
     prompt: str = typer.Option("Once upon a time", "--prompt", "-p", help="Raw prompt."),
     sampler: str = typer.Option("greedy", "--sampler", "-s", help=SAMPLER_HELP),
-    max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Tokens to generate."),
+    max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Tokens to generate (at least 1)."),
     n: int = typer.Option(1, "--n", help="Continuations of the prompt."),
     stop: list[str] = typer.Option(None, "--stop", help="Stop string, repeatable (EOS always stops)."),
     identity_block: int = typer.Option(None, "--identity-block", help="Make this block the identity during generation (e.g. 21)."),
-    seed: int = typer.Option(0, "--seed"),
+    intervention: list[str] = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
+    seed: int = typer.Option(0, "--seed", help="Continuation i draws from its own stream (seed, i)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Rows per forward (default: what the memory budget holds); speed only."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Generate with a sampler, optionally with a block made the identity."""
-    from workbench.sampling import as_next_token_model, generate, identity_block_hooks, parse_sampler
+    """Generate with a sampler, optionally with interventions (e.g. a block made the identity, a steering vector)."""
+    from workbench.sampling import as_next_token_model, generate, parse_sampler
 
+    max_new_tokens = whole_number("--max-new-tokens", max_new_tokens, 1)
+    n = whole_number("--n", n, 1)
+    if batch_size is not None:
+        batch_size = whole_number("--batch-size", batch_size, 1)
+    chosen = parse_sampler(sampler, seed=_seed(seed))
+    edits = _interventions(intervention, identity_block)
     lm = as_next_token_model(load_next_token_model(model))
-    hooks = None
-    if identity_block is not None:
-        from workbench.layers import resolve_blocks
-
-        if not hasattr(lm, "model"):
-            raise SamplingError("--identity-block needs a transformer model, not a bigram.")
-        hooks = identity_block_hooks(resolve_blocks(lm.model.facts, identity_block)[0])
-    result = generate(lm, prompt, parse_sampler(sampler, seed=seed), max_new_tokens, stop=stop or None, n=n, fwd_hooks=hooks)
+    result = generate(
+        lm, prompt, chosen, max_new_tokens, stop=stop or None, n=n, batch_size=batch_size,
+        progress=_progress(as_json), interventions=edits,
+    )
     if as_json:
         typer.echo(_dumps({"model": lm.name, "prompt": prompt} | result.to_dict()))
         return
@@ -224,19 +275,59 @@ def generate_command(
         typer.echo(f"[{i}] {prompt}{text}")
 
 
+def _interventions(texts: list[str] | None, identity_block: int | None = None) -> list:
+    """``--intervention`` JSON descriptions (and ``--identity-block``) as Interventions, checked before loading."""
+    from workbench.interventions import Intervention, identity
+
+    out = []
+    for text in texts or []:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SamplingError(f"--intervention is not JSON ({exc.msg} at character {exc.pos}): write e.g. "
+                                '\'{"site": "block", "op": "identity", "blocks": [21]}\'.') from None
+        out.append(Intervention.from_dict(data))
+    if identity_block is not None:
+        out.append(identity(blocks=identity_block))
+    return out
+
+
+def _early_stopping(text: str):
+    value = {"true": True, "false": False, "never": "never"}.get(text.strip().lower())
+    if value is None:
+        raise SamplingError(f"--early-stopping is {text!r}: pass true, false (transformers' default) or never.")
+    return value
+
+
 @sample_app.command("beam")
 def beam_command(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
     prompt: str = typer.Option("Once upon a time", "--prompt", "-p", help="Raw prompt."),
-    width: int = typer.Option(4, "--width", "-k", help="Beams kept per step (1 = greedy)."),
-    max_new_tokens: int = typer.Option(10, "--max-new-tokens"),
-    length_penalty: float = typer.Option(1.0, "--length-penalty", help="score = log P / length ** penalty."),
+    width: int = typer.Option(4, "--width", "-k", help="Live beams kept per step (1 = greedy until the first stop)."),
+    max_new_tokens: int = typer.Option(10, "--max-new-tokens", help="Most tokens per beam (at least 1)."),
+    length_penalty: float = typer.Option(1.0, "--length-penalty", help="score = log P / length ** penalty (length: generated tokens, stop token included)."),
+    early_stopping: str = typer.Option(
+        "false", "--early-stopping",
+        help="transformers' rule: true (stop once WIDTH beams finished), false (stop when no live beam can win), never (exhaustive).",
+    ),
+    num_return_sequences: int = typer.Option(None, "--num-return-sequences", help="How many beams to show (default: WIDTH)."),
+    intervention: list[str] = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Beam search: the WIDTH best continuations with their log-probabilities."""
+    """Beam search as transformers does it: the best finished continuations with their log-probabilities."""
     from workbench.sampling import beam_search
 
-    result = beam_search(load_next_token_model(model), prompt, width, max_new_tokens, length_penalty)
+    width = whole_number("--width", width, 1)
+    max_new_tokens = whole_number("--max-new-tokens", max_new_tokens, 1)
+    length_penalty = finite_number("--length-penalty", length_penalty, "pass a finite number (1.0 is transformers' default)")
+    stopping = _early_stopping(early_stopping)
+    if num_return_sequences is not None:
+        num_return_sequences = whole_number("--num-return-sequences", num_return_sequences, 1, width)
+    edits = _interventions(intervention)
+    result = beam_search(
+        load_next_token_model(model), prompt, width, max_new_tokens, length_penalty, early_stopping=stopping,
+        num_return_sequences=num_return_sequences, progress=_progress(as_json), interventions=edits,
+    )
     typer.echo(_dumps(result.to_dict()) if as_json else str(result))
 
 
@@ -245,17 +336,25 @@ def anomalous_command(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="Prompt, repeatable (default: three generic prompts)."),
     temperature: float = typer.Option(-0.001, "--temperature", "-t", help="A negative temperature (T → 0⁻ picks the least likely token)."),
-    max_new_tokens: int = typer.Option(8, "--max-new-tokens"),
+    max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="Tokens per continuation (at least 1)."),
     samples: int = typer.Option(1, "--samples", help="Continuations per prompt."),
-    top: int = typer.Option(100, "--top", help="How many tokens closest to the embedding centroid to compare with."),
+    top: int = typer.Option(100, "--top", help="How many tokens closest to the embedding centroid to compare with (at least 1)."),
     seed: int = typer.Option(0, "--seed"),
-    out: Path = typer.Option(None, "--out", help="Folder for results.json and anomalous.html/.png."),
+    out: Path = typer.Option(None, "--out", callback=out_folder(ANOMALOUS),
+                             help="Folder for results.json and anomalous.html/.png (new, empty, or an earlier one)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Sample at negative temperature and locate the tokens that come out in the embedding space."""
     from workbench.sampling import find_anomalous_tokens
     from workbench.sampling.anomalous import DEFAULT_PROMPTS
 
+    temperature = finite_number("--temperature", temperature, "pass a finite negative temperature such as -0.001")
+    if temperature >= 0:
+        raise SamplingError(f"--temperature is {temperature:g}: the finder samples at a negative temperature (e.g. -0.001).")
+    max_new_tokens = whole_number("--max-new-tokens", max_new_tokens, 1)
+    samples = whole_number("--samples", samples, 1)
+    top = whole_number("--top", top, 1)
+    seed = _seed(seed)
     result = find_anomalous_tokens(
         load_next_token_model(model), prompt or DEFAULT_PROMPTS, temperature, max_new_tokens, samples, top, seed
     )
@@ -270,20 +369,27 @@ def anomalous_command(
 def explore_command(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
     prompt: str = typer.Option(PROMPT_DEFAULT, "--prompt", "-p", help="Raw prompt."),
-    low: float = typer.Option(-2.0, "--from", help="Lowest temperature."),
-    high: float = typer.Option(2.0, "--to", help="Highest temperature."),
+    low: float = typer.Option(-2.0, "--from", help="Lowest temperature (finite)."),
+    high: float = typer.Option(2.0, "--to", help="Highest temperature (finite, ≥ --from)."),
     steps: int = typer.Option(41, "--steps", help="Temperatures in the sweep (odd keeps T = 0)."),
     full_vocab: bool = typer.Option(False, "--full-vocab", help="Digit probabilities in the full vocabulary, not renormalised."),
-    out: Path = typer.Option(None, "--out", help="Folder for results.json and temperature.html/.png."),
+    out: Path = typer.Option(None, "--out", callback=out_folder(EXPLORER),
+                             help="Folder for results.json and temperature.html/.png (new, empty, or an earlier one)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The digit distribution over T from −2 to 2 and the set each filter keeps."""
-    import numpy as np
-
+    from workbench.memory import require_within_budget
     from workbench.sampling import temperature_sweep
+    from workbench.sampling.explorer import temperature_grid
 
-    temps = [float(t) for t in np.round(np.linspace(low, high, steps), 6)]
-    sweep = temperature_sweep(load_next_token_model(model), prompt, temps, restricted=not full_vocab)
+    low = finite_number("--from", low, "pass a finite temperature")
+    high = finite_number("--to", high, "pass a finite temperature")
+    steps = whole_number("--steps", steps, 1)
+    if low > high:
+        raise SamplingError(f"--from {low:g} is above --to {high:g}: pass the lower temperature to --from.")
+    require_within_budget(steps * 64, f"A grid of {steps:,} temperatures", "pass a smaller --steps")
+    temps = temperature_grid(low, high, steps)
+    sweep = temperature_sweep(load_next_token_model(model), prompt, temps, restricted=not full_vocab, progress=_progress(as_json))
     if out is not None:
         written = _write_results(sweep.to_dict(), sweep.figure(), out, "temperature", True)
         if not as_json:

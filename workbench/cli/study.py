@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from workbench.cli import app
+from workbench.cli import app, out_folder
 from workbench.cli.models import SPEC_HELP
+from workbench.outputs import STUDY
 
 study_app = typer.Typer(help="Whole studies that write a report (the founding random-number study, the randomness audit).",
                         no_args_is_help=True)
@@ -28,7 +30,8 @@ def _blocks(text: str | None) -> list[int] | None:
 @study_app.command("random-number")
 def random_number(
     model: str = typer.Option("smollm2", "--model", "-m", help=SPEC_HELP),
-    out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for report.html, figures/ and results.json."),
+    out: Path = typer.Option(Path("report"), "--out", "-o", callback=out_folder(STUDY),
+                             help="Folder for report.html, figures/ and results.json: new, empty, or an earlier report."),
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="Extra prompt for the distribution step (repeatable)."),
     prompts: Path = typer.Option(None, "--prompts", help="File of extra sweep prompts, one per line."),
     block: int = typer.Option(None, help="Block replaced by the identity (study: 21, scaled on shallower models)."),
@@ -40,22 +43,27 @@ def random_number(
     show_sink: bool = typer.Option(False, "--show-sink", help="Keep the first token and the diagonal in attention grids."),
     device: str = typer.Option(None, help="cpu, cuda or mps."),
     static: bool = typer.Option(True, help="Also write PNG and SVG figures (needs Chromium)."),
+    figures_html: Literal["shared", "inline", "cdn"] = typer.Option("shared", "--figures-html", help=(
+        "How figures/*.html load plotly.js: one shared copy beside them (light, offline), inline in each "
+        "(self-contained, 4.8 MB each) or from the CDN.")),
 ) -> None:
-    """Reproduce the random-number investigation (MISSION.md §1–7) and write a report."""
+    """Reproduce the random-number investigation (sections 1–7 of the study) and write a report.
+
+    OUT is checked before the model loads: it must be new, empty, or an earlier report, which is
+    replaced only once the new one is complete (files you added there are never touched)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from workbench.models import load_model
     from workbench.studies.random_number import StudyOptions, read_prompts_file, run_study
-    from workbench.studies.report import prepare_out_dir, write_report
+    from workbench.studies.report import write_report
 
-    prepare_out_dir(out)
     if prompts is not None:
         read_prompts_file(prompts)  # fail before loading the model
     options = StudyOptions(extra_prompts=list(prompt), prompts_file=prompts, block=block,
                            patch_blocks=_blocks(patch_blocks), late_from=late_from, mask_from=mask_from,
                            bound=bound, source_bound=source_bound, hide_sink=not show_sink, hide_diagonal=not show_sink)
     steps = ["load model", "digit distributions", "logit lens and attention", "identity block",
-             "identity sweep", "attention figures", "patching and masking", "prompt sweep", "figures", "report"]
+             "identity sweep", "patching and masking", "prompt sweep", "figures", "writing figures", "report"]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), transient=False) as bar:
         task = bar.add_task("loading the model", total=len(steps))
@@ -65,7 +73,7 @@ def random_number(
 
         loaded = load_model(model, device=device)
         study = run_study(loaded, options, progress=advance)
-        path = write_report(study, out, static=static, progress=advance)
+        path = write_report(study, out, static=static, progress=advance, figures_html=figures_html)
         bar.update(task, completed=len(steps), description="done")
     for line in study.record["headline"]:
         typer.echo(f"• {line}")

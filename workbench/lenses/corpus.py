@@ -186,10 +186,10 @@ def sample_with_cache(plain, prompt: Int[torch.Tensor, "row pos"], new_tokens: i
 
     cache_kwarg = "cache" if "cache" in inspect.signature(type(plain).forward).parameters else "past_key_values"
     rows = prompt.clone()
-    generator = sampler.new_generator(rows.device)
+    generators = sampler.sample_generators(range(rows.shape[0]), rows.device)  # row i: generate()'s sample i
     out = plain(rows, use_cache=True)
     for step in range(new_tokens):
-        token = sampler.sample(out.logits[:, -1].float(), input_ids=rows, generator=generator)
+        token = sampler.sample_rows(out.logits[:, -1].float(), input_ids=rows, generators=generators)
         rows = torch.cat([rows, token[:, None]], dim=1)
         if step + 1 < new_tokens:
             cache = out.get("cache", None)

@@ -7,7 +7,7 @@ reported, and the attention sink (the share of attention on the first token) is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,39 +28,36 @@ class AttentionCapture(Probe):
     blocks: list[int] | int | None = None
     heads: list[int] | int | None = None
     name: ClassVar[str] = "attention"
-    _blocks: list[int] = field(default_factory=list, init=False, repr=False)
-    _heads: list[int] = field(default_factory=list, init=False, repr=False)
 
-    def prepare(self, ctx: RunContext) -> None:
-        self._blocks = resolve_blocks(ctx.facts, self.blocks)
-        self._heads = resolve_heads(ctx.facts, self.heads)
+    def prepare(self, ctx: RunContext) -> tuple[list[int], list[int]]:
+        ctx.model.require_editable_attention("Attention capture")
+        return resolve_blocks(ctx.facts, self.blocks), resolve_heads(ctx.facts, self.heads, "query")
 
     def hooks(self, ctx: RunContext):
-        heads = torch.tensor(self._heads)
+        blocks, heads = ctx.plan
+        index = torch.tensor(heads)
 
         def save(block: int):
             def hook(pattern, hook):  # [batch, head, query, key]
-                ctx.save(f"block {block}", pattern[:, heads.to(pattern.device)].float())
+                ctx.save(f"block {block}", pattern[:, index.to(pattern.device)].float())
 
             return hook
 
-        return [(f"blocks.{b}.attn.hook_pattern", save(b)) for b in self._blocks]
+        return [(f"blocks.{b}.attn.hook_pattern", save(b)) for b in blocks]
 
     def result(self, record: ProbeRecord) -> AttentionResult:
-        result = self._summarise(record, record.last_phase)
-        if len(record.phases) > 1:
-            result.baseline = self._summarise(record, "clean")
-        return result
+        return self._summarise(record, record.last_phase)
 
     def _summarise(self, record: ProbeRecord, phase: str) -> AttentionResult:
         ctx = record.context
-        pattern = torch.stack([record.saved[phase][f"block {b}"] for b in self._blocks], 1)  # prompt block head q k
-        groups = [ctx.facts.head_to_group[h] for h in self._heads]
+        blocks, heads = record.plan
+        pattern = torch.stack([record.saved[phase][f"block {b}"] for b in blocks], 1)  # prompt block head q k
+        groups = [ctx.facts.head_to_group[h] for h in heads]
         n_groups = ctx.facts.n_kv_heads
         group_mean = torch.stack(
             [pattern[:, :, [i for i, g in enumerate(groups) if g == group]].mean(2) if group in groups
              else torch.full_like(pattern[:, :, 0], float("nan")) for group in range(n_groups)], 2)
-        coords = dict(prompt=list(range(len(ctx.prompts))), block=self._blocks, head=self._heads,
+        coords = dict(prompt=list(range(len(ctx.prompts))), block=blocks, head=heads,
                       group=list(range(n_groups)), query=ctx.str_tokens[0], key=ctx.str_tokens[0])
         # The sink share averages over queries 1…n-1: query 0 can only attend to the first token.
         sink = pattern[..., 1:, 0].mean(-1) if pattern.shape[-1] > 1 else pattern[..., 0, 0]
@@ -71,8 +68,8 @@ class AttentionCapture(Probe):
             "readout_attention": Named(pattern[:, :, :, ctx.readout], ("prompt", "block", "head", "key"), coords),
         }
         return AttentionResult(
-            probe=self.name, model=ctx.facts.name, prompts=ctx.prompts, tokens=ctx.str_tokens, arrays=arrays,
-            meta={"readout": ctx.readout, "head_to_group": dict(zip(self._heads, groups)),
+            arrays=arrays,
+            meta={"readout": ctx.readout, "head_to_group": dict(zip(heads, groups)),
                   "n_kv_heads": n_groups, "block_convention": "blocks counted from 0"},
         )
 

@@ -15,6 +15,7 @@ import torch
 from workbench import plots
 from workbench.errors import ProbeError
 from workbench.probes.base import CLEAN, INTERVENED, ProbeRecord
+from workbench.metrics import kl_divergence
 from workbench.results import Named, Result
 
 TOP = 10
@@ -25,20 +26,36 @@ def distribution_arrays(record: ProbeRecord) -> dict[str, Named]:
     ctx = record.context
     tokenizer = ctx.model.tokenizer
     phases = [CLEAN, INTERVENED]
-    probs = torch.stack([record.readout_logits(p).float().softmax(-1) for p in phases])  # phase batch vocab
+    logits = torch.stack([record.readout_logits(p).float() for p in phases])  # phase batch vocab
+    probs = logits.softmax(-1)
     top_p, top_i = probs.topk(TOP, dim=-1)
     top_t = np.vectorize(lambda i: tokenizer.decode([int(i)]), otypes=[object])(top_i.cpu().numpy())
     coords = dict(phase=phases, prompt=list(range(len(ctx.prompts))), target=ctx.target_labels, rank=list(range(TOP)))
-    logp = probs.clamp_min(1e-30).log()
     arrays = {
         "top_probs": Named(top_p, ("phase", "prompt", "rank"), coords),
         "top_tokens": Named(top_t, ("phase", "prompt", "rank"), coords),
-        "kl": Named((probs[0] * (logp[0] - logp[1])).sum(-1), ("prompt",), coords),
+        "kl": Named(kl_divergence(logits[0], logits[1]), ("prompt",), coords),
         "total_variation": Named(0.5 * (probs[0] - probs[1]).abs().sum(-1), ("prompt",), coords),
     }
     if ctx.target_ids:
         arrays["target_probs"] = Named(probs[..., ctx.target_ids], ("phase", "prompt", "target"), coords)
     return arrays
+
+
+def intervention_result(record: ProbeRecord, description: str) -> InterventionResult:
+    """The default result of an intervention probe: before/after distributions and what was edited.
+    An edit that selected nothing is labelled a no-op, never reported as an edit."""
+    ctx = record.context
+    notes = [note for resolved in record.resolved for note in resolved.notes]
+    noop = bool(record.resolved) and all(resolved.is_noop() for resolved in record.resolved)
+    if noop:
+        description = f"{description} (no-op: nothing was edited)"
+    return InterventionResult(
+        arrays=distribution_arrays(record),
+        meta={"description": description, "interventions": record.interventions,
+              "edits": [resolved.intervention.to_dict() for resolved in record.resolved],
+              "notes": notes, "noop": noop, "readout": ctx.readout},
+    )
 
 
 @dataclass(repr=False)

@@ -16,6 +16,7 @@ from jaxtyping import Float
 from workbench import plots
 from workbench.errors import ProbeError
 from workbench.layers import resid_labels
+from workbench.metrics import kl_divergence
 from workbench.probes.base import Probe, ProbeRecord, RunContext
 from workbench.probes.registry import register_probe
 from workbench.results import Named, Result
@@ -38,15 +39,15 @@ class LogitLens(Probe):
     positions: list[int] | None = None
     name: ClassVar[str] = "logit_lens"
 
-    def _positions(self, ctx: RunContext) -> list[int]:
-        """Absolute positions read (all by default; a subset saves the unembedding of the others)."""
+    def prepare(self, ctx: RunContext) -> list[int]:
+        """The absolute positions read (all by default; a subset saves the unembedding of the others)."""
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= ctx.facts.d_vocab:
+            raise ProbeError(f"k={self.k!r} top tokens per layer: pass a whole number from 1 to the vocabulary "
+                             f"size ({ctx.facts.d_vocab}).")
         return position_indices(ctx.n_positions, self.positions)
 
-    def prepare(self, ctx: RunContext) -> None:
-        self._positions(ctx)
-
     def hooks(self, ctx: RunContext):
-        keep = self._positions(ctx)
+        keep = ctx.plan
 
         def save_as(key: str):
             def hook(resid: Float[torch.Tensor, "batch pos d_model"], hook: Any) -> None:
@@ -61,29 +62,21 @@ class LogitLens(Probe):
 
     @torch.no_grad()
     def result(self, record: ProbeRecord) -> LogitLensResult:
-        ctx = record.context
+        return self.read_layers(record, record.plan, self.unembed)
+
+    def read_layers(self, record: ProbeRecord, keep: list[int], read) -> LogitLensResult:
+        """Every saved residual row read into logits by ``read(model, resid)`` (a fitted lens passes its own)."""
+        ctx, phase = record.context, record.last_phase
         labels = resid_labels(ctx.facts.n_layers)
-        keep = self._positions(ctx)
-
-        def summarise(phase: str) -> LogitLensResult:
-            stack = [self.read(ctx.model, record.saved[phase][label], layer) for layer, label in enumerate(labels[:-1])]
-            stack.append(record.logits[phase][:, keep].float())
-            return self._summarise(ctx, stack, labels, keep)
-
-        result = summarise(record.last_phase)
-        if len(record.phases) > 1:
-            result.baseline = summarise("clean")
-        return result
-
-    def read(self, model, resid: Float[torch.Tensor, "batch pos d_model"], layer: int) -> Float[torch.Tensor, "batch pos vocab"]:
-        """Logits of residual row ``layer`` (0 = embeddings, i + 1 = after block i); a fitted lens translates first."""
-        return self.unembed(model, resid)
+        stack = [read(ctx.model, record.saved[phase][label], layer) if read is not self.unembed
+                 else read(ctx.model, record.saved[phase][label]) for layer, label in enumerate(labels[:-1])]
+        stack.append(record.logits[phase][:, keep].float())
+        return self._summarise(ctx, stack, labels, keep)
 
     @staticmethod
     def unembed(model, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos vocab"]:
         """The model's own final norm and unembedding applied to a residual stream."""
-        bridge = model.bridge
-        return bridge.unembed(bridge.ln_final(resid)).float()
+        return model.unembed(resid)
 
     def _summarise(self, ctx: RunContext, stack: list[torch.Tensor], labels: list[str], keep: list[int]) -> LogitLensResult:
         final_logp = stack[-1].log_softmax(-1)
@@ -94,7 +87,7 @@ class LogitLens(Probe):
             p, idx = logp.exp().topk(self.k, dim=-1)
             top_p.append(p)
             top_tok.append(decode_ids(ctx.model.tokenizer, idx))
-            kl.append((final_logp.exp() * (final_logp - logp)).sum(-1))
+            kl.append(kl_divergence(final_logp, logp))
             if len(target_ids):
                 target_logits = logits[..., target_ids]
                 t_prob.append(logp[..., target_ids].exp())
@@ -114,7 +107,7 @@ class LogitLens(Probe):
             arrays["target_probs"] = Named(torch.stack(t_prob, 1), dims + ("target",), coords)
             arrays["target_ranks"] = Named(torch.stack(t_rank, 1), dims + ("target",), coords)
         return LogitLensResult(
-            probe=self.name, model=ctx.facts.name, prompts=ctx.prompts, tokens=ctx.str_tokens, arrays=arrays,
+            arrays=arrays,
             meta={"readout": ctx.readout, "positions": keep, "k": self.k, "layer_convention": "embeddings, after block i (from 0), final"},
         )
 

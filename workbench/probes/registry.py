@@ -8,9 +8,8 @@ A third-party package exposes a probe class through the entry-point group ``work
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-
 from workbench.errors import ProbeError
+from workbench.plugins import load_entry_points, unknown
 
 ENTRY_POINT_GROUP = "workbench.probes"
 _REGISTRY: dict[str, type] = {}
@@ -30,16 +29,7 @@ def register_probe(cls: type) -> type:
 
 
 def _load_plugins() -> None:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY or ep.name in _PLUGIN_ERRORS:
-            continue
-        try:
-            cls = ep.load()
-            register_probe(cls)
-            if cls.name != ep.name:
-                _REGISTRY[ep.name] = cls
-        except Exception as exc:  # a broken plugin must not break the workbench
-            _PLUGIN_ERRORS[ep.name] = f"{type(exc).__name__}: {exc}"
+    load_entry_points(ENTRY_POINT_GROUP, _REGISTRY, _PLUGIN_ERRORS, register_probe, "probe")
 
 
 def available_probes() -> dict[str, type]:
@@ -59,5 +49,5 @@ def plugin_errors() -> dict[str, str]:
 def get_probe(name: str) -> type:
     probes = available_probes()
     if name not in probes:
-        raise ProbeError(f"Unknown probe {name!r}: available are {', '.join(sorted(probes))}.")
+        raise ProbeError(unknown("probe", name, probes, _PLUGIN_ERRORS))
     return probes[name]

@@ -8,7 +8,7 @@ the first layer at which some target token is in the top-k.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,28 +31,40 @@ class TunedLens(LogitLens):
 
     lens: str | Path | Lens | None = None
     name: ClassVar[str] = "tuned_lens"
-    _loaded: Lens | None = field(default=None, init=False, repr=False, compare=False)
 
-    def prepare(self, ctx: RunContext) -> None:
-        super().prepare(ctx)
+    def prepare(self, ctx: RunContext) -> tuple[list[int], Lens]:
+        """The positions read (as the logit lens) and the lens, loaded and checked against this run's model."""
+        keep = super().prepare(ctx)
         if self.lens is None:
             raise ProbeError("TunedLens needs a lens: pass lens=PATH (from `workbench lens fit`) or a Lens object.")
         if isinstance(self.lens, Lens):
             self.lens.check_model(ctx.model)
-            self._loaded = self.lens
-        else:
-            self._loaded = Lens.load(self.lens, ctx.model)
+            return keep, self.lens
+        return keep, Lens.load(self.lens, ctx.model)
 
-    def read(self, model, resid, layer: int):
-        return self._loaded.logits(model, resid, layer)
+    def hooks(self, ctx: RunContext):
+        keep, _ = ctx.plan
+        return LogitLens.hooks(self, _PlanView(ctx, keep))
 
-    def describe(self) -> str:
-        return f"{self.name} ({self._loaded.describe() if self._loaded else self.lens})"
+    def describe(self, plan: Any = None) -> str:
+        lens = plan[1] if plan is not None else self.lens
+        return f"{self.name} ({lens.describe() if isinstance(lens, Lens) else lens})"
 
     def result(self, record: ProbeRecord) -> TunedLensResult:
-        fitted = super().result(record)
-        plain = LogitLens(k=self.k, positions=self.positions).result(record)
-        return TunedLensResult.combine(fitted, plain, self._loaded)
+        keep, lens = record.plan
+        fitted = self.read_layers(record, keep, lens.logits)
+        plain = self.read_layers(record, keep, self.unembed)
+        return TunedLensResult.combine(fitted, plain, lens)
+
+
+class _PlanView:
+    """A run context whose ``plan`` is the logit lens' part of this probe's plan (the positions)."""
+
+    def __init__(self, ctx: RunContext, plan: list[int]) -> None:
+        self._ctx, self.plan = ctx, plan
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
 
 
 @dataclass(repr=False)

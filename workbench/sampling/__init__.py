@@ -13,6 +13,7 @@ from workbench.sampling.audit import (
     audit_figure,
     chi_square,
     exact_number_distribution,
+    exact_number_distributions,
     parse_answer,
     randomness_audit,
     secrets_histogram,
@@ -20,7 +21,7 @@ from workbench.sampling.audit import (
 from workbench.sampling.beam import Beam, BeamSearchResult, beam_search, sequence_logprob
 from workbench.sampling.bigram import BigramModel
 from workbench.sampling.explorer import TemperatureSweep, sweep_figure, temperature_sweep
-from workbench.sampling.generate import Generation, generate, identity_block_hooks
+from workbench.sampling.generate import Generation, generate, generation_chunks
 from workbench.sampling.lm import BridgeModel, NextTokenModel, as_next_token_model
 from workbench.sampling.monitors import DistributionStats, batch_stats, distribution_stats, entropy_bits
 from workbench.sampling.processors import (
@@ -35,14 +36,16 @@ from workbench.sampling.processors import (
     greedy,
     make_sampler,
     parse_sampler,
+    sample_seed,
 )
 
 __all__ = [
-    "AnomalousToken", "AnomalousTokens", "Beam", "BeamSearchResult", "BigramModel", "BridgeModel",
-    "DEFAULT_PROMPT", "DistributionStats", "Generation", "HistogramStats", "LogitsProcessor", "MinP",
-    "NextTokenModel", "RandomnessAudit", "RepetitionPenalty", "Sampler", "Temperature", "TemperatureSweep",
-    "TopK", "TopNSigma", "TopP", "as_next_token_model", "audit_figure", "batch_stats", "beam_search",
-    "centroid_distances", "chi_square", "distribution_stats", "entropy_bits", "exact_number_distribution",
-    "find_anomalous_tokens", "generate", "greedy", "identity_block_hooks", "make_sampler", "parse_answer",
-    "parse_sampler", "randomness_audit", "secrets_histogram", "sequence_logprob", "sweep_figure", "temperature_sweep",
+    "AnomalousToken", "AnomalousTokens", "as_next_token_model", "audit_figure", "batch_stats", "Beam",
+    "beam_search", "BeamSearchResult", "BigramModel", "BridgeModel", "centroid_distances", "chi_square",
+    "DEFAULT_PROMPT", "distribution_stats", "DistributionStats", "entropy_bits", "exact_number_distribution",
+    "exact_number_distributions", "find_anomalous_tokens", "generate", "Generation", "generation_chunks",
+    "greedy", "HistogramStats", "LogitsProcessor", "make_sampler", "MinP",
+    "NextTokenModel", "parse_answer", "parse_sampler", "randomness_audit", "RandomnessAudit",
+    "RepetitionPenalty", "sample_seed", "Sampler", "secrets_histogram", "sequence_logprob", "sweep_figure",
+    "Temperature", "temperature_sweep", "TemperatureSweep", "TopK", "TopNSigma", "TopP",
 ]

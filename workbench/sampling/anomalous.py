@@ -10,6 +10,7 @@ reports the overlap, and shows each found token's best probability at T = 1 on t
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,8 +20,9 @@ import torch
 from jaxtyping import Float
 
 from workbench.errors import SamplingError
+from workbench.sampling.checks import whole_number
 from workbench.sampling.generate import generate
-from workbench.sampling.lm import BridgeModel, as_next_token_model, prompt_tokens
+from workbench.sampling.lm import BridgeModel, as_next_token_model, check_context, prompt_tokens
 from workbench.sampling.processors import make_sampler
 
 DEFAULT_PROMPTS = (
@@ -118,11 +120,18 @@ def find_anomalous_tokens(
     seed: int | None = 0,
 ) -> AnomalousTokens:
     """Sample at ``temperature`` (< 0) from each prompt and locate the tokens that come out."""
-    if not float(temperature) < 0:
-        raise SamplingError(f"temperature is {temperature}: the finder samples at negative T (e.g. -0.001).")
+    if not (float(temperature) < 0 and math.isfinite(float(temperature))):
+        raise SamplingError(f"temperature is {temperature}: the finder samples at a finite negative T (e.g. -0.001).")
+    if isinstance(prompts, str):
+        prompts = [prompts]
     if not prompts:
         raise SamplingError("No prompt given: pass at least one prompt.")
+    max_new_tokens = whole_number("max_new_tokens", max_new_tokens, 1)
+    samples_per_prompt = whole_number("samples_per_prompt", samples_per_prompt, 1)
+    top = whole_number("top", top, 0)
     lm = as_next_token_model(model)
+    for prompt in prompts:  # refuse an over-long prompt before any sampling
+        check_context(lm, len(lm.encode(prompt)), max_new_tokens)
     distances = centroid_distances(lm)
     order = distances.argsort()
     ranks = torch.empty_like(order)

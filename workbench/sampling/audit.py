@@ -29,14 +29,29 @@ import numpy as np
 import torch
 from scipy.stats import chisquare
 
-from workbench.errors import SamplingError
-from workbench.sampling.generate import generate
-from workbench.sampling.lm import as_next_token_model, encode_continuation, prompt_tokens, single_token
+from tqdm.auto import tqdm
+
+from workbench.errors import BudgetError, SamplingError
+from workbench.memory import rows_per_batch
+from workbench.sampling.checks import whole_number
+from workbench.sampling.generate import generation_chunks
+from workbench.sampling.lm import (
+    as_next_token_model,
+    check_context,
+    encode_continuations,
+    forward_bytes_per_row,
+    model_device,
+    prompt_tokens,
+    single_token,
+)
 from workbench.sampling.monitors import entropy_bits
 from workbench.sampling.processors import Sampler, make_sampler, parse_sampler
 
 DEFAULT_PROMPT = "I'm generating a random number between [0, 9]. The number is "
 ANSWER = re.compile(r"\d+")
+DEFAULT_MAX_CONTEXTS = 100_000  # forward rows the exact law of a multi-token range may take without asking
+DRAW_CHUNK = 1 << 16  # first-token draws per call: fixed, so the draws never depend on the memory budget
+MAX_BARS = 100  # a wider range is drawn in bins
 
 
 @dataclass
@@ -245,36 +260,96 @@ def _starts_with_digit(lm) -> torch.Tensor:
     return mask
 
 
+def _require_contexts(contexts: int, values: Sequence[int], max_contexts: int, at_least: bool = False) -> None:
+    if contexts > max_contexts:
+        raise BudgetError(
+            f"The exact law over [{values[0]}, {values[-1]}] needs {'at least ' if at_least else ''}{contexts:,} forward rows "
+            f"(one per number prefix), more than max_contexts = {max_contexts:,}: narrow the range, or raise "
+            f"max_contexts (--max-contexts) to run them in batches under the memory budget."
+        )
+
+
+@torch.no_grad()
+def exact_number_distributions(
+    model: Any,
+    prompt: str,
+    values: Sequence[int],
+    samplers: Sequence[Sampler],
+    *,
+    max_contexts: int = DEFAULT_MAX_CONTEXTS,
+    progress: bool = False,
+) -> list[tuple[list[float], float]]:
+    """For each sampler: P(the continuation starts with exactly the digits of n) for each n, given a valid
+    answer, and the total probability of a valid answer.
+
+    The spellings of the numbers form a tree of prefixes; each prefix is one forward row, shared by every
+    sampler. Rows run level by level in batches under the memory budget, keeping only the prefix
+    probabilities of two levels, so memory does not grow with the range; more than ``max_contexts``
+    rows are refused up front (:class:`~workbench.errors.BudgetError`).
+    """
+    lm = as_next_token_model(model)
+    values = list(values)
+    samplers = list(samplers)
+    if not values or not samplers:
+        raise SamplingError("The exact law needs at least one value and one sampler.")
+    _require_contexts(len(values) + 1, values, max_contexts, at_least=True)
+    base = prompt_tokens(lm, prompt)[0]
+    spellings = [tuple(s) for s in encode_continuations(lm, [str(v) for v in values])]
+    levels: list[list[tuple[int, ...]]] = [[] for _ in range(max(len(s) for s in spellings) + 1)]
+    for prefix in sorted({s[:i] for s in spellings for i in range(len(s) + 1)}):
+        levels[len(prefix)].append(prefix)
+    _require_contexts(sum(len(level) for level in levels), values, max_contexts)
+    check_context(lm, len(base) + len(levels) - 1)
+    terminal = {s: i for i, s in enumerate(spellings)}
+    digit_start = _starts_with_digit(lm).to(base.device)
+    joint = np.zeros((len(samplers), len(values)))
+    mass = np.ones((1, len(samplers)))  # P(prefix) under each sampler, for the prefixes of the current level
+    bar = tqdm(total=sum(len(level) for level in levels), desc="exact law", unit="context", disable=not progress, leave=False)
+    for depth, nodes in enumerate(levels):
+        following = levels[depth + 1] if depth + 1 < len(levels) else []
+        position = {prefix: i for i, prefix in enumerate(following)}
+        extensions: dict[tuple[int, ...], list[int]] = {}
+        for prefix in following:
+            extensions.setdefault(prefix[:-1], []).append(prefix[-1])
+        next_mass = np.zeros((len(following), len(samplers)))
+        row_bytes = forward_bytes_per_row(lm, len(base) + depth) + lm.d_vocab * (4 * 2 + 40)
+        size = rows_per_batch(row_bytes, model_device(lm))
+        for start in range(0, len(nodes), size):
+            batch = nodes[start : start + size]
+            prefix_ids = torch.tensor(batch, dtype=torch.long, device=base.device).reshape(len(batch), depth)
+            rows = torch.cat([base.expand(len(batch), -1), prefix_ids], dim=1)
+            logits = lm.next_token_logits(rows).float()
+            children = [(i, token, position[prefix + (token,)]) for i, prefix in enumerate(batch) for token in extensions.get(prefix, [])]
+            ends = [(i, terminal[prefix]) for i, prefix in enumerate(batch) if prefix in terminal]
+            for k, sampler in enumerate(samplers):
+                probs = sampler.probs(logits, input_ids=rows).double()
+                parent = mass[start : start + len(batch), k]
+                if children:
+                    rows_i, tokens, targets = (list(x) for x in zip(*children))
+                    next_mass[targets, k] = parent[rows_i] * probs[rows_i, tokens].cpu().numpy()
+                if ends:
+                    rows_i, value_i = (list(x) for x in zip(*ends))
+                    non_digit = (1.0 - probs[rows_i][:, digit_start].sum(dim=-1)).cpu().numpy()
+                    joint[k, value_i] = np.maximum(parent[rows_i] * non_digit, 0.0)
+            bar.update(len(batch))
+        mass = next_mass
+    bar.close()
+    out = []
+    for row in joint:
+        total = float(row.sum())
+        out.append(([float(x) / total for x in row] if total > 0 else [0.0] * len(values), total))
+    return out
+
+
 @torch.no_grad()
 def exact_number_distribution(
-    model: Any, prompt: str, values: Sequence[int], sampler: Sampler | None = None
+    model: Any, prompt: str, values: Sequence[int], sampler: Sampler | None = None, *, max_contexts: int = DEFAULT_MAX_CONTEXTS
 ) -> tuple[list[float], float]:
     """P(the continuation starts with exactly the digits of n) for each n, under ``sampler`` (T=1 default).
 
     Returns the distribution given a valid answer, and the total probability of a valid answer.
     """
-    lm = as_next_token_model(model)
-    sampler = sampler or make_sampler(1.0)
-    base = prompt_tokens(lm, prompt)[0]
-    spellings = [encode_continuation(lm, str(v)) for v in values]
-    prefixes = sorted({tuple(s[:i]) for s in spellings for i in range(len(s) + 1)}, key=len)
-    digit_start = _starts_with_digit(lm).to(base.device)
-    probs: dict[tuple[int, ...], torch.Tensor] = {}
-    for length in sorted({len(p) for p in prefixes}):
-        group = [p for p in prefixes if len(p) == length]
-        rows = torch.stack([torch.cat([base, torch.tensor(p, dtype=torch.long, device=base.device)]) for p in group])
-        dist = sampler.probs(lm.next_token_logits(rows).float(), input_ids=rows).double()
-        for p, row in zip(group, dist):
-            probs[p] = row
-    joint = []
-    for s in spellings:
-        p = 1.0
-        for i, token in enumerate(s):
-            p *= float(probs[tuple(s[:i])][token])
-        p *= float(1.0 - probs[tuple(s)][digit_start].sum())
-        joint.append(max(p, 0.0))
-    total = sum(joint)
-    return ([j / total for j in joint] if total > 0 else [0.0] * len(joint)), total
+    return exact_number_distributions(model, prompt, values, [sampler or make_sampler(1.0)], max_contexts=max_contexts)[0]
 
 
 def parse_answer(text: str, values: Sequence[int]) -> int | None:
@@ -283,7 +358,8 @@ def parse_answer(text: str, values: Sequence[int]) -> int | None:
     if match is None:
         return None
     number = int(match.group())
-    return number if number in set(values) else None
+    allowed = values if isinstance(values, (range, set, frozenset, dict)) else set(values)
+    return number if number in allowed else None
 
 
 @torch.no_grad()
@@ -298,39 +374,65 @@ def randomness_audit(
     seed: int | None = 0,
     batch_size: int = 256,
     progress: bool = False,
+    max_contexts: int = DEFAULT_MAX_CONTEXTS,
 ) -> RandomnessAudit:
     """Ask ``model`` for a number in [low, high] ``samples`` times under each sampler and test the answers.
 
     ``method`` is ``auto`` (first-token when every number is one token, else generate),
     ``first-token`` or ``generate``. String samplers are parsed with :func:`parse_sampler` and seeded
-    ``seed + i`` unless they name their own seed.
+    ``seed + i`` unless they name their own seed. Answer *j* of a sampler is drawn from its own random
+    stream (seed, *j*), so ``batch_size`` (rows per forward) never changes the answers. Memory stays
+    bounded whatever ``samples`` and the range are; an exact law needing more than ``max_contexts``
+    forward rows is refused up front.
     """
     lm = as_next_token_model(model)
-    if samples < 1:
-        raise SamplingError(f"samples is {samples}: ask for at least 1 answer.")
+    samples = whole_number("samples", samples, 1)
+    batch_size = whole_number("batch_size", batch_size, 1)
+    max_contexts = whole_number("max_contexts", max_contexts, 1)
+    for name, bound in (("low", low), ("high", high)):
+        if isinstance(bound, bool) or not isinstance(bound, (int, np.integer)):
+            raise SamplingError(f"{name} is {bound!r}: pass whole numbers 0 ≤ low ≤ high.")
     if low < 0 or high < low:
         raise SamplingError(f"The range [{low}, {high}] is not valid: pass 0 ≤ low ≤ high.")
-    values = list(range(int(low), int(high) + 1))
-    chosen = _resolve_samplers(samplers, seed)
-    value_tokens = [single_token(lm, str(v)) for v in values]
-    one_token = all(t is not None for t in value_tokens)
     if method not in ("auto", "first-token", "generate"):
         raise SamplingError(f"Unknown method {method!r}: use auto, first-token or generate.")
-    if method == "first-token" and not one_token:
-        split = [v for v, t in zip(values, value_tokens) if t is None][:5]
-        raise SamplingError(f"Numbers such as {split} are several tokens for {lm.name}: use method='generate'.")
-    method = ("first-token" if one_token else "generate") if method == "auto" else method
+    chosen = _resolve_samplers(samplers, seed)
     base = prompt_tokens(lm, prompt)
+    n_values = int(high) - int(low) + 1
+    one_token, value_tokens = False, []
+    if n_values <= lm.d_vocab and method != "generate":  # more numbers than tokens cannot all be one token
+        value_tokens = [single_token(lm, str(v)) for v in range(int(low), int(high) + 1)]
+        one_token = all(t is not None for t in value_tokens)
+    if method == "first-token" and not one_token:
+        split = [low + i for i, t in enumerate(value_tokens) if t is None][:5]
+        if split:
+            raise SamplingError(f"Numbers such as {split} are several tokens for {lm.name}: use method='generate'.")
+        raise SamplingError(
+            f"The {n_values:,} numbers cannot all be single tokens of {lm.name}'s {lm.d_vocab:,}-token vocabulary: use method='generate'."
+        )
+    method = ("first-token" if one_token else "generate") if method == "auto" else method
+    if method == "generate":
+        _require_contexts(n_values + 1, [low, high], max_contexts, at_least=True)
+    values = list(range(int(low), int(high) + 1))
     if method == "first-token":
+        check_context(lm, base.shape[1], 1)
         logits = lm.next_token_logits(base).float()
         model_probs = logits.softmax(dim=-1)[0]
         ids = torch.tensor(value_tokens, device=logits.device)
         model_valid = float(model_probs[ids].sum())
         model_exact = (model_probs[ids] / model_valid).tolist() if model_valid > 0 else [0.0] * len(values)
-        results = [_first_token_stats(lm, s, logits, base, ids, values, samples) for s in chosen]
+        results = [_first_token_stats(lm, s, logits, base, ids, values, samples, progress) for s in chosen]
     else:
-        model_exact, model_valid = exact_number_distribution(lm, prompt, values)
-        results = [_generated_stats(lm, s, prompt, values, samples, batch_size, progress) for s in chosen]
+        longest = max(len(s) for s in encode_continuations(lm, [str(v) for v in values]))
+        check_context(lm, base.shape[1], longest + 1)  # the answers are generated: digits, then one more token
+        laws = exact_number_distributions(
+            lm, prompt, values, [make_sampler(1.0), *chosen], max_contexts=max_contexts, progress=progress
+        )
+        model_exact, model_valid = laws[0]
+        results = [
+            _generated_stats(lm, s, law, prompt, values, longest, samples, batch_size, progress)
+            for s, law in zip(chosen, laws[1:])
+        ]
     return RandomnessAudit(
         model=lm.name,
         prompt=prompt,
@@ -344,48 +446,54 @@ def randomness_audit(
     )
 
 
-def _first_token_stats(lm, sampler: Sampler, logits, base, ids, values, samples) -> HistogramStats:
+def _first_token_stats(lm, sampler: Sampler, logits, base, ids, values, samples, progress) -> HistogramStats:
+    """``samples`` draws of the first token, ``DRAW_CHUNK`` at a time from one seeded generator: only the
+    counts are kept, so memory does not grow with ``samples``."""
     probs = sampler.probs(logits, input_ids=base)[0].double()
     valid_mass = float(probs[ids].sum())
     exact = (probs[ids] / valid_mass).tolist() if valid_mass > 0 else None
-    draws = sampler.sample(logits, input_ids=base, num_samples=samples)[0]
-    position = {int(t): i for i, t in enumerate(ids.tolist())}
-    counts = [0] * len(values)
-    failed_tokens = []
-    for token in draws.tolist():
-        if token in position:
-            counts[position[token]] += 1
-        else:
-            failed_tokens.append(token)
-    examples = [lm.decode([t]) for t in dict.fromkeys(failed_tokens)]
-    return histogram_stats(sampler.describe(), counts, len(failed_tokens), exact, valid_mass, examples)
+    generator = sampler.new_generator(logits.device)
+    counts = torch.zeros(lm.d_vocab, dtype=torch.long, device=logits.device)
+    with tqdm(total=samples, desc=sampler.describe(), unit="draw", disable=not progress, leave=False) as bar:
+        for start in range(0, samples, DRAW_CHUNK):
+            k = min(DRAW_CHUNK, samples - start)
+            draws = sampler.sample(logits, input_ids=base, num_samples=k, generator=generator)[0]
+            counts += torch.bincount(draws, minlength=lm.d_vocab)
+            bar.update(k)
+    valid = counts[ids]
+    counts[ids] = 0
+    failed_ids = [int(t) for t in counts.argsort(descending=True, stable=True)[:5] if counts[t] > 0]
+    examples = [lm.decode([t]) for t in failed_ids]
+    return histogram_stats(sampler.describe(), valid.tolist(), int(counts.sum()), exact, valid_mass, examples)
 
 
-def _generated_stats(lm, sampler: Sampler, prompt, values, samples, batch_size, progress) -> HistogramStats:
-    exact, valid_mass = exact_number_distribution(lm, prompt, values, sampler)
-    longest = max(len(encode_continuation(lm, str(v))) for v in values)
+def _generated_stats(lm, sampler: Sampler, law, prompt, values, longest, samples, batch_size, progress) -> HistogramStats:
+    """Generate ``samples`` answers chunk by chunk and keep only the counts and five failed examples."""
+    exact, valid_mass = law
+    valid = range(values[0], values[-1] + 1)
     non_digit = (~_starts_with_digit(lm)).nonzero()[:, 0].tolist()
-    generation = generate(
-        lm, prompt, sampler, max_new_tokens=longest + 1, stop=non_digit, n=samples,
-        stop_at_eos=True, batch_size=batch_size, progress=progress,
-    )
     counts = [0] * len(values)
     index = {v: i for i, v in enumerate(values)}
-    failed = []
-    for text in generation.texts:
-        answer = parse_answer(text, values)
-        if answer is None:
-            failed.append(text)
-        else:
-            counts[index[answer]] += 1
-    return histogram_stats(
-        sampler.describe(), counts, len(failed), exact if valid_mass > 0 else None, valid_mass, list(dict.fromkeys(failed))
-    )
+    failed, examples = 0, {}
+    for chunk in generation_chunks(
+        lm, prompt, sampler, max_new_tokens=longest + 1, stop=non_digit, n=samples,
+        stop_at_eos=True, batch_size=batch_size, progress=progress,
+    ):
+        for text in chunk.texts:
+            answer = parse_answer(text, valid)
+            if answer is None:
+                failed += 1
+                if len(examples) < 5:
+                    examples.setdefault(text, None)
+            else:
+                counts[index[answer]] += 1
+    return histogram_stats(sampler.describe(), counts, failed, exact if valid_mass > 0 else None, valid_mass, list(examples))
 
 
 def audit_figure(audit: RandomnessAudit):
     """Histograms side by side: the model's exact distribution, each sampler's answers (exact law as
-    markers), ``secrets``, each with the uniform level as a dashed line."""
+    markers), ``secrets``, each with the uniform level as a dashed line. A range of more than
+    ``MAX_BARS`` numbers is drawn in equal bins of consecutive numbers (each bar: the bin's total)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -394,20 +502,32 @@ def audit_figure(audit: RandomnessAudit):
     panels.append(("secrets.randbelow", audit.secrets.frequencies, None))
     titles = [label if len(label) < 32 else label[:29] + "…" for label, _, _ in panels]
     fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
-    x = [str(v) for v in audit.values]
-    uniform = 1.0 / len(audit.values)
+    values = audit.values
+    width = -(-len(values) // MAX_BARS)
+    bins = [(i, min(i + width, len(values))) for i in range(0, len(values), width)]
+    x = [str(values[a]) if b - a == 1 else f"{values[a]}–{values[b - 1]}" for a, b in bins]
+    uniform = [(b - a) / len(values) for a, b in bins]
+
+    def binned(heights):
+        return heights if width == 1 else [float(sum(heights[a:b])) for a, b in bins]
+
     for col, (label, heights, exact) in enumerate(panels, start=1):
-        fig.add_trace(go.Bar(x=x, y=heights, name=label, showlegend=False, marker_color="#4C78A8" if col > 1 else "#F58518"), row=1, col=col)
+        fig.add_trace(go.Bar(x=x, y=binned(heights), name=label, showlegend=False, marker_color="#4C78A8" if col > 1 else "#F58518"), row=1, col=col)
         if exact is not None:
             fig.add_trace(
-                go.Scatter(x=x, y=exact, mode="markers", marker=dict(symbol="line-ew-open", size=14, color="black"),
+                go.Scatter(x=x, y=binned(exact), mode="markers", marker=dict(symbol="line-ew-open", size=14, color="black"),
                            name="exact law of the sampler", showlegend=col == 2),
                 row=1, col=col,
             )
-        fig.add_hline(y=uniform, line_dash="dash", line_color="gray", row=1, col=col)
-    fig.update_yaxes(title_text="probability / frequency", row=1, col=1)
+        if width == 1:
+            fig.add_hline(y=uniform[0], line_dash="dash", line_color="gray", row=1, col=col)
+        else:
+            fig.add_trace(go.Scatter(x=x, y=uniform, mode="lines", line=dict(dash="dash", color="gray"), showlegend=False,
+                                     name="uniform"), row=1, col=col)
+    fig.update_yaxes(title_text="probability / frequency" + ("" if width == 1 else f" per bin of {width}"), row=1, col=1)
+    binning = "" if width == 1 else f"; bins of {width} numbers"
     fig.update_layout(
-        title=f"Is {audit.model}'s random number random? {audit.samples} answers per source; dashed: uniform",
+        title=f"Is {audit.model}'s random number random? {audit.samples} answers per source; dashed: uniform{binning}",
         bargap=0.15, height=380, width=max(700, 260 * len(panels)), template="plotly_white",
     )
     return fig

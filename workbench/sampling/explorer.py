@@ -14,9 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from workbench.errors import SamplingError
-from workbench.sampling.lm import as_next_token_model, prompt_tokens, single_token
+from workbench.memory import format_bytes, require_within_budget
+from workbench.sampling.checks import whole_number
+from workbench.sampling.lm import as_next_token_model, check_context, model_device, prompt_tokens, single_token
 from workbench.sampling.processors import MinP, Temperature, TopK, TopNSigma, TopP
 from workbench.sampling.audit import DEFAULT_PROMPT
 
@@ -46,7 +49,23 @@ class TemperatureSweep:
 
 
 def default_temperatures(n: int = 41, bound: float = 2.0) -> list[float]:
-    return [float(t) for t in np.round(np.linspace(-bound, bound, n), 6)]
+    return temperature_grid(-bound, bound, n)
+
+
+def temperature_grid(low: float, high: float, steps: int) -> list[float]:
+    """``steps`` evenly spaced temperatures from ``low`` to ``high`` (an odd count over a symmetric range keeps T = 0)."""
+    steps = whole_number("steps", steps, 1)
+    for name, value in (("The lowest temperature", low), ("The highest temperature", high)):
+        if not np.isfinite(float(value)):
+            raise SamplingError(f"{name} is {value}: pass a finite number (the sweep spans finite temperatures).")
+    if float(low) > float(high):
+        raise SamplingError(f"The sweep runs from {low:g} to {high:g}: pass the lower temperature first.")
+    return [float(t) for t in np.round(np.linspace(float(low), float(high), steps), 6)]
+
+
+def _bytes_per_temperature(n_tokens: int, n_rules: int) -> int:
+    """What one temperature of the sweep keeps: probabilities and kept flags as Python lists."""
+    return 64 + n_tokens * 40 + n_rules * (40 + n_tokens * 16)
 
 
 @torch.no_grad()
@@ -60,6 +79,7 @@ def temperature_sweep(
     top_p: float = 0.9,
     top_n_sigma: float = 1.0,
     min_p: float = 0.1,
+    progress: bool = False,
 ) -> TemperatureSweep:
     """Apply every T to the prompt's next-token logits (one forward) and record probabilities and kept sets.
 
@@ -71,13 +91,22 @@ def temperature_sweep(
     if not temps:
         raise SamplingError("No temperature given: pass at least one (e.g. -2 … 2).")
     texts = [str(d) for d in range(10)] if tokens is None else list(tokens)
+    if not texts:
+        raise SamplingError("No token given: pass at least one single-token text (default: the digits).")
+    per_step = _bytes_per_temperature(len(texts), 4)
+    require_within_budget(
+        len(temps) * per_step, f"A sweep over {len(temps):,} temperatures",
+        f"pass fewer temperatures (each keeps about {format_bytes(per_step)})", model_device(lm),
+    )
     ids = []
     for text in texts:
         token = single_token(lm, text)
         if token is None:
             raise SamplingError(f"{text!r} is several tokens for {lm.name}: pass single-token texts.")
         ids.append(token)
-    logits = lm.next_token_logits(prompt_tokens(lm, prompt))[0].float()
+    prompt_row = prompt_tokens(lm, prompt)
+    check_context(lm, prompt_row.shape[1])
+    logits = lm.next_token_logits(prompt_row)[0].float()
     index = torch.tensor(ids, device=logits.device)
     rules = {
         f"top-k (k={top_k})": TopK(top_k),
@@ -88,7 +117,7 @@ def temperature_sweep(
     probs, mass = [], []
     kept = {name: [] for name in rules}
     kept_tokens = {name: [] for name in rules}
-    for t in temps:
+    for t in tqdm(temps, desc="temperatures", disable=not progress or len(temps) < 200, leave=False):
         scaled = Temperature(t)(logits)
         full = scaled.softmax(dim=-1)
         mass.append(float(full[index].sum()))

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 
 from workbench.errors import SamplingError
+from workbench.memory import rows_per_batch
 
 
 @runtime_checkable
@@ -42,6 +43,7 @@ class BridgeModel:
         self.model = model
         self.name = model.facts.name
         self.d_vocab = int(model.facts.d_vocab)
+        self.n_ctx = int(model.facts.n_ctx)
         self.eos_token_id = model.tokenizer.eos_token_id
 
     @property
@@ -57,7 +59,9 @@ class BridgeModel:
         return self.model.device
 
     def encode(self, text: str) -> list[int]:
-        return self.model.to_tokens(text)[0].tolist()
+        """The model's BOS convention, never truncated: a prompt too long for the context is refused later."""
+        ids = self.model.bridge.to_tokens(text, prepend_bos=self.model.facts.prepend_bos, truncate=False)
+        return ids[0].tolist()
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.model.tokenizer.decode(list(ids))
@@ -71,6 +75,12 @@ class BridgeModel:
 
     def next_token_logits(self, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch vocab"]:
         return self.logits(tokens)[:, -1, :].float()
+
+    def bytes_per_row(self, length: int) -> int:
+        """Peak bytes of one row of a forward over ``length`` tokens: the bridge's logits at every position
+        (float32, and a copy), the residual stream and MLP activations of a block, and one attention pattern."""
+        f = self.model.facts
+        return int(length * (self.d_vocab * 8 + f.d_model * 4 * 16) + f.n_heads * length * length * 8)
 
     def hooked(self, fwd_hooks: list | None) -> AbstractContextManager:
         """TransformerLens hooks for the duration of a ``with`` block; always removed afterwards."""
@@ -96,6 +106,45 @@ def as_next_token_model(model: Any) -> NextTokenModel:
     )
 
 
+def forward_bytes_per_row(lm: NextTokenModel, length: int) -> int:
+    """Peak bytes one row of ``next_token_logits`` takes (the model's own estimate, else its logits)."""
+    if hasattr(lm, "bytes_per_row"):
+        return int(lm.bytes_per_row(length))
+    return int(lm.d_vocab * 8 + length * 8)
+
+
+def next_token_logits_batched(
+    lm: NextTokenModel, tokens: Int[torch.Tensor, "batch pos"], progress: Any = None
+) -> Float[torch.Tensor, "batch vocab"]:
+    """``next_token_logits`` run a memory-budget-sized batch of rows at a time (rows never interact)."""
+    size = rows_per_batch(forward_bytes_per_row(lm, tokens.shape[1]), model_device(lm))
+    if tokens.shape[0] <= size:
+        return lm.next_token_logits(tokens).float()
+    return torch.cat([lm.next_token_logits(tokens[i : i + size]).float() for i in range(0, tokens.shape[0], size)])
+
+
+def context_length(lm: NextTokenModel) -> int | None:
+    """The longest sequence the model reads (``n_ctx``), or None when it has no limit (a bigram)."""
+    n_ctx = getattr(lm, "n_ctx", None)
+    return None if n_ctx is None else int(n_ctx)
+
+
+def check_context(lm: NextTokenModel, prompt_length: int, new_tokens: int = 0) -> None:
+    """Refuse a prompt that, with ``new_tokens`` more, would not fit the model's context: never cut it silently."""
+    n_ctx = context_length(lm)
+    if n_ctx is None or prompt_length + new_tokens <= n_ctx:
+        return
+    if new_tokens:
+        raise SamplingError(
+            f"The prompt is {prompt_length} tokens and {new_tokens} new tokens would make {prompt_length + new_tokens}, "
+            f"more than {lm.name}'s context of {n_ctx} tokens: shorten the prompt or ask for at most "
+            f"{max(n_ctx - prompt_length, 0)} new tokens."
+        )
+    raise SamplingError(
+        f"The prompt is {prompt_length} tokens, more than {lm.name}'s context of {n_ctx} tokens: shorten it to at most {n_ctx}."
+    )
+
+
 def model_device(lm: NextTokenModel) -> torch.device:
     return torch.device(getattr(lm, "device", "cpu"))
 
@@ -108,6 +157,13 @@ def single_token(lm: NextTokenModel, text: str) -> int | None:
     """The id of ``text`` as exactly one token (no BOS), or None when it splits."""
     ids = encode_continuation(lm, text)
     return ids[0] if len(ids) == 1 else None
+
+
+def encode_continuations(lm: NextTokenModel, texts: Sequence[str]) -> list[list[int]]:
+    """:func:`encode_continuation` of many texts (one batched tokenizer call for a workbench Model)."""
+    if isinstance(lm, BridgeModel) and texts:
+        return [list(ids) for ids in lm.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    return [encode_continuation(lm, t) for t in texts]
 
 
 def encode_continuation(lm: NextTokenModel, text: str) -> list[int]:

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 
@@ -208,18 +209,47 @@ class RepetitionPenalty:
         return f"repetition_penalty={self.penalty:g}"
 
 
+SEED_LIMIT = 1 << 63
+
+
+def check_seed(seed: int | None) -> int | None:
+    """A seed is None (fresh randomness) or a whole number in [0, 2**63)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < SEED_LIMIT:
+        raise SamplingError(f"seed is {seed!r}: pass a whole number from 0 to 2**63 - 1 (or none for fresh randomness).")
+    return int(seed)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index``'s own random stream, derived from (``seed``, ``index``) alone.
+
+    Sample 0 uses ``seed`` itself, so one sample equals transformers' ``generate`` after
+    ``torch.manual_seed(seed)``; the others hash (seed, index) with numpy's ``SeedSequence``. Because a
+    sample's draws depend on nothing else, they do not change with the batch size or the chunking.
+    """
+    if index == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 @dataclass
 class Sampler:
     """An ordered chain of processors and a draw: ``greedy`` takes the argmax, otherwise a multinomial.
 
-    ``seed`` makes draws reproducible: every call of :meth:`sample` (and every :func:`generate`) starts
-    a fresh ``torch.Generator`` from it, so the same inputs give the same tokens.
+    ``seed`` makes draws reproducible: every call of :meth:`sample` starts a fresh ``torch.Generator``
+    from it, and :func:`~workbench.sampling.generate.generate` gives sample *i* its own generator seeded
+    :func:`sample_seed(seed, i) <sample_seed>`, so the same seed gives the same samples whatever the
+    batch size.
     """
 
     processors: list = field(default_factory=list)
     greedy: bool = False
     seed: int | None = None
     name: str | None = None
+
+    def __post_init__(self) -> None:
+        self.seed = check_seed(self.seed)
 
     def process(
         self, logits: Float[torch.Tensor, "*batch vocab"], input_ids: Int[torch.Tensor, "*batch pos"] | None = None
@@ -264,6 +294,28 @@ class Sampler:
             draws = torch.multinomial(flat.softmax(dim=-1), n, replacement=True, generator=gen)
         shape = processed.shape[:-1]
         return draws.reshape(shape) if num_samples is None else draws.reshape(*shape, n)
+
+    def sample_generators(self, indices, device: torch.device | str = "cpu") -> list[torch.Generator] | None:
+        """One generator per sample index (seeded :func:`sample_seed`), or None when unseeded or greedy."""
+        if self.seed is None or self.greedy:
+            return None
+        return [torch.Generator(device=device).manual_seed(sample_seed(self.seed, int(i))) for i in indices]
+
+    def sample_rows(
+        self,
+        logits: Float[torch.Tensor, "batch vocab"],
+        input_ids: Int[torch.Tensor, "batch pos"] | None = None,
+        generators: list[torch.Generator] | None = None,
+    ) -> Int[torch.Tensor, "batch"]:
+        """One token per row, row *i* drawn with ``generators[i]`` (its sample's own stream)."""
+        if generators is None:
+            return self.sample(logits, input_ids)
+        processed = self.process(logits, input_ids)
+        if self.greedy:
+            return processed.argmax(dim=-1)
+        probs = processed.softmax(dim=-1)
+        draws = [torch.multinomial(probs[i : i + 1], 1, generator=g)[0, 0] for i, g in enumerate(generators)]
+        return torch.stack(draws) if draws else torch.empty(0, dtype=torch.long, device=logits.device)
 
     def __call__(self, logits, input_ids=None, generator=None):
         return self.sample(logits, input_ids, generator=generator)

@@ -1,10 +1,11 @@
-"""The founding study: is an LLM's "random number between [0, 9]" random? (MISSION.md, sections 1–7)
+"""The founding study: is an LLM's "random number between [0, 9]" random? (sections 1–7 of the study)
 
-:func:`run_study` reproduces every experiment with the core probes and returns a
-:class:`StudyResult` (numbers, probe results, captioned figures); :mod:`workbench.studies.report`
-writes it out. Options default to the study's values (block 21, patch at blocks 6 and 14, mask from
-block 13); on a model with fewer blocks they scale to the same relative depth and say so, while a
-block given explicitly must exist.
+:func:`run_study` reproduces every experiment with the core probes and returns a :class:`StudyResult`
+(numbers, probe results, captioned figures) in two stages: :func:`measure` (every number, as a record)
+and :func:`study_figures` (drawn from the record alone, so ``workbench report`` can redraw a saved
+study); :mod:`workbench.studies.report` writes it out. Options default to the study's values (block
+21, patch at blocks 6 and 14, mask from block 13); on a model with fewer blocks they scale to the
+same relative depth and say so, while a block given explicitly must exist.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 
 from workbench import plots
 from workbench.errors import TokenError, WorkbenchError
-from workbench.layers import resid_labels, resolve_blocks, scale_block
+from workbench.layers import resid_labels, resolve_blocks
+from workbench.metrics import kl_divergence
 from workbench.models import Model
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens
 from workbench.run import run
@@ -47,6 +49,20 @@ SWEEP_PROMPTS = (
     "I'm generating a random number between [0, 5]. The number is ",
     "I'm not generating a random number. The number is ",
 )
+
+
+STUDY_N_LAYERS = 24  # Qwen2.5-0.5B-Instruct, the model of the source study
+
+
+def scale_block(study_block: int, n_layers: int) -> int:
+    """A study block on a model at least as deep as the study's; on a shallower one, the same relative depth.
+
+    Every default scales together on a shallower model (never some kept and some scaled), so the
+    study's order survives: blocks 6, 14, 21 stay in that order on an 8-block model (2, 4, 6).
+    """
+    if n_layers >= STUDY_N_LAYERS:
+        return study_block
+    return min(n_layers - 1, round(study_block * (n_layers - 1) / (STUDY_N_LAYERS - 1)))
 
 
 @dataclass
@@ -106,7 +122,12 @@ def read_prompts_file(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise WorkbenchError(f"Prompt file {path} does not exist: pass a text file with one prompt per line.")
-    lines = [line.rstrip("\n") for line in path.read_text().splitlines()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(f"Prompt file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8.") from None
+    except OSError as exc:
+        raise WorkbenchError(f"Prompt file {path} cannot be read ({exc.strerror}): check its permissions.") from None
     prompts = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise WorkbenchError(f"Prompt file {path} holds no prompt: write one prompt per line.")
@@ -175,155 +196,141 @@ def above(dist: dict[str, float], threshold: str) -> float:
 
 
 def run_study(model: Model, options: StudyOptions | None = None, progress: Callable[[str], None] | None = None) -> StudyResult:
-    """Run sections 1–7 of the study on ``model``; ``progress(step)`` is called before each step."""
+    """Run sections 1–7 of the study on ``model``; ``progress(step)`` is called before each step.
+
+    Two stages: :func:`measure` computes every number and probe result (the record); the figures
+    are drawn from that record alone (:func:`study_figures`), which is how ``workbench report``
+    redraws a study from its ``results.json`` without the model.
+    """
     options = options or StudyOptions()
     plan = plan_study(model, options)
     step = progress or (lambda _: None)
-    facts, n = model.facts, model.facts.n_layers
+    record, results = measure(model, options, plan, step)
+    step("figures")
+    return StudyResult(record=record, figures=study_figures(record, results), results=results, plan=plan)
+
+
+# --- measuring: each step returns data ----------------------------------------------------------------
+
+
+def measure(model: Model, options: StudyOptions, plan: Plan, step: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every number of the study (the record written to ``results.json``) and the probe results behind them."""
     digit_ids = digit_token_ids(model)
-    prompt, bound, src = options.prompt, options.bound, options.source_bound
-    figures: list[Figure] = []
-    results: dict[str, Any] = {}
+    prompt = options.prompt
 
-    def add(key, section, title, caption, fig):
-        figures.append(Figure(key, title, caption, fig, section))
-
-    # 1. Output distribution of the source prompts (and any extra ones).
     step("digit distributions")
+    dists = prompt_distributions(model, [GENERATE_PROMPT, prompt, *options.extra_prompts], digit_ids)
+
+    step("logit lens and attention")
+    observed = run(model, prompt, [LogitLens(k=options.top_k), AttentionCapture()], targets=list(DIGITS))
+    lens, attention = observed["logit_lens"], observed["attention"]
+    clean = digit_distribution(observed.probs()[0], digit_ids)
+    clean_logits = observed.logits["clean"]
+
+    step(f"block {plan.block} as the identity")
+    identity = run(model, prompt, BlockReplacement(blocks=[plan.block]), clean_logits=clean_logits,
+                   targets=list(DIGITS))["block_replacement"]
+    step("identity sweep over every block")
+    sweep_rows = identity_sweep(model, prompt, clean, clean_logits, digit_ids)
+
+    step("patching and masking")
+    edits = interventions(model, prompt, plan, clean_logits)
+
+    step("prompt sweep")
+    sweep = prompt_sweep(model, plan.sweep_prompts, digit_ids)
+
+    results = {"logit_lens": lens, "attention": attention, "identity": identity, **edits}
+    record = make_record(model, options, plan, dists, clean, results, sweep_rows, sweep)
+    return record, results
+
+
+def prompt_distributions(model: Model, prompts: list[str], digit_ids: list[int]) -> dict[str, dict[str, float]]:
+    """Section 1: the digits' next-token probabilities at the last position of each (distinct) prompt."""
     dists = {}
-    for text in dict.fromkeys([GENERATE_PROMPT, prompt, *options.extra_prompts]):
+    for text in dict.fromkeys(prompts):
         probs = model.logits(to_tokens(model, text))[0, -1].float().softmax(-1)
         dists[text] = digit_distribution(probs, digit_ids)
-    add("distributions", "1. Output distribution", "Digit probabilities per prompt",
-        "Probability of each digit token as the next token, at the last position of each prompt. A uniform "
-        "generator would give 0.1 to each digit.",
-        plots.bars({_short(t): list(d.values()) for t, d in dists.items()}, labels=list(DIGITS),
-                   title=f"Next-token probability of each digit ({facts.name})", x_title="digit", y_title="probability"))
+    return dists
 
-    # 2 + 4. Logit lens and attention capture: one pass, observers only.
-    step("logit lens and attention")
-    observed = run(model, prompt, [LogitLens(k=options.top_k), AttentionCapture()])
-    lens, attention = observed["logit_lens"], observed["attention"]
-    results.update(logit_lens=lens, attention=attention)
-    clean = digit_distribution(observed.probs()[0], digit_ids)
-    add("lens_top_tokens", "2. Logit lens", "Top-1 token per layer and position", (
-        "Each residual stream (rows: embeddings, after block i counted from 0, final output) read through the "
-        "final norm and the unembedding; the cell shows the most likely token and its probability."),
-        lens.figure("top_tokens"))
-    add("lens_digits", "2. Logit lens", "Digit probability per layer",
-        "Probability of each digit at the last position, per residual stream: digits appear only in late blocks.",
-        lens.figure("targets"))
-    add("lens_ranks", "2. Logit lens", "Rank of each digit per layer",
-        "Rank of each digit among all tokens (0 = most likely) at the last position, per residual stream.",
-        lens.figure("ranks"))
 
-    # 3. Identity block, and a sweep replacing each block in turn.
-    step(f"block {plan.block} as the identity")
-    clean_logits = observed.logits["clean"]
-    identity = run(model, prompt, BlockReplacement(blocks=[plan.block]), clean_logits=clean_logits)["block_replacement"]
-    results["identity"] = identity
-    add("identity", "3. Identity block", f"Block {plan.block} replaced by the identity",
-        f"Digit probabilities at the last position with block {plan.block}'s output set equal to its input.",
-        identity.figure("distribution"))
-    step("identity sweep over every block")
-    sweep_rows = []
+def identity_sweep(model: Model, prompt: str, clean: dict[str, float], clean_logits: torch.Tensor,
+                   digit_ids: list[int]) -> list[dict[str, Any]]:
+    """Section 3: each block in turn replaced by the identity; KL of the digits (bits) and of the full output."""
+    rows = []
     clean_digits = torch.tensor(list(clean.values()))
-    for b in range(n):
-        replaced = run(model, prompt, BlockReplacement(blocks=[b]), clean_logits=clean_logits)
+    for b in range(model.facts.n_layers):
+        replaced = run(model, prompt, BlockReplacement(blocks=[b]), clean_logits=clean_logits, targets=list(DIGITS))
         moved = torch.tensor(list(digit_distribution(replaced.probs()[0], digit_ids).values()))
-        sweep_rows.append({"block": b, "kl_digits": _kl(clean_digits, moved),
-                           "kl_full": float(replaced["block_replacement"]["kl"].numpy()[0])})
-    ranked = sorted(sweep_rows, key=lambda r: -r["kl_digits"])
-    add("identity_sweep", "3. Identity block", "Which block moves the digit distribution most",
-        "KL divergence (bits) between the clean digit distribution and the one with each block replaced by the "
-        "identity (digits renormalised over the ten).",
-        plots.bars({"KL(clean ‖ replaced), digits": [r["kl_digits"] for r in sweep_rows]},
-                   labels=[f"block {r['block']}" for r in sweep_rows],
-                   title=f"Identity replacement of each block ({facts.name})", x_title="block replaced",
-                   y_title="KL (bits)"))
+        # The digits renormalised over the ten: log-probabilities are logits the one KL renormalises.
+        kl_digits = kl_divergence(clean_digits.clamp_min(1e-30).log(), moved.clamp_min(1e-30).log(), bits=True)
+        rows.append({"block": b, "kl_digits": float(kl_digits),
+                     "kl_full": float(replaced["block_replacement"]["kl"].numpy()[0])})
+    return rows
 
-    # 4. Attention per head: figures per block, sink share, attention to the bound.
-    step("attention figures")
-    display = dict(hide_sink=options.hide_sink, hide_diagonal=options.hide_diagonal, renormalise=options.hide_sink)
-    for b in range(n):
-        add(f"attention_block_{b}", "4. Attention per head", f"Block {b}: attention per query head",
-            f"Query × key attention of each head of block {b}, titled with the key/value group it reads"
-            + (" (first token and diagonal hidden, rows renormalised)" if options.hide_sink else "") + ".",
-            attention.figure("heads", block=b, **display))
-    add("attention_sink", "4. Attention per head", "Attention sink per block and head",
-        "Share of attention on the first token, averaged over query positions 1…n−1.", attention.figure("sink"))
-    to_bound = attention.attention_to(plan.bound_position)
-    add("attention_to_bound", "4. Attention per head", f"Attention from the last position to {bound!r}",
-        f"Attention weight from the last position to the bound {bound!r} (position {plan.bound_position}) per block and head.",
-        plots.heatmap(to_bound.numpy(), x=[f"head {h} · g{facts.head_to_group[h]}" for h in to_bound.coords["head"]],
-                      y=[f"block {b}" for b in to_bound.coords["block"]], zmin=0, colorbar="attention",
-                      title=f"Attention from the last position to {bound!r} ({facts.name})",
-                      x_title="query head · kv group", y_title="block"))
 
-    # 5 + 6. Patching [0, bound] ← [0, source_bound], masking, and both.
-    step("patching and masking")
-    patch = ActivationPatch(source=plan.source_prompt, site="kv", blocks=plan.patch_blocks, positions=[plan.bound_position])
-    patch_late = ActivationPatch(source=plan.source_prompt, site="kv", positions=[plan.bound_position],
-                                 blocks=sorted(set(plan.patch_blocks) | set(plan.late_blocks)))
-    mask = AttentionMask(keys=[plan.bound_position], blocks=plan.mask_blocks)
-    patched = run(model, prompt, patch, clean_logits=clean_logits)["patch"]
-    patched_late = run(model, prompt, patch_late, clean_logits=clean_logits)["patch"]
-    masked = run(model, prompt, mask, clean_logits=clean_logits)["attention_mask"]
-    both = run(model, prompt, [ActivationPatch(source=plan.source_prompt, site="kv", blocks=plan.patch_blocks,
-                                               positions=[plan.bound_position]),
-                               AttentionMask(keys=[plan.bound_position], blocks=plan.mask_blocks)],
-               clean_logits=clean_logits)
-    results.update(patch=patched, patch_late=patched_late, mask=masked, patch_and_mask=both["patch"])
-    names = {
-        "clean": clean,
-        f"identity_block_{plan.block}": identity.distribution(),
-        f"mask_{_slug(bound)}_from_{plan.mask_blocks[0]}": masked.distribution(),
-        f"patch_{'_'.join(map(str, plan.patch_blocks))}": patched.distribution(),
-        f"patch_{'_'.join(map(str, plan.patch_blocks))}_and_{plan.late_blocks[0]}_on": patched_late.distribution(),
-        "patch_and_mask": both["patch"].distribution(),
+def interventions(model: Model, prompt: str, plan: Plan, clean_logits: torch.Tensor) -> dict[str, Any]:
+    """Sections 5–6: keys/values at the bound patched from the source prompt (at the plan's blocks,
+    then also the late ones), attention to the bound masked, and patch and mask together."""
+    at = [plan.bound_position]
+
+    def patch(blocks):
+        return ActivationPatch(source=plan.source_prompt, site="kv", blocks=blocks, positions=at)
+
+    def mask():
+        return AttentionMask(keys=at, blocks=plan.mask_blocks)
+
+    def edited(probes, name):
+        return run(model, prompt, probes, clean_logits=clean_logits, targets=list(DIGITS))[name]
+
+    late = sorted(set(plan.patch_blocks) | set(plan.late_blocks))
+    return {
+        "patch": edited(patch(plan.patch_blocks), "patch"),
+        "patch_late": edited(patch(late), "patch"),
+        "mask": edited(mask(), "attention_mask"),
+        "patch_and_mask": edited([patch(plan.patch_blocks), mask()], "patch"),
     }
-    add("interventions", "5–6. Patching and masking", "Digit distribution under each intervention",
-        f"Digit probabilities at the last position: clean; keys/values at {bound!r} patched from the prompt with "
-        f"{src!r} in blocks {plan.patch_blocks} (then also blocks {plan.late_blocks[0]}–{n - 1}); attention to "
-        f"{bound!r} masked from block {plan.mask_blocks[0]}; patch and mask together.",
-        plots.bars({k: list(v.values()) for k, v in names.items()}, labels=list(DIGITS),
-                   title=f"Interventions on the digit distribution ({facts.name})", x_title="digit", y_title="probability"))
-    above_src = {k: above(v, src) for k, v in names.items()}
-    add("above_source", "5–6. Patching and masking", f"Probability of digits above {src}",
-        f"Total probability of the digits greater than {src} under each intervention.",
-        plots.bars({f"p(digit > {src})": list(above_src.values())}, labels=list(above_src),
-                   title=f"Probability of digits above {src} ({facts.name})", x_title="intervention", y_title="probability"))
 
-    # 7. Prompt sweep.
-    step("prompt sweep")
-    sweep = []
-    for text in plan.sweep_prompts:
+
+def prompt_sweep(model: Model, prompts: list[str], digit_ids: list[int]) -> list[dict[str, Any]]:
+    """Section 7: the digit distribution and its statistics for each sweep prompt."""
+    rows = []
+    for text in prompts:
         probs = model.logits(to_tokens(model, text))[0, -1].float().softmax(-1)
         dist = digit_distribution(probs, digit_ids)
-        sweep.append({"prompt": text, **digit_stats(dist), "distribution": dist})
-    add("prompt_sweep", "7. Prompt sweep", "Digit distribution across odd prompts",
-        "Each row: one prompt; cells: probability of each digit (renormalised over the ten digits).",
-        plots.heatmap([[r["distribution"][d] / max(r["digit_mass"], 1e-30) for d in DIGITS] for r in sweep], x=list(DIGITS),
-                      y=[_short(r["prompt"], 60) for r in sweep], zmin=0, colorbar="p(digit | digit)",
-                      title=f"Prompt sweep: digit distributions ({facts.name})", x_title="digit", y_title="prompt",
-                      width=1100))
+        rows.append({"prompt": text, **digit_stats(dist), "distribution": dist})
+    return rows
 
-    lens_table = []
-    for label in resid_labels(n):
-        lens_table.append({"layer": label, "top": [[t, p] for t, p in lens.top_k(label)]})
+
+def make_record(model: Model, options: StudyOptions, plan: Plan, dists: dict, clean: dict[str, float],
+                results: dict[str, Any], sweep_rows: list[dict], sweep: list[dict]) -> dict[str, Any]:
+    """The numbers a reader (and ``results.json``) gets; the figures need nothing else but the probe results."""
+    facts, n = model.facts, model.facts.n_layers
+    lens, attention = results["logit_lens"], results["attention"]
+    bound, src = options.bound, options.source_bound
+    patch_name = f"patch_{'_'.join(map(str, plan.patch_blocks))}"
+    names = {
+        "clean": clean,
+        f"identity_block_{plan.block}": results["identity"].distribution(),
+        f"mask_{_slug(bound)}_from_{plan.mask_blocks[0]}": results["mask"].distribution(),
+        patch_name: results["patch"].distribution(),
+        f"{patch_name}_and_{plan.late_blocks[0]}_on": results["patch_late"].distribution(),
+        "patch_and_mask": results["patch_and_mask"].distribution(),
+    }
+    to_bound = attention.attention_to(plan.bound_position)
     record = {
         "model": facts.to_dict(),
-        "prompt": prompt,
+        "prompt": options.prompt,
         "tokens": lens.tokens[0],
         "layer_convention": "blocks counted from 0; lens rows: embeddings, after block i, final",
         "options": {"block": plan.block, "patch_blocks": plan.patch_blocks, "late_blocks": plan.late_blocks,
                     "mask_blocks": plan.mask_blocks, "bound": bound, "bound_position": plan.bound_position,
-                    "source_bound": src, "source_prompt": plan.source_prompt, "notes": plan.notes},
-        "prompt_distributions": {t: d for t, d in dists.items()},
+                    "source_bound": src, "source_prompt": plan.source_prompt, "notes": plan.notes,
+                    "hide_sink": options.hide_sink, "hide_diagonal": options.hide_diagonal},
+        "prompt_distributions": dict(dists),
         "distributions": names,
-        "above_source_bound": above_src,
-        "logit_lens": lens_table,
-        "identity_sweep": ranked,
+        "above_source_bound": {k: above(v, src) for k, v in names.items()},
+        "logit_lens": [{"layer": label, "top": [[t, p] for t, p in lens.top_k(label)]} for label in resid_labels(n)],
+        "identity_sweep": sorted(sweep_rows, key=lambda r: -r["kl_digits"]),
         "attention": {
             "sink_share": {f"block {b}": row for b, row in zip(attention["sink_share"].coords["block"],
                                                                attention["sink_share"].sel(prompt=0).numpy().tolist())},
@@ -332,7 +339,116 @@ def run_study(model: Model, options: StudyOptions | None = None, progress: Calla
         "prompt_sweep": sweep,
     }
     record["headline"] = headline(record)
-    return StudyResult(record=record, figures=figures, results=results, plan=plan)
+    return record
+
+
+def plan_from_record(record: dict[str, Any]) -> Plan:
+    """The plan a recorded study ran with (for a study loaded from ``results.json``)."""
+    o = record["options"]
+    return Plan(block=o["block"], patch_blocks=o["patch_blocks"], late_blocks=o["late_blocks"],
+                mask_blocks=o["mask_blocks"], bound_position=o["bound_position"], source_prompt=o["source_prompt"],
+                sweep_prompts=[r["prompt"] for r in record["prompt_sweep"]], notes=o["notes"])
+
+
+# --- figures: drawn from the record and the probe results alone -----------------------------------------
+
+
+def study_figures(record: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
+    """Every captioned figure of the report, in order, from the record alone (no model needed)."""
+    return [*_distribution_figures(record), *_lens_figures(results["logit_lens"]),
+            *_identity_figures(record, results["identity"]), *_attention_figures(record, results["attention"]),
+            *_intervention_figures(record), *_sweep_figures(record)]
+
+
+def _distribution_figures(record):
+    name = record["model"]["name"]
+    dists = record["prompt_distributions"]
+    yield Figure("distributions", "Digit probabilities per prompt",
+                 "Probability of each digit token as the next token, at the last position of each prompt. A uniform "
+                 "generator would give 0.1 to each digit.",
+                 plots.bars({_short(t): list(d.values()) for t, d in dists.items()}, labels=list(DIGITS),
+                            title=f"Next-token probability of each digit ({name})", x_title="digit", y_title="probability"),
+                 "1. Output distribution")
+
+
+def _lens_figures(lens):
+    section = "2. Logit lens"
+    yield Figure("lens_top_tokens", "Top-1 token per layer and position", (
+        "Each residual stream (rows: embeddings, after block i counted from 0, final output) read through the "
+        "final norm and the unembedding; the cell shows the most likely token and its probability."),
+        lens.figure("top_tokens"), section)
+    yield Figure("lens_digits", "Digit probability per layer",
+                 "Probability of each digit at the last position, per residual stream: digits appear only in late blocks.",
+                 lens.figure("targets"), section)
+    yield Figure("lens_ranks", "Rank of each digit per layer",
+                 "Rank of each digit among all tokens (0 = most likely) at the last position, per residual stream.",
+                 lens.figure("ranks"), section)
+
+
+def _identity_figures(record, identity):
+    section, name, block = "3. Identity block", record["model"]["name"], record["options"]["block"]
+    yield Figure("identity", f"Block {block} replaced by the identity",
+                 f"Digit probabilities at the last position with block {block}'s output set equal to its input.",
+                 identity.figure("distribution"), section)
+    rows = sorted(record["identity_sweep"], key=lambda r: r["block"])
+    yield Figure("identity_sweep", "Which block moves the digit distribution most",
+                 "KL divergence (bits) between the clean digit distribution and the one with each block replaced by the "
+                 "identity (digits renormalised over the ten).",
+                 plots.bars({"KL(clean ‖ replaced), digits": [r["kl_digits"] for r in rows]},
+                            labels=[f"block {r['block']}" for r in rows],
+                            title=f"Identity replacement of each block ({name})", x_title="block replaced",
+                            y_title="KL (bits)"), section)
+
+
+def _attention_figures(record, attention):
+    section, facts, o = "4. Attention per head", record["model"], record["options"]
+    hide_sink, bound, position = o["hide_sink"], o["bound"], o["bound_position"]
+    display = dict(hide_sink=hide_sink, hide_diagonal=o["hide_diagonal"], renormalise=hide_sink)
+    for b in range(facts["n_layers"]):
+        yield Figure(f"attention_block_{b}", f"Block {b}: attention per query head",
+                     f"Query × key attention of each head of block {b}, titled with the key/value group it reads"
+                     + (" (first token and diagonal hidden, rows renormalised)" if hide_sink else "") + ".",
+                     attention.figure("heads", block=b, **display), section)
+    yield Figure("attention_sink", "Attention sink per block and head",
+                 "Share of attention on the first token, averaged over query positions 1…n−1.", attention.figure("sink"),
+                 section)
+    to_bound = attention.attention_to(position)
+    yield Figure("attention_to_bound", f"Attention from the last position to {bound!r}",
+                 f"Attention weight from the last position to the bound {bound!r} (position {position}) per block and head.",
+                 plots.heatmap(to_bound.numpy(),
+                               x=[f"head {h} · g{facts['head_to_group'][h]}" for h in to_bound.coords["head"]],
+                               y=[f"block {b}" for b in to_bound.coords["block"]], zmin=0, colorbar="attention",
+                               title=f"Attention from the last position to {bound!r} ({facts['name']})",
+                               x_title="query head · kv group", y_title="block"), section)
+
+
+def _intervention_figures(record):
+    section, name, o = "5–6. Patching and masking", record["model"]["name"], record["options"]
+    bound, src, n = o["bound"], o["source_bound"], record["model"]["n_layers"]
+    names, above_src = record["distributions"], record["above_source_bound"]
+    yield Figure("interventions", "Digit distribution under each intervention",
+                 f"Digit probabilities at the last position: clean; keys/values at {bound!r} patched from the prompt with "
+                 f"{src!r} in blocks {o['patch_blocks']} (then also blocks {o['late_blocks'][0]}–{n - 1}); attention to "
+                 f"{bound!r} masked from block {o['mask_blocks'][0]}; patch and mask together.",
+                 plots.bars({k: list(v.values()) for k, v in names.items()}, labels=list(DIGITS),
+                            title=f"Interventions on the digit distribution ({name})", x_title="digit",
+                            y_title="probability"), section)
+    yield Figure("above_source", f"Probability of digits above {src}",
+                 f"Total probability of the digits greater than {src} under each intervention.",
+                 plots.bars({f"p(digit > {src})": list(above_src.values())}, labels=list(above_src),
+                            title=f"Probability of digits above {src} ({name})", x_title="intervention",
+                            y_title="probability"), section)
+
+
+def _sweep_figures(record):
+    sweep = record["prompt_sweep"]
+    yield Figure("prompt_sweep", "Digit distribution across odd prompts",
+                 "Each row: one prompt; cells: probability of each digit (renormalised over the ten digits).",
+                 plots.heatmap([[r["distribution"][d] / max(r["digit_mass"], 1e-30) for d in DIGITS] for r in sweep],
+                               x=list(DIGITS), y=[_short(r["prompt"], 60) for r in sweep], zmin=0,
+                               colorbar="p(digit | digit)",
+                               title=f"Prompt sweep: digit distributions ({record['model']['name']})",
+                               x_title="digit", y_title="prompt", width=1100), "7. Prompt sweep")
 
 
 def headline(record: dict[str, Any]) -> list[str]:
@@ -365,11 +481,6 @@ def headline(record: dict[str, Any]) -> list[str]:
     firsts = [r["top5"][0][0] for r in sweep]
     lines.append(f"Prompt sweep: {len(sweep)} prompts; top digit per prompt: " + ", ".join(firsts) + ".")
     return lines
-
-
-def _kl(p: torch.Tensor, q: torch.Tensor) -> float:
-    p, q = p / p.sum(), q / q.sum()
-    return float((p * (p.clamp_min(1e-30).log2() - q.clamp_min(1e-30).log2())).sum())
 
 
 def _short(text: str, width: int = 48) -> str:

@@ -1,22 +1,26 @@
-"""Write a study to a folder: ``report.html`` (self-contained, offline), ``figures/`` and ``results.json``.
+"""Write a study to a folder: ``report.html`` (self-contained, offline), ``figures/`` and ``results.json``,
+and read one back.
 
-Everything is written into a temporary sibling folder and moved into place at the end, so a failed
-run leaves no half-written report behind.
+The folder is written through :func:`workbench.outputs.output_folder`: into a temporary sibling, swapped
+into place at the end, and only over a folder that is new, empty, or an earlier report (marked as
+such). ``results.json`` holds the record and every probe result exactly, so :func:`load_study` (and
+``workbench report DIR``) rebuilds the figures and the page without the model.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from workbench.errors import WorkbenchError
+from workbench.errors import ExportError
 from workbench.export import write_figures
+from workbench.outputs import STUDY, check_folder, output_folder
 from workbench.plots import show_token
-from workbench.results import to_jsonable
+from workbench.serialization import decode, dumps, encode, read_json, result_from_dict
+
+KIND = STUDY
+RESULTS = "results.json"
 
 STYLE = """
 body { font-family: Arial, Helvetica, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -29,35 +33,53 @@ code { background: #f3f3f3; padding: 0 .2em; }
 """
 
 
-def prepare_out_dir(out: Path) -> None:
-    """Refuse to overwrite a folder that is not a previous report (nothing is written here)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
-        raise WorkbenchError(f"{out} exists and is not a workbench report folder: choose another --out.")
+def check_report_folder(out: str | Path) -> Path:
+    """Refuse, before any work, a folder that is neither new, empty nor an earlier report (nothing is written)."""
+    return check_folder(out, KIND)
 
 
-def write_report(study, out: str | Path, *, static: bool = True, progress: Callable[[str], None] | None = None) -> Path:
-    """Write ``report.html``, ``figures/`` (HTML, and PNG + SVG when a browser exists) and ``results.json``."""
-    out = Path(out)
-    prepare_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+def write_report(study, out: str | Path, *, static: bool = True, progress: Callable[[str], None] | None = None,
+                 figures_html: str = "shared") -> Path:
+    """Write ``report.html``, ``figures/`` (HTML, and PNG + SVG when a browser exists) and ``results.json``.
+
+    ``report.html`` carries plotly.js itself; ``figures_html`` says how ``figures/*.html`` get it
+    (``shared``, ``inline`` or ``cdn``: see :func:`workbench.export.write_figures`)."""
     step = progress or (lambda _: None)
-    try:
+    with output_folder(out, KIND) as tmp:
         step("writing figures")
         _, note = write_figures({fig.key: fig.figure for fig in study.figures}, tmp / "figures",
-                                static=("png", "svg") if static else ())
+                                static=("png", "svg") if static else (), plotlyjs=figures_html)
         if note:
-            study.record.setdefault("warnings", []).append(note)
-        (tmp / "results.json").write_text(json.dumps(to_jsonable(study.record), indent=1))
+            study.record["warnings"] = [note]
+        else:
+            study.record.pop("warnings", None)
+        (tmp / RESULTS).write_text(study_json(study), encoding="utf-8")
         step("writing report.html")
-        (tmp / "report.html").write_text(render_html(study))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out / "report.html"
+        (tmp / "report.html").write_text(render_html(study), encoding="utf-8")
+    return Path(out) / "report.html"
+
+
+def study_json(study) -> str:
+    """``results.json``: the record (plain JSON where it can be) plus every probe result, exactly."""
+    probe_results = {name: result.to_dict() for name, result in study.results.items()}
+    return dumps(KIND, encode(study.record) | {"probe_results": probe_results}, indent=1)
+
+
+def load_study(path: str | Path):
+    """A :class:`~workbench.studies.random_number.StudyResult` rebuilt from a report folder (or its
+    ``results.json``): the record, every probe result and every figure, without loading the model."""
+    from workbench.outputs import MARK_KEY
+    from workbench.studies.random_number import StudyResult, plan_from_record, study_figures
+
+    path = Path(path)
+    data = read_json(path / RESULTS if path.is_dir() else path, KIND)
+    if "probe_results" not in data:
+        raise ExportError(f"{path} holds no probe results (an older report): rerun the study to redraw it.")
+    results = {name: result_from_dict(result) for name, result in data.pop("probe_results").items()}
+    data.pop(MARK_KEY)
+    record = decode(data)
+    return StudyResult(record=record, figures=study_figures(record, results), results=results,
+                       plan=plan_from_record(record))
 
 
 def render_html(study) -> str:
@@ -68,7 +90,7 @@ def render_html(study) -> str:
     facts = record["model"]
     e = html.escape
     parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        "<!DOCTYPE html><html><head><meta name=\"generator\" content=\"workbench\"><meta charset='utf-8'>",
         f"<title>Is an LLM's random number random? — {e(facts['name'])}</title>",
         f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
         f"<h1>Is an LLM's random number random?</h1><p>Model <b>{e(facts['name'])}</b> "

@@ -22,63 +22,116 @@ import torch
 from plotly.subplots import make_subplots
 
 from workbench import plots
-from workbench.errors import ProbeError
+from workbench.errors import SweepError
+from workbench.interventions.sites import SITES, head_kind
+from workbench.layers import resolve_blocks, resolve_heads
+from workbench.metrics import resolve_metric
 from workbench.models import load_model
 from workbench.results import Named, Result
-from workbench.sweeps import engine as fast
-from workbench.sweeps.cells import PATCH_SITES
-from workbench.sweeps.metrics import resolve_metric
 from workbench.sweeps.result import SweepResult, sweep_arrays
-from workbench.sweeps.sweep import patch_grid, patch_sweep
-from workbench.tokens import str_tokens
+from workbench.sweeps.sweep import HEAD_SITES, PATCH_SITES, patch_sweep
+from workbench.tokens import align_prompts, position_indices, resolve_readout
 
 
 def attribution_sweep(model, prompt: str, source: str, *, site: str = "resid_pre", metric=None, blocks=None,
                       positions=None, heads=None, by_position: bool = False, readout: int = -1) -> SweepResult:
-    """The attribution estimate of :func:`~workbench.sweeps.patch_sweep` with the same grid and arguments."""
+    """The attribution estimate of :func:`~workbench.sweeps.patch_sweep` with the same grid and arguments.
+
+    Runs on the bridge's hook points (every family): the prompt's activations at ``site`` are made
+    leaves of the autograd graph, one backward pass gives every gradient."""
     model = load_model(model)
-    if site in PATCH_SITES and not fast.supports(model):
-        raise ProbeError(f"Attribution patching runs on the engine, which supports {', '.join(fast.SUPPORTED_FAMILIES)}.")
-    grid = patch_grid(model, prompt, source, site, blocks, positions, heads, by_position)
-    tokens, source_tokens, blocks, pos = grid.tokens, grid.source_tokens, grid.blocks, grid.positions
-    specs, dims, coords = grid.specs, grid.dims, grid.coords
+    if site not in PATCH_SITES:
+        raise SweepError(f"Unknown sweep site {site!r}: use one of {', '.join(PATCH_SITES)}.")
+    tokens, source_tokens = align_prompts(model, prompt, source)
     n = tokens.shape[-1]
-    readout %= n
+    readout = resolve_readout(n, readout)
+    block_list = resolve_blocks(model.facts, blocks)
+    pos = position_indices(n, positions)
+    head_list = resolve_heads(model.facts, heads, head_kind(site)) if site in HEAD_SITES else None
     metric = resolve_metric(model, metric)
+    spec = SITES[site]
+    read = {b: spec.hook_name(b) for b in block_list}
+    # resid_mid enters the rest of the model only through attn_out (resid_mid = resid_pre + attn_out).
+    grad_at = {b: (f"blocks.{b}.hook_attn_out" if site == "resid_mid" else read[b]) for b in block_list}
     began = time.perf_counter()
-    eng = fast.Engine(model, tokens)
+    source_acts = _capture(model, source_tokens, list(read.values()))
     with torch.no_grad():
-        source_acts, source_logits = eng.capture(source_tokens, {site}, readout)
-    with torch.enable_grad():
-        acts, logits = eng.capture(tokens, {site}, readout, grad=True)
+        source_logits = model.bridge(source_tokens)[:, readout].float()
+    leaves: dict[str, torch.Tensor] = {}
+
+    def leaf(name):
+        # The first hooked activation becomes a leaf of the graph (the weights may not require grad);
+        # later ones stay connected to it, so one backward reaches every site.
+        def hook(act, hook):
+            if not act.requires_grad:
+                act = act.detach().requires_grad_(True)
+            leaves[name] = act
+            return act
+
+        return hook
+
+    values: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(act, hook):
+            values[name] = act.detach().clone()
+
+        return hook
+
+    hooks = [(name, keep(name)) for name in read.values()] + [(name, leaf(name)) for name in set(grad_at.values())]
+    with torch.enable_grad(), model.bridge.hooks(fwd_hooks=hooks):
+        logits = model.bridge(tokens)[:, readout].float()
         clean = logits[0].detach()
         value = metric(logits, clean).sum()
-        kept = [acts[site][b] for b in range(model.facts.n_layers)]
-        grads = torch.autograd.grad(value, kept, allow_unused=True)
+        names = sorted(leaves)
+        grads = dict(zip(names, torch.autograd.grad(value, [leaves[k] for k in names], allow_unused=True)))
+    over = ("block", "position", "head") if site in HEAD_SITES and by_position else \
+        ("block", "head") if site in HEAD_SITES else ("block", "position")
     estimates = []
-    for spec in specs:
-        grad = grads[spec.block]
-        if grad is None:  # the metric does not depend on this site
-            estimates.append(0.0)
-            continue
-        delta = (source_acts[site][spec.block] - acts[site][spec.block][0].detach())[list(spec.positions)]
-        g = grad[0][list(spec.positions)]
-        if spec.heads is not None:
-            delta, g = delta[:, list(spec.heads)], g[:, list(spec.heads)]
-        estimates.append(float((delta * g).sum()))
+    for b in block_list:
+        grad = grads.get(grad_at[b])
+        delta_full = (source_acts[read[b]] - values[read[b]])[0]
+        g_full = grad[0] if grad is not None else torch.zeros_like(delta_full)
+        cells = [(p_list, h) for p_list in ([[p] for p in pos] if "position" in over else [pos])
+                 for h in (head_list if head_list is not None else [None])]
+        for p_list, h in cells:
+            d, g = delta_full[p_list], g_full[p_list]
+            if h is not None:
+                d, g = d[:, h], g[:, h]
+            estimates.append(float((d * g).sum()))
     seconds = time.perf_counter() - began
     base = float(metric(clean[None], clean)[0])
     source_value = float(metric(source_logits, clean)[0])
-    shape = [len(coords[d]) for d in dims]
-    values = base + torch.tensor(estimates).reshape(shape)
+    names = [model.tokenizer.decode([t]) for t in tokens[0].tolist()]
+    coords = {"block": block_list, "position": [names[p] for p in pos], "head": head_list}
+    coords = {d: coords[d] for d in over}
+    shape = [len(coords[d]) for d in over]
+    estimate = torch.tensor(estimates).reshape(shape)
+    if over == ("block", "position", "head"):
+        estimate = estimate.reshape(len(block_list), len(head_list), len(pos)).transpose(1, 2)
     return SweepResult(
-        probe="attribution_sweep", model=model.facts.name, prompts=[prompt, source], tokens=[str_tokens(model, prompt)],
-        arrays=sweep_arrays(values, dims, coords, base, source_value),
+        probe="attribution_sweep", model=model.facts.name, prompts=[prompt, source], tokens=[names],
+        arrays=sweep_arrays(base + estimate, over, coords, base, source_value),
         meta=dict(description=f"{site} attribution patching (gradient estimate)", sweep="patch", site=site,
                   source=source, metric=metric.name, base=base, source_value=source_value, method="attribution",
-                  cells=len(specs), seconds=seconds, readout=readout, positions=pos,
+                  cells=int(estimate.numel()), seconds=seconds, readout=readout, positions=pos,
                   block_convention="blocks counted from 0"),
     )
+
+
+@torch.no_grad()
+def _capture(model, tokens: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(act, hook):
+            kept[name] = act.detach().clone()
+
+        return hook
+
+    with model.bridge.hooks(fwd_hooks=[(name, keep(name)) for name in names]):
+        model.bridge(tokens.to(model.device))
+    return kept
 
 
 def compare_attribution(model, prompt: str, source: str, *, site: str = "resid_pre", metric=None, blocks=None,

@@ -15,8 +15,6 @@ from workbench.models import load_model
 from workbench.sweeps.sweep import patch_sweep
 from workbench.tokens import digit_token_ids
 
-PROMPT = "I'm generating a random number between [0, 9]. The number is "
-SOURCE = "I'm generating a random number between [0, 5]. The number is "
 
 
 def _timed(fn):
@@ -25,8 +23,7 @@ def _timed(fn):
     return out, time.perf_counter() - began
 
 
-def patching_sweep(model="smollm2", *, site: str = "resid_pre", prompt: str = PROMPT, source: str = SOURCE,
-                   device: str | None = None) -> dict:
+def patching_sweep(model, prompt: str, source: str, *, site: str = "resid_pre", device: str | None = None) -> dict:
     """Our ``site`` sweep vs TransformerLens' (``resid_pre`` → ``get_act_patch_resid_pre``, ``z`` →
     ``get_act_patch_attn_head_out_all_pos``), metric p(digit > 5), on the same tokens."""
     from transformer_lens import patching
@@ -87,7 +84,7 @@ def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def probe_overhead(model="smollm2", *, prompt: str = PROMPT, repeats: int = 10, device: str | None = None) -> dict:
+def probe_overhead(model, prompt: str, *, repeats: int = 10, device: str | None = None) -> dict:
     """Plain forward vs forward with the five observers' hooks (capture only) vs ``workbench.run.run``
     with LogitLens + AttentionCapture (capture + result building); kept bytes vs ``run_with_cache``."""
     from workbench.probes import AttentionCapture, LogitLens
@@ -134,3 +131,39 @@ def probe_overhead(model="smollm2", *, prompt: str = PROMPT, repeats: int = 10, 
         "memory_ratio": _tensor_bytes(kept.values()) / _tensor_bytes(cache.values()),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def separate_runs(model, prompt: str, source: str, *, repeats: int = 5, device: str | None = None) -> dict:
+    """``run(..., separate=True)`` with three interventions (identity block, masking, patching) vs three
+    separate ``run`` calls, and vs one plain forward of the same batch (clean + three rows)."""
+    from workbench.probes import ActivationPatch, AttentionMask, BlockReplacement
+    from workbench.run import run
+
+    model = load_model(model, device=device)
+    n = model.facts.n_layers
+
+    def probes():
+        return [BlockReplacement(blocks=n // 2), AttentionMask(keys=[1], blocks=list(range(n // 2, n))),
+                ActivationPatch(source=source, blocks=[0, n // 2])]
+
+    tokens = model.to_tokens(prompt)
+    batch = tokens.repeat(4, 1)
+
+    def best(fn):
+        fn()
+        return min(_timed(fn)[1] for _ in range(repeats))
+
+    def plain():
+        with torch.no_grad():
+            model.bridge(batch)
+
+    together, _ = best(lambda: run(model, prompt, probes(), separate=True)), None
+    apart = best(lambda: [run(model, prompt, probe) for probe in probes()])
+    forward = best(plain)
+    out = run(model, prompt, probes(), separate=True)
+    diff = max(float((out.conditions[p.name].logits["intervened"] - run(model, prompt, p).logits["intervened"]).abs().max())
+               for p in probes())
+    return {"model": model.facts.name, "device": str(model.device), "interventions": 3,
+            "separate_run_s": together, "three_runs_s": apart, "batched_forward_s": forward,
+            "speedup_vs_three_runs": apart / together, "cost_in_batched_forwards": together / forward,
+            "max_abs_diff": diff, "torch_threads": torch.get_num_threads()}

@@ -1,276 +1,316 @@
-"""The fast path: run many edited copies of one prompt through the decoder blocks, reusing the clean run.
+"""The fast path: many edited copies of one prompt through the model's own blocks, reusing the clean run.
 
-A sweep is many runs of one prompt, each with one edit (a *cell*). Three facts make them cheap:
+A sweep is many runs of one prompt, each with its own edit (a *cell*). Three facts make them cheap:
 
 - an edit in block ``L`` leaves blocks ``0…L-1`` unchanged, so a cell starts at block ``L`` from the
-  clean residual stream cached there (``start``);
+  clean residual stream cached there;
 - with causal attention an edit at position ``p`` leaves positions ``< p`` unchanged in every block,
-  so a cell recomputes only positions ``p…n-1`` (``suffix``), attending to the clean keys and values
-  cached for the earlier positions (a KV prefix, as in generation);
+  so a cell recomputes only positions ``p…n-1``, attending to the clean keys and values cached for the
+  earlier positions (a KV prefix, exactly what generation with a KV cache does);
 - only the readout position is unembedded.
 
 Cells are batched (the batch dimension is different edits): rows that share a suffix share one tensor,
-and a row joins the batch at its start block. Batches are sized from free memory.
+a row joins the batch at its start block, and batches are sized from the memory budget.
 
-The blocks are run from their weights, not through the bridge, so hook points do not fire here; the
-tests check every sweep against the hook-based one-forward-per-cell path (:mod:`workbench.sweeps.naive`).
-Supported: decoder blocks of the Llama family (``llama``, ``qwen2``, ``mistral``: RMSNorm, rotary
-attention with grouped key/value heads, gated MLP).
+The blocks are the model's own decoder layers called through the TransformerLens bridge, so hook
+points fire and every edit is the one compiled from its :class:`~workbench.interventions.Intervention`
+(:func:`~workbench.interventions.compile_hooks` with the row binding and the suffix offset): the same
+code as the hook path, for every family the bridge boots. What the engine adds — the per-layer
+arguments the model passes its layers (rotary embeddings, the attention mask, positions), sliced to the
+suffix, and the KV prefix — is checked when the engine is built: one unedited cell must reproduce the
+bridge's own logits, or the engine refuses (:class:`EngineCheckError`) and sweeps fall back to one
+hooked forward per cell, with a warning that says why.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 
-from workbench.errors import ProbeError
+from workbench.errors import SweepError
+from workbench.interventions import Binding, Resolved, compile_hooks
 from workbench.memory import memory_budget
 
-SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
-SITES = ("resid_pre", "q", "k", "v", "z", "attn_out", "resid_mid", "mlp_out", "resid_post")
-
-Edit = Callable[[torch.Tensor], torch.Tensor]
+CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")
+TOLERANCE = 1e-4  # relative to the largest clean logit
 
 
-def _raw(module):
-    """The plain torch module under TransformerLens' bridge wrappers."""
-    while hasattr(module, "_original_component") and module._original_component is not None:
-        module = module._original_component
-    return module
-
-
-def _linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    module = _raw(module)
-    return module.weight, module.bias
+class EngineCheckError(SweepError):
+    """The fast engine cannot reproduce this model's own forward pass (or cannot slice its arguments)."""
 
 
 @dataclass
 class Cell:
-    """One edited run. ``edits[(block, site)]`` maps the row's activation there (positions ``suffix…``)
-    to the edited one. ``init`` replaces the clean residual entering ``start`` (positions ``suffix…``).
-    ``key_mask`` ``[query, key]`` (all positions) is set to −∞ before softmax in ``mask_blocks``."""
+    """One edited run: its resolved interventions, the block it starts at and the first recomputed position."""
 
+    resolved: list[Resolved]
     start: int
-    suffix: int = 0
-    edits: dict[tuple[int, str], Edit] = field(default_factory=dict)
-    init: torch.Tensor | None = None
-    key_mask: torch.Tensor | None = None
-    mask_blocks: range = range(0)
+    suffix: int
+
+    @classmethod
+    def of(cls, resolved: Sequence[Resolved], n: int, skip_prefix: bool = True) -> Cell:
+        """A cell starting at the first edited block and, with ``skip_prefix``, at the first position the
+        edits change (a no-op cell gets ``suffix = n``: its logits are the clean ones)."""
+        start = min(b for item in resolved for b in item.blocks)
+        if skip_prefix:
+            firsts = [item.first_position() for item in resolved]
+            firsts = [f for f in firsts if f is not None]
+            suffix = min(firsts) if firsts else n
+        else:
+            firsts = [min(p) for item in resolved for p in item.positions if p]
+            suffix = min(firsts) if firsts else n
+        return cls(list(resolved), start, suffix)
 
 
-@dataclass
-class _Layer:
-    ln1: torch.Tensor
-    ln2: torch.Tensor
-    eps1: float
-    eps2: float
-    q: tuple
-    k: tuple
-    v: tuple
-    o: tuple
-    gate: tuple
-    up: tuple
-    down: tuple
-    act: Callable
+class _Recorder:
+    """Stands in for the model's KV cache during the clean run: keeps every layer's keys and values."""
+
+    def __init__(self):
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        self.kv[int(layer_idx)] = (key.detach(), value.detach())
+        return key, value
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
 
 
-def supports(model) -> bool:
-    return getattr(model.bridge.original_model.config, "model_type", None) in SUPPORTED_FAMILIES
+class _PrefixCache:
+    """The clean prompt's keys/values before position ``p``, put in front of each edited row's own."""
+
+    def __init__(self, kv: dict[int, tuple[torch.Tensor, torch.Tensor]], p: int):
+        self.kv, self.p = kv, p
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        pk, pv = self.kv[int(layer_idx)]
+        rows = key.shape[0]
+        pk = pk[..., : self.p, :].expand(rows, *pk.shape[1:-2], self.p, pk.shape[-1])
+        pv = pv[..., : self.p, :].expand(rows, *pv.shape[1:-2], self.p, pv.shape[-1])
+        return torch.cat([pk.to(key.dtype), key], -2), torch.cat([pv.to(value.dtype), value], -2)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.p
+
+
+def _signature(block) -> inspect.Signature:
+    """The signature of the model's own layer under the bridge's wrapper (the class's ``forward``: the
+    bridge may wrap the instance's method in ``(*args, **kwargs)``), without ``self``."""
+    layer = getattr(block, "original_component", None) or block
+    signature = inspect.signature(inspect.unwrap(type(layer).forward))
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+def _var_keyword(signature: inspect.Signature) -> str | None:
+    return next((p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+
+
+def _cache_parameter(signature: inspect.Signature) -> str:
+    return next((name for name in CACHE_ARGUMENTS if name in signature.parameters), "past_key_values")
+
+
+def _attention_cache_alias(module, args, kwargs):
+    """The bridge's attention reads the KV cache as ``past_key_values``; transformers 5 passes ``cache``."""
+    if "cache" in kwargs and "past_key_values" not in kwargs:
+        kwargs = dict(kwargs)
+        kwargs["past_key_values"] = kwargs["cache"]
+        return args, kwargs
+    return None
+
+
+def _slice_kwargs(kwargs: dict, p: int, n: int, family: str) -> dict:
+    """The arguments the model passes a layer, for positions ``p…`` only (the queries of a suffix run)."""
+    out = {}
+    for name, value in kwargs.items():
+        if name in CACHE_ARGUMENTS:
+            continue
+        if name == "hidden_states":
+            continue
+        if value is None or not isinstance(value, (torch.Tensor, tuple)):
+            out[name] = value
+        elif name == "position_embeddings":
+            out[name] = tuple(t[..., p:, :] for t in value)
+        elif name == "attention_mask":
+            out[name] = value[..., p:, :] if value.dim() >= 3 else value
+        elif name == "position_ids":
+            out[name] = value[..., p:]
+        elif name == "cache_position":
+            out[name] = value[p:]
+        elif name == "alibi":
+            out[name] = value  # [heads, 1, key]: over the keys, all kept; repeated per row when the layer runs
+        elif isinstance(value, torch.Tensor) and n not in value.shape:
+            out[name] = value
+        else:
+            raise EngineCheckError(f"the fast engine cannot slice the argument {name!r} that {family} passes its layers")
+    return out
 
 
 class Engine:
-    """Weights of one Llama-family model, the clean run of one prompt, and a batched cell runner."""
+    """The clean run of one prompt (per-layer arguments, residuals, KV prefix) and a batched cell runner."""
 
-    def __init__(self, model, tokens: torch.Tensor):
-        hf = model.bridge.original_model
-        cfg = hf.config
-        if cfg.model_type not in SUPPORTED_FAMILIES:
-            raise ProbeError(f"The fast sweep path supports {', '.join(SUPPORTED_FAMILIES)}, not {cfg.model_type!r}: "
-                             "pass method='naive' (one hooked forward per cell).")
+    def __init__(self, model, tokens: torch.Tensor, readout: int = -1, check: bool = True):
         self.model = model
+        self.bridge = model.bridge
         self.device = model.device
-        self.n_heads = model.facts.n_heads
-        self.n_kv = model.facts.n_kv_heads
-        self.d_head = model.facts.d_head
-        self.layers = []
-        for block in hf.model.layers:
-            layer = _raw(block)
-            attn, mlp = _raw(layer.self_attn), _raw(layer.mlp)
-            n1, n2 = _raw(layer.input_layernorm), _raw(layer.post_attention_layernorm)
-            self.layers.append(_Layer(
-                ln1=n1.weight, ln2=n2.weight, eps1=n1.variance_epsilon, eps2=n2.variance_epsilon,
-                q=_linear(attn.q_proj), k=_linear(attn.k_proj), v=_linear(attn.v_proj), o=_linear(attn.o_proj),
-                gate=_linear(mlp.gate_proj), up=_linear(mlp.up_proj), down=_linear(mlp.down_proj), act=mlp.act_fn,
-            ))
-        self.scaling = float(getattr(_raw(hf.model.layers[0].self_attn), "scaling", self.d_head ** -0.5))
-        norm = _raw(hf.model.norm)
-        self.final_norm, self.final_eps = norm.weight, norm.variance_epsilon
-        self.unembed = _linear(hf.lm_head)
-        self.embed = _raw(hf.model.embed_tokens)
         self.tokens = tokens.to(self.device)
         self.n = int(tokens.shape[-1])
-        positions = torch.arange(self.n, device=self.device)[None]
-        dummy = torch.zeros(1, self.n, self.d_head, device=self.device, dtype=self.final_norm.dtype)
-        cos, sin = _raw(hf.model.rotary_emb)(dummy, positions)
-        self.cos, self.sin = cos[0], sin[0]  # [pos, d_head]
-        causal = torch.ones(self.n, self.n, dtype=torch.bool, device=self.device).triu(1)
-        self.causal = causal  # True where a query may not see a key
-        self.prefix: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.clean: dict[str, list[torch.Tensor]] = {}
-        self.clean_logits: torch.Tensor | None = None
+        self.readout = readout % self.n
+        self.n_layers = model.facts.n_layers
+        self.family = model.facts.architecture
+        hf_config = getattr(self.bridge.original_model, "config", None)
+        self.softcap = getattr(hf_config, "final_logit_softcapping", None)
+        self._run_clean()
+        if check:
+            self.check()
 
-    # ----- the clean run -------------------------------------------------------------------------------
+    # ----- the clean run --------------------------------------------------------------------------------
     @torch.no_grad()
-    def run_clean(self, sites: tuple[str, ...] = ("resid_pre",), readout: int = -1) -> None:
-        """Run the prompt once, keeping its keys/values (the prefix every cell reuses), the residual
-        entering each block and the activations at ``sites`` (``[pos, ...]`` per block)."""
-        keep = {"resid_pre", *sites}
-        captured, logits = self.capture(self.tokens, keep, readout)
-        self.prefix = list(zip(captured.pop("k_rot"), captured.pop("v")))
-        self.clean = captured
-        self.clean_logits = logits
+    def _run_clean(self) -> None:
+        """One bridge forward recording what each block is called with, its input, the KV cache and the
+        final residual stream."""
+        blocks = list(self.bridge.blocks)
+        if len(blocks) != self.n_layers:
+            raise EngineCheckError(f"{self.family} has {len(blocks)} blocks in its bridge but {self.n_layers} layers")
+        recorder = _Recorder()
+        calls: dict[int, tuple] = {}
 
-    def capture(self, tokens: torch.Tensor, sites, readout: int = -1, grad: bool = False):
-        """One full run of ``tokens`` keeping every block's activation at ``sites`` (and ``k_rot``/``v``).
+        def record(index):
+            signature = _signature(blocks[index])
 
-        With ``grad`` the kept tensors stay in the autograd graph (``retain_grad``) for attribution."""
-        kept: dict[str, list[torch.Tensor]] = defaultdict(list)
-        h = self.embed(tokens.to(self.device))[0][None]
-        for l in range(len(self.layers)):
-            h = self._block(l, h, 0, [Cell(start=0)], capture=(kept, set(sites) | {"k_rot", "v"}, grad))
-        kept["resid_final"] = [h if grad else h[0]]
-        logits = self.readout(h[:, readout % self.n])
-        return {k: v for k, v in kept.items()}, logits
+            def pre_hook(module, args, kwargs):
+                # Some families pass the cache or the mask positionally (GPT-2): name every argument.
+                try:
+                    bound = signature.bind_partial(*args, **kwargs)
+                except TypeError as exc:
+                    raise EngineCheckError(f"{self.family}'s layers take arguments the engine cannot name ({exc})") from None
+                named = dict(bound.arguments)
+                named.update(named.pop(_var_keyword(signature), None) or {})
+                hidden = named.pop(next(iter(signature.parameters)))
+                calls[index] = (hidden.detach(), {k: v for k, v in named.items() if k not in CACHE_ARGUMENTS})
+                cache_name = next((k for k in CACHE_ARGUMENTS if k in named), None) or _cache_parameter(signature)
+                named[cache_name] = recorder
+                return (hidden,), named
+
+            return pre_hook
+
+        final: dict[str, torch.Tensor] = {}
+
+        def keep_final(resid, hook):
+            final["resid"] = resid.detach()
+
+        handles = []
+        try:
+            for i, block in enumerate(blocks):
+                handles.append(block.register_forward_pre_hook(record(i), with_kwargs=True))
+                if getattr(block, "attn", None) is not None:
+                    handles.append(block.attn.register_forward_pre_hook(_attention_cache_alias, with_kwargs=True))
+            with self.bridge.hooks(fwd_hooks=[("ln_final.hook_in", keep_final)]):
+                self.clean_full_logits = self.bridge(self.tokens).detach()
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(calls) != self.n_layers or len(recorder.kv) != self.n_layers or "resid" not in final:
+            raise EngineCheckError(f"{self.family}'s blocks did not all report their inputs and keys/values "
+                                   f"({len(calls)} of {self.n_layers} blocks, {len(recorder.kv)} caches)")
+        self.resid_pre = [calls[i][0][0] for i in range(self.n_layers)]  # [pos, d_model]
+        self.cache_names = [_cache_parameter(_signature(block)) for block in blocks]
+        self.layer_kwargs = [calls[i][1] for i in range(self.n_layers)]
+        self.prefix = recorder.kv
+        self.resid_final = final["resid"][0]
+        self.clean_logits = self.clean_full_logits[:, self.readout].float()  # [1, vocab]
+
+    @torch.no_grad()
+    def check(self) -> None:
+        """An unedited cell from the middle must give the bridge's own readout logits."""
+        scale = max(1.0, float(self.clean_logits.abs().max()))
+        for start, suffix in {(0, 0), (self.n_layers // 2, min(self.n // 2, self.readout)), (self.n_layers - 1, self.readout)}:
+            got = self._run_batch([Cell([], start, suffix)])[0]
+            diff = float((got - self.clean_logits[0]).abs().max())
+            if not diff <= TOLERANCE * scale:
+                raise EngineCheckError(f"an unedited run of {self.family} from block {start}, position {suffix} "
+                                       f"differs from the bridge's logits by {diff:.2e} (tolerance {TOLERANCE * scale:.1e})")
 
     # ----- cells ----------------------------------------------------------------------------------------
     def max_tokens(self) -> int:
         """Row-positions one batch may hold, from the memory budget and the per-position activation size."""
-        d, d_mlp = self.layers[0].gate[0].shape[1], self.layers[0].gate[0].shape[0]
-        per_token = self.final_norm.element_size() * (8 * d + 4 * d_mlp + 3 * self.n_heads * self.n)
+        facts = self.model.facts
+        itemsize = self.resid_final.element_size()
+        per_token = itemsize * (12 * facts.d_model + 4 * facts.n_heads * self.n + 8 * facts.d_model)
         cap = 1 << 30 if self.device.type == "cuda" else 16384
         return max(self.n, min(cap, memory_budget(self.device) // per_token))
 
     @torch.no_grad()
-    def run_cells(self, cells: list[Cell], readout: int = -1) -> Float[torch.Tensor, "cell vocab"]:
+    def run_cells(self, cells: Sequence[Cell]) -> Float[torch.Tensor, "cell vocab"]:
         """Readout logits of every cell, batched under the memory budget."""
-        readout %= self.n
-        out = torch.empty(len(cells), self.unembed[0].shape[0], device=self.device)
-        order = sorted(range(len(cells)), key=lambda i: (cells[i].start, cells[i].suffix))
+        out = [None] * len(cells)
         todo = []
-        for i in order:
-            if cells[i].suffix > readout:
+        for i, cell in enumerate(cells):
+            if cell.suffix > self.readout:
                 out[i] = self.clean_logits[0]  # an edit after the readout cannot reach it
             else:
                 todo.append(i)
-        budget, batch, used = self.max_tokens(), [], 0
-        for i in todo:
-            size = self.n - cells[i].suffix
-            if batch and used + size > budget:
-                out[batch] = self._run_batch([cells[j] for j in batch], readout)
-                batch, used = [], 0
-            batch.append(i)
-            used += size
-        if batch:
-            out[batch] = self._run_batch([cells[j] for j in batch], readout)
-        return out
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i in sorted(todo, key=lambda i: (cells[i].suffix, cells[i].start)):
+            groups[cells[i].suffix].append(i)
+        budget = self.max_tokens()
+        for suffix, members in groups.items():
+            per_row = self.n - suffix
+            size = max(1, budget // per_row)
+            for begin in range(0, len(members), size):
+                batch = members[begin:begin + size]
+                logits = self._run_batch([cells[i] for i in batch])
+                for j, i in enumerate(batch):
+                    out[i] = logits[j]
+        return torch.stack(out) if out else torch.empty(0, self.clean_logits.shape[-1])
 
-    def _run_batch(self, cells: list[Cell], readout: int) -> torch.Tensor:
-        groups: dict[int, list[int]] = defaultdict(list)  # suffix → cell indices, in join order
-        states: dict[int, torch.Tensor] = {}
-        n_layers = len(self.layers)
-        first = min(c.start for c in cells)
-        for l in range(first, n_layers + 1):
-            for i, cell in enumerate(cells):
-                if cell.start == l:
-                    p = cell.suffix
-                    h = cell.init if cell.init is not None else self.clean["resid_pre"][l][p:] if l < n_layers \
-                        else self.clean["resid_final"][0][p:]
-                    groups[p].append(i)
-                    states[p] = h[None] if p not in states else torch.cat([states[p], h[None]])
-            if l == n_layers:
-                break
-            for p in states:
-                states[p] = self._block(l, states[p], p, [cells[i] for i in groups[p]])
-        logits = torch.empty(len(cells), self.unembed[0].shape[0], device=self.device)
-        for p, rows in groups.items():
-            logits[rows] = self.readout(states[p][:, readout - p])
+    @torch.no_grad()
+    def _run_batch(self, cells: list[Cell]) -> torch.Tensor:
+        """Cells sharing one suffix, sorted by start block: rows join the batch at their start block."""
+        p = cells[0].suffix
+        cache = _PrefixCache(self.prefix, p)
+        order = sorted(range(len(cells)), key=lambda i: cells[i].start)
+        row_of = {i: r for r, i in enumerate(order)}
+        items, rows = [], []
+        for i, cell in enumerate(cells):
+            for item in cell.resolved:
+                items.append(item)
+                rows.append([(row_of[i], 0)])
+        hooks = compile_hooks(items, Binding(rows), offset=p) if items else []
+        first = cells[order[0]].start
+        h = None
+        handles = []
+        try:
+            for block in list(self.bridge.blocks)[first:]:
+                if getattr(block, "attn", None) is not None:
+                    handles.append(block.attn.register_forward_pre_hook(_attention_cache_alias, with_kwargs=True))
+            with self.bridge.hooks(fwd_hooks=hooks):
+                for layer in range(first, self.n_layers):
+                    joining = [i for i in order if cells[i].start == layer]
+                    if joining:
+                        new = self.resid_pre[layer][p:].expand(len(joining), -1, -1)
+                        h = new.clone() if h is None else torch.cat([h, new], 0)
+                    kwargs = _slice_kwargs(self.layer_kwargs[layer], p, self.n, self.family)
+                    kwargs[self.cache_names[layer]] = cache
+                    if isinstance(kwargs.get("alibi"), torch.Tensor):  # BLOOM folds the batch into the heads axis
+                        kwargs["alibi"] = kwargs["alibi"].repeat(h.shape[0], 1, 1)
+                    out = self.bridge.blocks[layer](h, **kwargs)
+                    h = out[0] if isinstance(out, tuple) else out
+        finally:
+            for handle in handles:
+                handle.remove()
+        if h is None:  # every cell starts after the last block: nothing to recompute
+            h = self.resid_final[p:].expand(len(cells), -1, -1)
+        logits = self.unembed(h[:, self.readout - p])
+        return logits[[row_of[i] for i in range(len(cells))]]
+
+    def unembed(self, h: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch vocab"]:
+        """The model's final norm and unembedding on the readout position only (plus Gemma's soft-capping)."""
+        logits = self.bridge.unembed(self.bridge.ln_final(h[:, None]))[:, 0].float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
-
-    def readout(self, h: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch vocab"]:
-        w, b = self.unembed
-        return torch.nn.functional.linear(_rms(h, self.final_norm, self.final_eps), w, b).float()
-
-    # ----- one block --------------------------------------------------------------------------------------
-    def _block(self, l: int, h: torch.Tensor, p: int, cells: list[Cell], capture=None) -> torch.Tensor:
-        """Block ``l`` on rows ``h`` ``[row, pos - p, d_model]`` (positions ``p…``), one cell per row."""
-        w = self.layers[l]
-        R, m, _ = h.shape
-        edits = defaultdict(list)
-        for r, cell in enumerate(cells):
-            for (block, site), fn in cell.edits.items():
-                if block == l:
-                    edits[site].append((r, fn))
-
-        def at(site: str, act: torch.Tensor) -> torch.Tensor:
-            if site in edits:
-                act = act.clone()
-                for r, fn in edits[site]:
-                    act[r] = fn(act[r])
-            if capture is not None and site in capture[1]:
-                kept, _, grad = capture
-                if grad and act.requires_grad:
-                    act.retain_grad()
-                kept[site].append(act if grad else act[0].detach().clone())
-            return act
-
-        h = at("resid_pre", h)
-        x = _rms(h, w.ln1, w.eps1)
-        q = at("q", _proj(x, w.q).view(R, m, self.n_heads, self.d_head))
-        k = at("k", _proj(x, w.k).view(R, m, self.n_kv, self.d_head))
-        v = at("v", _proj(x, w.v).view(R, m, self.n_kv, self.d_head))
-        cos, sin = self.cos[p:][:, None], self.sin[p:][:, None]
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        if capture is not None:
-            at("k_rot", k)
-        if p:
-            pk, pv = self.prefix[l]
-            k = torch.cat([pk[None, :p].expand(R, -1, -1, -1), k], 1)
-            v = torch.cat([pv[None, :p].expand(R, -1, -1, -1), v], 1)
-        rep = self.n_heads // self.n_kv
-        k, v = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
-        scores = torch.einsum("rqhd,rkhd->rhqk", q, k) * self.scaling
-        scores = scores.masked_fill(self.causal[p:], float("-inf"))
-        masked = [(r, c.key_mask[p:]) for r, c in enumerate(cells) if c.key_mask is not None and l in c.mask_blocks]
-        if masked:
-            full = torch.zeros(R, 1, m, self.n, dtype=torch.bool, device=h.device)
-            for r, mask in masked:
-                full[r, 0] = mask
-            scores = scores.masked_fill(full, float("-inf"))
-        pattern = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
-        z = at("z", torch.einsum("rhqk,rkhd->rqhd", pattern, v))
-        attn_out = at("attn_out", _proj(z.reshape(R, m, -1), w.o))
-        mid = at("resid_mid", h + attn_out)
-        y = _rms(mid, w.ln2, w.eps2)
-        mlp_out = at("mlp_out", _proj(w.act(_proj(y, w.gate)) * _proj(y, w.up), w.down))
-        return at("resid_post", mid + mlp_out)
-
-
-def _proj(x: torch.Tensor, wb: tuple) -> torch.Tensor:
-    return torch.nn.functional.linear(x, wb[0], wb[1])
-
-
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm as the HF Llama family computes it (in float32, then back)."""
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), -1)

@@ -1,0 +1,313 @@
+"""A fuzz suite for the CLI: bad inputs and faults, as a careless or unlucky user would produce them.
+
+Every case runs ``python -m workbench …`` in its own sandbox (a few at a time) that already holds a
+user's files (a thesis, a data folder, an HTML and a JSON file of their own, a read-only folder, an
+unreadable file, a symlink loop) and an earlier workbench output. For every case: no traceback, at
+most one error line, an exit code ≠ 0 where the input is bad, and every pre-existing file and folder
+byte-identical afterwards (checksums before and after). The CLI runs without root's power to ignore
+file permissions, so read-only and unreadable really are.
+
+Property-based cases (hypothesis) call the CLI's ``main`` in process, for speed, with generated
+option values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from workbench.outputs import PROBE, output_folder
+
+from .conftest import Run, cli_env, leftovers, permissions_apply, snapshot, workbench
+
+BAD, ANY = "bad", "any"  # a bad input must fail; an odd one may succeed, but never with a traceback
+
+
+@dataclass
+class Case:
+    args: list[str]
+    expect: str = BAD
+    says: str = ""  # text the error line must contain
+    env: dict[str, str] = field(default_factory=dict)
+    gpu: bool = False  # only meaningful without a GPU
+
+
+T = "tiny-qwen2"
+CASES = {
+    # --- outputs: never over a user's file, never where it cannot be written -------------------------------
+    "study --out a file": Case(["study", "random-number", "-m", T, "--out", "thesis.tex"], says="is a file, not a folder"),
+    "study --out a user's folder": Case(["study", "random-number", "-m", T, "--out", "data"], says="which the workbench did not write"),
+    "study --out a probe output": Case(["study", "random-number", "-m", T, "--out", "prev"], says="holds a workbench probe output"),
+    "study --out .": Case(["study", "random-number", "-m", T, "--out", "."], says="is the current folder"),
+    "study --out ..": Case(["study", "random-number", "-m", T, "--out", ".."], says="is a folder above the current one"),
+    "study --out ~": Case(["study", "random-number", "-m", T, "--out", "~"], says="is your home folder"),
+    "study --out ''": Case(["study", "random-number", "-m", T, "--out", ""], says="is the current folder"),
+    "study --out read-only": Case(["study", "random-number", "-m", T, "--out", "ro/report"], says="is not writable"),
+    "study --out below a file": Case(["study", "random-number", "-m", T, "--out", "thesis.tex/report"], says="is not a folder"),
+    "study --out a symlink loop": Case(["study", "random-number", "-m", T, "--out", "loop"], says="leads back to itself"),
+    "probe --out a user's folder": Case(["probe", "logit_lens", "-m", T, "--out", "data"], says="which the workbench did not write"),
+    "probe --out read-only": Case(["probe", "logit_lens", "-m", T, "--out", "ro/probe"], says="is not writable"),
+    "probe --out a read-only folder of the user's": Case(["probe", "logit_lens", "-m", T, "--out", "ro"], says="holds kept.txt"),
+    "probe --out a file": Case(["probe", "logit_lens", "-m", T, "--out", "mine.html"], says="is a file, not a folder"),
+    "explore --out a user's folder": Case(["sample", "explore", "-m", T, "--out", "data"], says="which the workbench did not write"),
+    "audit --out a probe output": Case(["sample", "audit", "-m", T, "--out", "prev"], says="holds a workbench probe output"),
+    "anomalous --out a file": Case(["sample", "anomalous", "-m", T, "--out", "thesis.tex"], says="is a file, not a folder"),
+    "sweep --out a user's html": Case(["sweep", "blocks", "--model", T, "--out", "mine.html"], says="exists and was not written by the workbench"),
+    "sweep --out a user's json": Case(["sweep", "blocks", "--model", T, "--out", "mine.json"], says="exists and was not written by the workbench"),
+    "sweep --out a user's pdf": Case(["sweep", "blocks", "--model", T, "--out", "mine.pdf"], says="cannot carry the workbench's mark"),
+    "sweep --out a folder": Case(["sweep", "blocks", "--model", T, "--out", "data"], says="Unknown figure format"),
+    "sweep --out .txt": Case(["sweep", "blocks", "--model", T, "--out", "x.txt"], says="Unknown figure format '.txt'"),
+    "sweep --out read-only": Case(["sweep", "mask", "--model", T, "--out", "ro/x.html"], says="is not writable"),
+    "report of a user's folder": Case(["report", "data"], says="which the workbench did not write"),
+    "report of a probe output": Case(["report", "prev"], says="holds a workbench probe output"),
+    "report of a missing folder": Case(["report", "nowhere", "--out", "new"], says="No file at"),
+    "report of a user's json": Case(["report", "mine.json", "--out", "new"], says="not a saved random-number study"),
+    "report of a non-UTF-8 file": Case(["report", "latin1.txt", "--out", "new"], says="is not valid JSON"),
+    # --- models, devices, dtypes ---------------------------------------------------------------------------
+    "model ''": Case(["models", "info", ""], says="holds neither a config.json nor exactly one .gguf"),
+    "model: a missing gguf": Case(["models", "info", "missing.gguf"], says="No model file or folder"),
+    "model: random bytes as gguf": Case(["models", "info", "random.gguf"], says="is not a valid GGUF file"),
+    "model: an empty gguf": Case(["models", "info", "empty.gguf"], says="is not a valid GGUF file"),
+    "model: a text file": Case(["models", "info", "thesis.tex"], says="is a file but not a .gguf"),
+    "model: a user's folder": Case(["models", "info", "data"], says="holds neither a config.json"),
+    "model: an unknown name": Case(["probe", "logit_lens", "-m", "gpt-17"], says="Unknown model spec"),
+    "model: a hub id offline": Case(["models", "info", "nobody/nothing"], says="is not in the local Hugging Face cache",
+                                    env={"HF_HUB_OFFLINE": "1"}),
+    "device tpu": Case(["models", "info", T, "--device", "tpu"], says="Unknown device 'tpu'"),
+    "device cuda": Case(["models", "info", T, "--device", "cuda"], says="asks for a GPU", gpu=True),
+    "device cuda:-1": Case(["models", "info", T, "--device", "cuda:-1"], says="Unknown device"),
+    "device ''": Case(["models", "info", T, "--device", ""], expect=ANY),
+    "device 'CPU '": Case(["models", "info", T, "--device", "CPU "], expect=ANY),
+    "dtype float64": Case(["models", "info", T, "--dtype", "float64"], says="Unknown dtype 'float64'"),
+    "dtype ''": Case(["models", "info", T, "--dtype", ""], says="Unknown dtype ''"),
+    # --- numbers: odd, huge, negative, of the wrong type ------------------------------------------------------
+    "top -1": Case(["sample", "next", "-m", T, "--top", "-1"], says="--top is -1: pass a whole number ≥ 1."),
+    "top 0": Case(["sample", "next", "-m", T, "--top", "0"], says="--top is 0: pass a whole number ≥ 1."),
+    "top huge": Case(["sample", "next", "-m", T, "--top", "1000000000000"], expect=ANY),
+    "top as a float": Case(["sample", "next", "-m", T, "--top", "1e3"], says="Invalid value for '--top'"),
+    "top as words": Case(["sample", "next", "-m", T, "--top", "ten"], says="Invalid value for '--top'"),
+    "top empty": Case(["sample", "next", "-m", T, "--top", ""], says="Invalid value for '--top'"),
+    "anomalous top -5": Case(["sample", "anomalous", "-m", T, "--top", "-5"], says="--top is -5: pass a whole number ≥ 1."),
+    "block 99": Case(["study", "random-number", "-m", T, "--block", "99", "--out", "r"], says="Block 99 does not exist"),
+    "block -100": Case(["study", "random-number", "-m", T, "--block", "-100", "--out", "r"], says="Block -100 does not exist"),
+    "block huge": Case(["study", "random-number", "-m", T, "--block", "99999999999999999999", "--out", "r"], says="does not exist"),
+    "block as text": Case(["study", "random-number", "-m", T, "--block", "six", "--out", "r"], says="Invalid value for '--block'"),
+    "patch blocks as text": Case(["study", "random-number", "-m", T, "--patch-blocks", "a,b", "--out", "r"],
+                                 says="is not a comma list of block numbers"),
+    "patch blocks out of range": Case(["study", "random-number", "-m", T, "--patch-blocks", "1,40", "--out", "r"],
+                                      says="Block 40 does not exist"),
+    "mask from 50": Case(["study", "random-number", "-m", T, "--mask-from", "50", "--out", "r"], says="Block 50 does not exist"),
+    "bound not in the prompt": Case(["study", "random-number", "-m", T, "--bound", "7", "--out", "r"], says="cannot be located"),
+    "readout 999": Case(["probe", "logit_lens", "-m", T, "--readout", "999"], says="Readout position 999"),
+    "readout -999": Case(["probe", "logit_lens", "-m", T, "--readout", "-999"], says="Readout position -999"),
+    "a target of several tokens": Case(["probe", "logit_lens", "-m", T, "--targets", "not one token"], says="token"),
+    "an unknown probe": Case(["probe", "no_such_probe", "-m", T], says="Unknown probe 'no_such_probe'"),
+    "an unknown option": Case(["probe", "logit_lens", "-m", T, "-o", "nope=1"], says="has no option nope"),
+    "patch without a source": Case(["probe", "patch", "-m", T], says="needs a source prompt"),
+    "an option without =": Case(["probe", "logit_lens", "-m", T, "-o", "k"], says="is not key=value"),
+    "an unknown command": Case(["frobnicate"], says="No such command"),
+    "an unknown flag": Case(["study", "random-number", "--fast"], says="No such option: --fast"),
+    # --- the -o parser (from each probe's field types) and unified validation -----------------------------
+    "-o blocks=[1,": Case(["probe", "block_replacement", "-m", T, "-o", "blocks=[1,"], says="not a JSON list"),
+    "-o blocks=abc": Case(["probe", "block_replacement", "-m", T, "-o", "blocks=abc"], says="'abc' is not a whole number"),
+    "-o blocks=1.5": Case(["probe", "block_replacement", "-m", T, "-o", "blocks=1.5"], says="'1.5' is not a whole number"),
+    "-o blocks= (empty)": Case(["probe", "block_replacement", "-m", T, "-o", "blocks="], says="block list is empty"),
+    "-o blocks=99": Case(["probe", "block_replacement", "-m", T, "-o", "blocks=99"], says="Block 99 does not exist"),
+    "-o k=100000": Case(["probe", "logit_lens", "-m", T, "-o", "k=100000"], says="vocabulary size"),
+    "-o k=-1": Case(["probe", "logit_lens", "-m", T, "-o", "k=-1"], says="whole number from 1"),
+    "-o heads=9 (a kv head)": Case(["probe", "patch", "-m", T, "-o", "site=k", "-o", "heads=9", "-o",
+                                    "source=I'm generating a random number between [0, 5]. The number is "],
+                                   says="key/value heads 0–1"),
+    "-o keys=zebra": Case(["probe", "attention_mask", "-m", T, "-o", "keys=zebra"], says="'zebra' is not in the prompt"),
+    "mask without keys": Case(["probe", "attention_mask", "-m", T], says="needs the keys"),
+    # --- files: unreadable, not UTF-8, empty, binary, a folder ----------------------------------------------
+    "prompts: not UTF-8": Case(["study", "random-number", "-m", T, "--prompts", "latin1.txt", "--out", "r"], says="is not UTF-8 text"),
+    "prompts: random bytes": Case(["study", "random-number", "-m", T, "--prompts", "random.gguf", "--out", "r"], says="is not UTF-8 text"),
+    "prompts: empty": Case(["study", "random-number", "-m", T, "--prompts", "empty.gguf", "--out", "r"], says="holds no prompt"),
+    "prompts: unreadable": Case(["study", "random-number", "-m", T, "--prompts", "secret.txt", "--out", "r"], says="is not readable"),
+    "prompts: a folder": Case(["study", "random-number", "-m", T, "--prompts", "data", "--out", "r"], says="does not exist"),
+    "bigram: a missing corpus": Case(["sample", "next", "-m", "bigram:missing.txt"], says="No corpus file"),
+    "bigram: a non-UTF-8 corpus": Case(["sample", "next", "-m", "bigram:latin1.txt", "--prompt", "naïve"], expect=ANY),
+}
+
+
+def make_sandbox(root: Path) -> Path:
+    """A working folder with a user's files and an earlier workbench output in it."""
+    root.mkdir(parents=True)
+    (root / "home").mkdir()
+    (root / "thesis.tex").write_text("\\documentclass{article}\n")
+    (root / "data" / "raw").mkdir(parents=True)
+    (root / "data" / "raw" / "x.csv").write_text("a,b\n1,2\n")
+    (root / "mine.html").write_text("<html><head></head><body>my notes</body></html>")
+    (root / "mine.json").write_text('{"mine": true}')
+    (root / "mine.pdf").write_bytes(b"%PDF-1.4 mine")
+    (root / "latin1.txt").write_bytes("# prompts\nnaïve number: \n".encode("latin-1"))
+    (root / "random.gguf").write_bytes(os.urandom(4096))
+    (root / "empty.gguf").write_bytes(b"")
+    (root / "secret.txt").write_text("a prompt\n")
+    (root / "secret.txt").chmod(0o000)
+    (root / "ro").mkdir()
+    (root / "ro" / "kept.txt").write_text("kept\n")
+    (root / "ro").chmod(0o555)
+    (root / "loop").symlink_to("loop")
+    with output_folder(root / "prev", PROBE) as tmp:
+        (tmp / "logit_lens.json").write_text("{}")
+    return root
+
+
+def run_case(case: Case, sandbox: Path) -> tuple[Run, dict, dict]:
+    before = snapshot(sandbox)
+    env = cli_env(HOME=str(sandbox / "home"), **case.env)
+    run = workbench(*case.args, cwd=sandbox, env=env, permissions=True)
+    return run, before, snapshot(sandbox)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, tuple[Run, dict, dict, Path]]:
+    """Every case, four at a time, each in its own sandbox."""
+    root = tmp_path_factory.mktemp("fuzz")
+    sandboxes = {name: make_sandbox(root / f"case{i}") for i, name in enumerate(CASES)}
+    with ThreadPoolExecutor(4) as pool:
+        futures = {name: pool.submit(run_case, CASES[name], sandboxes[name]) for name in CASES}
+        done = {name: (*future.result(), sandboxes[name]) for name, future in futures.items()}
+    for sandbox in sandboxes.values():  # let pytest clean up
+        (sandbox / "ro").chmod(0o755)
+        (sandbox / "secret.txt").chmod(0o644)
+    return done
+
+
+def params():
+    for name, case in CASES.items():
+        marks = []
+        if case.gpu:
+            marks.append(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"))
+        yield pytest.param(name, marks=marks, id=name)
+
+
+pytestmark = pytest.mark.skipif(not permissions_apply(), reason="needs file permissions to apply to the CLI")
+
+
+def test_the_suite_is_large_enough():
+    assert len(CASES) >= 60
+
+
+@pytest.mark.parametrize("name", params())
+def test_a_bad_input_is_one_line_and_changes_nothing(results, name):
+    case = CASES[name]
+    run, before, after, sandbox = results[name]
+    output = run.stdout + run.stderr
+    assert "Traceback" not in output, run.stderr
+    assert not any(line.startswith("internal error:") for line in run.stderr.splitlines()), run.stderr
+    assert after == before, "a pre-existing file or folder changed"
+    assert leftovers(sandbox) == [] and not (sandbox / "r").exists() and not (sandbox / "new").exists()
+    if case.expect == BAD:
+        assert run.returncode != 0, f"exit 0 for a bad input:\n{output}"
+        assert len(run.error_lines) == 1, run.stderr
+        assert case.says in run.error_lines[0], run.error_lines[0]
+    else:
+        assert run.returncode == 0 or len(run.error_lines) == 1, run.stderr
+
+
+# --- property-based: generated option values, the CLI's main() in process -----------------------------------
+
+
+def main_in_process(args: list[str]) -> tuple[int, str, str]:
+    """Run ``workbench ARGS`` in this process: (exit code, stdout, stderr); signal handlers restored."""
+    from workbench.cli import main
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_clean_ending(code: int, err: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith(("error:", "internal error:"))]
+    assert "Traceback" not in err and not any(line.startswith("internal error:") for line in lines), err
+    assert (code == 0 and not lines) or (code != 0 and len(lines) == 1), (code, err)
+
+
+FUZZ = settings(max_examples=12, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@FUZZ
+@given(top=st.one_of(st.integers(-10**6, 10**6), st.sampled_from([0, 1, -1, 2**31, 2**63 - 1, -(2**63)])))
+def test_any_top_count(top):
+    code, _, err = main_in_process(["sample", "next", "--model", T, "--top", str(top)])
+    assert_clean_ending(code, err)
+    assert (code == 0) == (top >= 1)
+
+
+@FUZZ
+@given(device=st.one_of(st.sampled_from(["cpu", "CPU", "cuda", "cuda:0", "cuda:7", "mps", "meta", "xla", "cpu:1", "cpu:0",
+                                         "auto", "", " ", "gpu", "cuda:x", "cuda:-1", ":0"]),
+                        st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)))
+def test_any_device_text(device):
+    code, out, err = main_in_process(["models", "info", T, "--device", device, "--json"])
+    assert_clean_ending(code, err)
+    if code == 0:
+        assert '"device": "' in out
+
+
+@FUZZ
+@given(path=st.one_of(
+    st.sampled_from([".", "..", "./", "~", "~/", "/", "data", "data/", "data/raw", "thesis.tex", "ro", "ro/x", "loop", "prev",
+                     "new", "new/deeper/still", "a b", "ünïcode", "-", "--", ".hidden"]),
+    st.text(alphabet=st.characters(whitelist_categories=("Ll", "Lu", "Nd", "Zs", "Po"), blacklist_characters="\x00"),
+            min_size=1, max_size=16)))
+def test_any_out_path_leaves_the_users_files(tmp_path_factory, monkeypatch, path):
+    sandbox = make_sandbox(tmp_path_factory.mktemp("prop") / "s")
+    try:
+        monkeypatch.chdir(sandbox)
+        monkeypatch.setenv("HOME", str(sandbox / "home"))
+        before = snapshot(sandbox)
+        code, _, err = main_in_process(["probe", "logit_lens", "--model", T, "--no-static", "--out", path])
+        assert_clean_ending(code, err)
+        after = snapshot(sandbox)
+        target = Path(os.path.realpath(Path(path).expanduser()))
+        # Only the target changed (or folders created to hold it); a file that existed was replaced only
+        # when it belonged to the earlier workbench output.
+        for changed in (Path(p) for p in set(before) | set(after) if before.get(p) != after.get(p)):
+            inside = changed == target or target in changed.parents
+            assert inside or (str(changed) not in before and changed in target.parents), changed
+            if inside and before.get(str(changed), ("absent",))[0] == "file":
+                assert target == sandbox / "prev", changed
+        assert leftovers(sandbox) == []
+    finally:
+        (sandbox / "ro").chmod(0o755)
+        (sandbox / "secret.txt").chmod(0o644)
+
+
+@FUZZ
+@given(prompt=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40))
+def test_any_prompt_text(prompt):
+    code, _, err = main_in_process(["probe", "logit_lens", "--model", T, "--prompt", prompt, "-o", "positions=@-1"])
+    assert_clean_ending(code, err)
+
+
+@FUZZ
+@given(low=st.floats(allow_nan=True, allow_infinity=True, width=32), high=st.floats(allow_nan=True, allow_infinity=True, width=32),
+       steps=st.integers(-5, 60))
+def test_any_temperature_range(low, high, steps):
+    code, _, err = main_in_process(["sample", "explore", "--model", T, "--from", repr(low), "--to", repr(high),
+                                    "--steps", str(steps), "--json"])
+    assert_clean_ending(code, err)
