@@ -101,6 +101,12 @@ class DeviceError(WorkbenchError):
     exit_code = 15
 
 
+class LensError(WorkbenchError, ValueError):
+    """A lens file that is missing, corrupt or fitted on another model, or a lens fit that cannot run."""
+
+    exit_code = 16
+
+
 class DatasetError(WorkbenchError, ValueError):
     """A prompt dataset that cannot be read (missing, not UTF-8, not JSONL/CSV/Parquet, no ``prompt`` column)
     or that holds bad rows (each named by its id)."""

@@ -128,3 +128,19 @@ def test_an_unexpected_exception_is_one_line_unless_debugging(debug):
     lines = [line for line in run.stderr.splitlines() if line.startswith("internal error:")]
     assert lines == ["internal error: ZeroDivisionError: a bug spread over two lines, rerun with `--debug` for the traceback."]
     assert ("Traceback" in run.stderr) == bool(debug)
+
+
+def test_exit_codes_are_unique_and_documented():
+    """Each error type has its own exit code, and docs/reliability.md's table lists exactly these."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    import workbench.errors as errors
+
+    types = {c.__name__: c.exit_code for _, c in inspect.getmembers(errors, inspect.isclass)
+             if issubclass(c, errors.WorkbenchError)}
+    assert len(set(types.values())) == len(types), types
+    page = (Path(__file__).parents[2] / "docs" / "reliability.md").read_text()
+    documented = {name: int(code) for code, name in re.findall(r"^\| (\d+) \| `(\w+)` \|", page, re.M)}
+    assert documented == types

@@ -52,7 +52,7 @@ def _register() -> None:
     from workbench.cli import models  # noqa: F401
     import importlib
 
-    for module in ("probes", "study", "report", "sampling", "bench", "experiment"):
+    for module in ("probes", "study", "report", "sampling", "bench", "experiment", "lens"):
         try:
             importlib.import_module(f"workbench.cli.{module}")
         except ModuleNotFoundError as exc:

@@ -9,9 +9,10 @@ from workbench.probes.attention_mask import AttentionMask
 from workbench.probes.patching import ActivationPatch
 from workbench.probes.intervene import Intervene
 from workbench.probes.intervention import InterventionResult
+from workbench.probes.tuned_lens import LensComparison, TunedLens, TunedLensResult
 
 __all__ = [
     "Probe", "ProbeRecord", "RunContext", "available_probes", "get_probe", "register_probe",
     "LogitLens", "LogitLensResult", "BlockReplacement", "AttentionCapture", "AttentionResult", "display_pattern",
-    "AttentionMask", "ActivationPatch", "Intervene", "InterventionResult",
+    "AttentionMask", "ActivationPatch", "Intervene", "InterventionResult", "TunedLens", "TunedLensResult", "LensComparison",
 ]

@@ -62,9 +62,14 @@ class LogitLens(Probe):
 
     @torch.no_grad()
     def result(self, record: ProbeRecord) -> LogitLensResult:
-        ctx, phase, keep = record.context, record.last_phase, record.plan
+        return self.read_layers(record, record.plan, self.unembed)
+
+    def read_layers(self, record: ProbeRecord, keep: list[int], read) -> LogitLensResult:
+        """Every saved residual row read into logits by ``read(model, resid)`` (a fitted lens passes its own)."""
+        ctx, phase = record.context, record.last_phase
         labels = resid_labels(ctx.facts.n_layers)
-        stack = [self.unembed(ctx.model, record.saved[phase][label]) for label in labels[:-1]]
+        stack = [read(ctx.model, record.saved[phase][label], layer) if read is not self.unembed
+                 else read(ctx.model, record.saved[phase][label]) for layer, label in enumerate(labels[:-1])]
         stack.append(record.logits[phase][:, keep].float())
         return self._summarise(ctx, stack, labels, keep)
 

@@ -1,0 +1,234 @@
+"""A fitted lens: one affine translator per residual row, read through the model's own final norm and unembedding.
+
+Row ``l`` (0 = embeddings, ``i + 1`` = after block ``i``) is read as ``unembed(final_norm(h + A_l h + b_l))``.
+With every ``A_l`` and ``b_l`` zero this *is* the logit lens (Belrose et al. 2023 start their tuned lens
+there; weight decay then pulls towards it). A lens file is safetensors (``weight`` ``[layer, d, d]`` = the
+``A_l``, ``bias`` ``[layer, d]``) whose metadata holds one JSON header: the model and its fingerprint, the
+corpus and its hash, the method, token counts, settings, and held-out KL per layer for this lens and
+for the logit lens on the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+
+from workbench.errors import LensError
+from workbench.layers import resid_labels
+from workbench.memory import rows_per_batch
+from workbench.provenance import library_versions, model_fingerprint
+
+LENS_FORMAT = "workbench.lens/1"
+HEADER_KEY = "workbench_lens"
+
+
+def unembed(model, resid: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... vocab"]:
+    """The model's own final norm and unembedding (the logit lens' read), as float32 logits."""
+    from workbench.probes.logit_lens import LogitLens
+
+    return LogitLens.unembed(model, resid.to(getattr(torch, model.facts.dtype)))
+
+
+@dataclass
+class Lens:
+    """Per residual row ``l``: the translator ``h ↦ h + weight[l] h + bias[l]`` (float32), and its header."""
+
+    weight: Float[torch.Tensor, "layer d_model d_model"]
+    bias: Float[torch.Tensor, "layer d_model"]
+    header: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n, d, d2 = self.weight.shape
+        if d != d2 or tuple(self.bias.shape) != (n, d):
+            raise LensError(f"A lens needs weight [layer, d, d] and bias [layer, d]; got {tuple(self.weight.shape)} "
+                            f"and {tuple(self.bias.shape)}.")
+
+    @classmethod
+    def identity(cls, model, **header: Any) -> Lens:
+        """Zero translators: the logit lens written as a lens."""
+        f = model.facts
+        return cls(torch.zeros(f.n_layers + 1, f.d_model, f.d_model), torch.zeros(f.n_layers + 1, f.d_model),
+                   {**model_header(model), "method": "identity", **header})
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def labels(self) -> list[str]:
+        """``embeddings``, ``after block 0`` … ``after block n-1``: the rows this lens translates."""
+        return resid_labels(self.n_rows - 1)[:-1]
+
+    @property
+    def method(self) -> str:
+        return str(self.header.get("method", "?"))
+
+    def translate(self, resid: Float[torch.Tensor, "... d_model"], layer: int) -> Float[torch.Tensor, "... d_model"]:
+        """``h + A_l h + b_l`` in float32, returned in ``resid``'s dtype."""
+        h = resid.float()
+        weight = self.weight[layer].to(h.device)
+        bias = self.bias[layer].to(h.device)
+        return (h + h @ weight.T + bias).to(resid.dtype)
+
+    def logits(self, model, resid: Float[torch.Tensor, "... d_model"], layer: int) -> Float[torch.Tensor, "... vocab"]:
+        """What this lens reads from residual row ``layer``."""
+        return unembed(model, self.translate(resid, layer))
+
+    def heldout_kl(self, lens: str = "lens") -> dict[str, float]:
+        """Held-out mean KL(final ‖ row) per row, in nats: of this lens (``"lens"``) or of the logit lens (``"logit"``)."""
+        values = self.header.get("heldout_kl", {}).get(lens)
+        if values is None:
+            raise LensError(f"This lens carries no held-out KL for {lens!r} (an unfitted lens): fit one with fit_lens.")
+        return dict(zip(self.labels, values))
+
+    def table(self):
+        """A DataFrame: held-out KL per row for the logit lens and this lens, and their ratio."""
+        import pandas as pd
+
+        logit, lens = self.heldout_kl("logit"), self.heldout_kl("lens")
+        return pd.DataFrame({"layer": self.labels, "logit lens KL": [logit[k] for k in self.labels],
+                             f"{self.method} lens KL": [lens[k] for k in self.labels],
+                             "ratio": [lens[k] / logit[k] if logit[k] > 0 else float("nan") for k in self.labels]})
+
+    def check_model(self, model) -> None:
+        """Refuse a model other than the one this lens was fitted on (shape first, then weight fingerprint)."""
+        fitted = self.header.get("model", {})
+        name = fitted.get("name", "another model")
+        f = model.facts
+        if (self.n_rows, self.weight.shape[1]) != (f.n_layers + 1, f.d_model):
+            raise LensError(f"This lens was fitted on {name} ({self.n_rows - 1} blocks, d_model {self.weight.shape[1]}), "
+                            f"not on {f.name} ({f.n_layers} blocks, d_model {f.d_model}): fit one for it with "
+                            "`workbench lens fit`.")
+        expected = self.header.get("fingerprint", {}).get("sha256")
+        if expected is None:
+            return
+        actual = model_fingerprint(model)["sha256"]
+        if actual != expected:
+            raise LensError(f"This lens was fitted on {name} (weights {expected[:12]}), not on {f.name} "
+                            f"(weights {actual[:12]}): fit one for this model with `workbench lens fit`.")
+
+    def save(self, path: str | Path) -> Path:
+        """Write safetensors + JSON header atomically; an existing file is replaced only if it is a lens file."""
+        from safetensors.torch import save_file
+
+        path = check_lens_path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = {"format": LENS_FORMAT, **self.header}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, tmp,
+                      metadata={HEADER_KEY: json.dumps(header)})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model=None) -> Lens:
+        """Read a lens file; with ``model``, refuse it unless it was fitted on that model."""
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise LensError(f"No lens file at {path}: fit one with `workbench lens fit --model SPEC --out {path}`.")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                header = _parse_header(path, fh.metadata())
+                lens = cls(fh.get_tensor("weight").float(), fh.get_tensor("bias").float(), header)
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            if isinstance(exc, LensError):
+                raise
+            raise LensError(f"{path} is not a readable lens file ({type(exc).__name__}): fit it again.") from None
+        if model is not None:
+            lens.check_model(model)
+        return lens
+
+    def describe(self) -> str:
+        model = self.header.get("model", {}).get("name", "?")
+        tokens = self.header.get("tokens", {}).get("train", "?")
+        return f"{self.method} lens for {model} ({self.n_rows} rows, fitted on {tokens} tokens)"
+
+    def __repr__(self) -> str:
+        return f"Lens({self.describe()})"
+
+
+def _parse_header(path: Path, metadata: dict[str, str] | None) -> dict[str, Any]:
+    text = (metadata or {}).get(HEADER_KEY)
+    if text is None:
+        raise LensError(f"{path} is a safetensors file but not a workbench lens (no {HEADER_KEY!r} header).")
+    header = json.loads(text)
+    if header.get("format") != LENS_FORMAT:
+        raise LensError(f"{path} is a lens of format {header.get('format')!r}; this workbench reads {LENS_FORMAT!r}.")
+    return header
+
+
+def is_lens_file(path: str | Path) -> bool:
+    """Whether ``path`` is a lens file this workbench wrote (checked from its header only)."""
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            _parse_header(Path(path), fh.metadata())
+        return True
+    except Exception:
+        return False
+
+
+def check_lens_path(path: str | Path) -> Path:
+    """Check an output path before any work: never overwrite a file the workbench did not write."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise LensError(f"--out {path} is a folder: name a lens file, e.g. {path / 'model.lens.safetensors'}.")
+    if path.exists() and not is_lens_file(path):
+        raise LensError(f"{path} exists and is not a lens file the workbench wrote: choose another --out "
+                        "(it is never overwritten).")
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise LensError(f"Cannot write {path}: {probe} is not writable. Choose another --out.")
+    return path
+
+
+def model_header(model, spec: str | None = None) -> dict[str, Any]:
+    """What a lens records about its model: spec, facts that shape the lens, and the weights' fingerprint."""
+    f = model.facts
+    return {
+        "model": {"spec": spec or f.source, "name": f.name, "architecture": f.architecture, "n_layers": f.n_layers,
+                  "d_model": f.d_model, "d_vocab": f.d_vocab, "dtype": f.dtype},
+        "fingerprint": model_fingerprint(model),
+        "versions": library_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+@torch.no_grad()
+def kl_per_layer(model, residuals: Float[torch.Tensor, "layer token d_model"],
+                 lens: Lens | None = None) -> Float[torch.Tensor, " layer"]:
+    """Mean KL(final ‖ row) over tokens, in nats, for every row: of ``lens``, or of the logit lens (``None``).
+
+    ``final`` is the model's output distribution, read from the last row untranslated.
+    """
+    n_rows, n_tokens, _ = residuals.shape
+    chunk = rows_per_batch(4 * 3 * model.facts.d_vocab, model.device, cap=4096)
+    total = torch.zeros(n_rows, dtype=torch.float64)
+    for begin in range(0, n_tokens, chunk):
+        part = residuals[:, begin:begin + chunk].to(model.device)
+        final = unembed(model, part[-1]).log_softmax(-1)
+        p = final.exp()
+        for layer in range(n_rows):
+            logits = unembed(model, part[layer]) if lens is None else lens.logits(model, part[layer], layer)
+            total[layer] += (p * (final - logits.log_softmax(-1))).sum().double().cpu()
+    return (total / max(1, n_tokens)).float()
