@@ -50,3 +50,19 @@ def test_study_prompt_through_the_fitted_lens(smollm2, smollm2_lens, tiny_qwen2,
     assert result.figure("comparison").layout.title.text.startswith("Logit lens vs linear lens")
     with pytest.raises(LensError, match="fitted on SmolLM2"):
         Lens.load(path, tiny_qwen2)
+
+
+def test_the_studys_lens_check_on_smollm2(smollm2, smollm2_lens):
+    """The study's section: under the logit lens the digits enter the top-10 for good only late (block ≥ 15
+    of 30, the claim under test); the verdict states both lenses' layers and follows the stated criterion."""
+    from workbench.studies.random_number import StudyOptions, fitted_lens_view, lens_check
+
+    result = fitted_lens_view(smollm2, StudyOptions(lens=smollm2_lens))
+    check = lens_check(result, smollm2.facts.n_layers)
+    layers, stays = check["layers"], check["in_top_k_from"]
+    assert check["targets"] == [str(d) for d in range(10)]
+    assert stays["logit lens"] is not None and layers.index(stays["logit lens"]) >= 16  # row i + 1 = after block i
+    fitted = stays["linear lens"]
+    assert check["survives"] == (fitted is None or layers.index(fitted) >= layers.index("after block 15"))
+    assert f"from {stays['logit lens']} under the logit lens" in check["verdict"]
+    assert ("survives" if check["survives"] else "does not survive") in check["verdict"]

@@ -46,6 +46,17 @@ def random_number(
     figures_html: Literal["shared", "inline", "cdn"] = typer.Option("shared", "--figures-html", help=(
         "How figures/*.html load plotly.js: one shared copy beside them (light, offline), inline in each "
         "(self-contained, 4.8 MB each) or from the CDN.")),
+    lens: Path = typer.Option(None, "--lens", help=(
+        "A lens file from `workbench lens fit` for this model: the logit lens is compared with it and the report "
+        "says whether 'the digits appear late' survives the better lens.")),
+    fit_lens: bool = typer.Option(False, "--fit-lens", help=(
+        "Fit a linear lens first (on --lens-tokens tokens sampled from the model; minutes on a CPU) and compare.")),
+    lens_tokens: int = typer.Option(8192, "--lens-tokens", help="Tokens of sampled text for --fit-lens."),
+    dataset: str = typer.Option(None, "--dataset", help=(
+        "A prompt dataset (JSONL/CSV/Parquet with prompt, source, bound, source_bound), or 'bundled' (56 "
+        "paraphrases × bounds): each headline effect as a mean over it with a 95% interval.")),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Run the dataset's good rows when some are bad."),
+    resamples: int = typer.Option(9999, "--resamples", help="Bootstrap resamples of the dataset intervals."),
 ) -> None:
     """Reproduce the random-number investigation (sections 1–7 of the study) and write a report.
 
@@ -61,9 +72,13 @@ def random_number(
         read_prompts_file(prompts)  # fail before loading the model
     options = StudyOptions(extra_prompts=list(prompt), prompts_file=prompts, block=block,
                            patch_blocks=_blocks(patch_blocks), late_from=late_from, mask_from=mask_from,
-                           bound=bound, source_bound=source_bound, hide_sink=not show_sink, hide_diagonal=not show_sink)
+                           bound=bound, source_bound=source_bound, hide_sink=not show_sink, hide_diagonal=not show_sink,
+                           lens=lens, fit_lens=fit_lens, lens_tokens=lens_tokens, dataset=dataset,
+                           skip_bad_rows=skip_bad_rows, resamples=resamples)
     steps = ["load model", "digit distributions", "logit lens and attention", "identity block",
              "identity sweep", "patching and masking", "prompt sweep", "figures", "writing figures", "report"]
+    steps += ["lens"] if lens is not None or fit_lens else []
+    steps += ["dataset"] if dataset is not None else []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), transient=False) as bar:
         task = bar.add_task("loading the model", total=len(steps))

@@ -178,6 +178,15 @@ class LensComparison:
                 "best_rank": {n: v.tolist() for n, v in self.best_rank.items()},
                 "target_mass": {n: v.tolist() for n, v in self.target_mass.items()}}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LensComparison:
+        """The comparison :meth:`to_dict` wrote (a saved study redraws its figure from it, without the model)."""
+        arrays = {key: {n: np.asarray(v, dtype=float) for n, v in data[key].items()}
+                  for key in ("kl", "best_rank", "target_mass")}
+        arrays["best_rank"] = {n: v.astype(np.int64) for n, v in arrays["best_rank"].items()}
+        return cls(model=data["model"], lens=data["lens"], layers=list(data["layers"]), position=data["position"],
+                   k=data["k"], targets=list(data["targets"]), **arrays)
+
     def figure(self):
         """Two panels over the layers: KL to the output (log), and the best target's rank (log, the top-k line)."""
         from plotly.subplots import make_subplots

@@ -46,21 +46,37 @@ def headline_conditions(model, *, block: int | None = None, patch_blocks: Sequen
     }
 
 
-def dataset_effects(model, dataset: Dataset | str | Path | None = None, *, block: int | None = None,
-                    patch_blocks: Sequence[int] | None = None, mask_blocks: Sequence[int] | None = None,
-                    metrics: Sequence[str] = METRICS, confidence: float = 0.95, resamples: int = 9999, seed: int = 0,
-                    skip_bad_rows: bool = False, out: str | Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{condition: {metric: {mean, ci_low, ci_high, n, p_value}}}``: each headline effect (condition −
-    clean, per row) as a mean over ``dataset`` (the bundled one by default; rows need ``prompt``,
-    ``source``, ``bound`` and ``source_bound``) with its bootstrap interval and paired test.
+def load_study_dataset(dataset: Dataset | str | Path | None) -> Dataset:
+    """``dataset`` as a :class:`Dataset`: ``None`` or ``"bundled"`` is :data:`BUNDLED`; a path is read (and
+    refused in one line when missing or unreadable)."""
+    if isinstance(dataset, Dataset):
+        return dataset
+    if dataset is None or str(dataset) == "bundled":
+        return load_dataset(BUNDLED)
+    return load_dataset(dataset)
+
+
+def run_dataset_effects(model, dataset: Dataset | str | Path | None = None, *, block: int | None = None,
+                        patch_blocks: Sequence[int] | None = None, mask_blocks: Sequence[int] | None = None,
+                        metrics: Sequence[str] = METRICS, confidence: float = 0.95, resamples: int = 9999,
+                        seed: int = 0, skip_bad_rows: bool = False, out: str | Path | None = None):
+    """The headline experiment over ``dataset`` (the bundled one by default; rows need ``prompt``,
+    ``source``, ``bound`` and ``source_bound``): an :class:`~workbench.experiments.ExperimentRun` whose
+    ``effects()`` is ``results.json``'s section and whose ``summary`` draws the forest plot.
     ``out`` keeps the whole experiment (results.parquet, summary, report) in that folder."""
     from workbench.experiments import Experiment, run_experiment
 
-    if dataset is None or isinstance(dataset, (str, Path)):
-        dataset = load_dataset(dataset or BUNDLED)
+    dataset = load_study_dataset(dataset)
     experiment = Experiment(
         dataset=dataset, conditions=headline_conditions(model, block=block, patch_blocks=patch_blocks,
                                                         mask_blocks=mask_blocks),
         metrics=list(metrics), model=model.facts.name, name="random-number study: headline effects over a dataset",
         confidence=confidence, resamples=resamples, seed=seed)
-    return run_experiment(experiment, out, model=model, skip_bad_rows=skip_bad_rows).effects()
+    return run_experiment(experiment, out, model=model, skip_bad_rows=skip_bad_rows)
+
+
+def dataset_effects(model, dataset: Dataset | str | Path | None = None, **options: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{condition: {metric: {mean, ci_low, ci_high, n, p_value}}}``: each headline effect (condition −
+    clean, per row) as a mean over ``dataset`` with its bootstrap interval and paired test (options as
+    :func:`run_dataset_effects`)."""
+    return run_dataset_effects(model, dataset, **options).effects()

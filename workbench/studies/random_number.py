@@ -82,6 +82,12 @@ class StudyOptions:
     hide_sink: bool = True
     hide_diagonal: bool = True
     top_k: int = 10
+    lens: Any = None  # a lens file (``workbench lens fit``) or a Lens: the logit lens is checked against it
+    fit_lens: bool = False  # or fit a linear lens on text sampled from the model (``lens_tokens`` tokens)
+    lens_tokens: int = 8192
+    dataset: str | Path | None = None  # a prompt dataset, or "bundled": the headline effects over many prompts
+    skip_bad_rows: bool = False
+    resamples: int = 9999  # bootstrap resamples of the dataset effects' intervals
 
 
 @dataclass
@@ -161,6 +167,7 @@ def plan_study(model: Model, options: StudyOptions) -> Plan:
     start = options.prompt.find(options.bound)
     source_prompt = options.prompt[:start] + options.source_bound + options.prompt[start + len(options.bound):]
     digit_token_ids(model)  # a model whose digits are not single tokens cannot answer the question
+    check_extras(model, options)
     sweep = list(options.sweep_prompts)
     if options.prompts_file is not None:
         sweep += read_prompts_file(options.prompts_file)
@@ -169,6 +176,27 @@ def plan_study(model: Model, options: StudyOptions) -> Plan:
         mask_blocks=list(range(mask_from, n)), bound_position=bound_position, source_prompt=source_prompt,
         sweep_prompts=sweep, notes=notes,
     )
+
+
+def check_extras(model: Model, options: StudyOptions) -> None:
+    """The lens and dataset options, checked before any forward: a lens for another model, a missing or
+    unreadable dataset, or one with bad rows (unless they are to be skipped) is refused here."""
+    if options.lens is not None and options.fit_lens:
+        raise WorkbenchError("Pass either a lens file (--lens) or --fit-lens, not both.")
+    if options.lens is not None:
+        from workbench.lenses import Lens
+
+        if isinstance(options.lens, Lens):
+            options.lens.check_model(model)
+        else:
+            Lens.load(options.lens, model)
+    if options.fit_lens and options.lens_tokens < 256:
+        raise WorkbenchError(f"--lens-tokens {options.lens_tokens}: a lens needs at least 256 tokens to fit "
+                             "(the default, 8192, takes a few minutes on a CPU).")
+    if options.dataset is not None:
+        from workbench.studies.dataset_effects import load_study_dataset
+
+        load_study_dataset(options.dataset)
 
 
 def digit_distribution(probs: torch.Tensor, digit_ids: list[int]) -> dict[str, float]:
@@ -240,8 +268,58 @@ def measure(model: Model, options: StudyOptions, plan: Plan, step: Callable[[str
     sweep = prompt_sweep(model, plan.sweep_prompts, digit_ids)
 
     results = {"logit_lens": lens, "attention": attention, "identity": identity, **edits}
-    record = make_record(model, options, plan, dists, clean, results, sweep_rows, sweep)
+    extra: dict[str, Any] = {}
+    if options.lens is not None or options.fit_lens:
+        step("fitting a linear lens" if options.fit_lens else "the fitted lens")
+        results["tuned_lens"] = fitted_lens_view(model, options)
+        extra["lens_check"] = lens_check(results["tuned_lens"], model.facts.n_layers)
+    if options.dataset is not None:
+        step("effects over the dataset")
+        from workbench.studies.dataset_effects import run_dataset_effects
+
+        over = run_dataset_effects(
+            model, options.dataset, block=plan.block, patch_blocks=plan.patch_blocks, mask_blocks=plan.mask_blocks,
+            resamples=options.resamples, skip_bad_rows=options.skip_bad_rows)
+        extra["dataset_effects"] = over.effects()
+        extra["dataset_summary"] = over.summary  # the forest plot, stamped with the run's manifest hash
+    record = make_record(model, options, plan, dists, clean, results, sweep_rows, sweep, extra)
     return record, results
+
+
+def fitted_lens_view(model: Model, options: StudyOptions):
+    """The study prompt's last position read through a fitted lens beside the logit lens (``TunedLensResult``)."""
+    from workbench.lenses import fit_lens
+    from workbench.probes import TunedLens
+
+    lens = options.lens
+    if lens is None:
+        lens = fit_lens(model, None, method="linear", tokens=options.lens_tokens, seed=0, progress=True)
+    return run(model, options.prompt, TunedLens(lens=lens, k=options.top_k, positions=[-1]),
+               targets=list(DIGITS))["tuned_lens"]
+
+
+def lens_check(result, n_layers: int) -> dict[str, Any]:
+    """Does "the digits appear late" survive a better lens? Per lens, the residual stream from which on a
+    digit stays in the top-k; the claim survives when the fitted lens, too, finds none before the middle
+    of the network (block ``n_layers // 2``). ``survives`` is None when the logit lens makes no such claim."""
+    comparison = result.comparison()
+    stays = comparison.in_top_k_from()
+    fitted = result.lens_name
+    layers = comparison.layers
+    middle = layers.index(f"after block {n_layers // 2}")
+    logit, other = stays["logit lens"], stays[fitted]
+    said = (f"A digit stays in the top-{comparison.k} from {logit or 'no layer before the output'} under the logit "
+            f"lens and from {other or 'no layer before the output'} under the {fitted}")
+    if logit is None:
+        survives = None
+        verdict = f"{said}: the logit lens makes no 'late' claim here to check."
+    else:
+        survives = other is None or layers.index(other) >= middle
+        verdict = (f"{said}: \"the digits appear late\" {'survives' if survives else 'does not survive'} the better "
+                   f"lens (criterion: not before block {n_layers // 2}, the middle of the network).")
+    verdict += (f" Mean KL to the output over the layers: logit lens {comparison.kl['logit lens'].mean():.2f} nats, "
+                f"{fitted} {comparison.kl[fitted].mean():.2f} nats.")
+    return {**comparison.to_dict(), "lens_file": result.meta.get("lens"), "survives": survives, "verdict": verdict}
 
 
 def prompt_distributions(model: Model, prompts: list[str], digit_ids: list[int]) -> dict[str, dict[str, float]]:
@@ -302,7 +380,8 @@ def prompt_sweep(model: Model, prompts: list[str], digit_ids: list[int]) -> list
 
 
 def make_record(model: Model, options: StudyOptions, plan: Plan, dists: dict, clean: dict[str, float],
-                results: dict[str, Any], sweep_rows: list[dict], sweep: list[dict]) -> dict[str, Any]:
+                results: dict[str, Any], sweep_rows: list[dict], sweep: list[dict],
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The numbers a reader (and ``results.json``) gets; the figures need nothing else but the probe results."""
     facts, n = model.facts, model.facts.n_layers
     lens, attention = results["logit_lens"], results["attention"]
@@ -337,6 +416,7 @@ def make_record(model: Model, options: StudyOptions, plan: Plan, dists: dict, cl
             "to_bound": {f"block {b}": row for b, row in zip(to_bound.coords["block"], to_bound.numpy().tolist())},
         },
         "prompt_sweep": sweep,
+        **(extra or {}),
     }
     record["headline"] = headline(record)
     return record
@@ -357,7 +437,8 @@ def study_figures(record: dict[str, Any], results: dict[str, Any]) -> list[Figur
     """Every captioned figure of the report, in order, from the record alone (no model needed)."""
     return [*_distribution_figures(record), *_lens_figures(results["logit_lens"]),
             *_identity_figures(record, results["identity"]), *_attention_figures(record, results["attention"]),
-            *_intervention_figures(record), *_sweep_figures(record)]
+            *_intervention_figures(record), *_sweep_figures(record), *_lens_check_figures(record),
+            *_dataset_figures(record)]
 
 
 def _distribution_figures(record):
@@ -451,6 +532,36 @@ def _sweep_figures(record):
                                x_title="digit", y_title="prompt", width=1100), "7. Prompt sweep")
 
 
+def _lens_check_figures(record):
+    if "lens_check" not in record:
+        return
+    from workbench.probes.tuned_lens import LensComparison
+
+    check = record["lens_check"]
+    yield Figure("lens_check", "Logit lens vs a fitted lens",
+                 "KL divergence to the output distribution per residual stream (top) and the rank of the best digit "
+                 f"(bottom; below the dashed line it is in the top-{check['k']}), at the last position, for the logit "
+                 f"lens and a fitted lens ({check.get('lens_file') or check['lens']}). {check['verdict']}",
+                 LensComparison.from_dict(check).figure(), "2b. Does a better lens agree?")
+
+
+def _dataset_figures(record):
+    if "dataset_effects" not in record:
+        return
+    from workbench.experiments.report import forest_plot
+
+    summary = record["dataset_summary"]
+    yield Figure("dataset_effects", "Headline effects over the dataset",
+                 f"Each headline intervention's effect (intervened − clean, per prompt) as a mean over "
+                 f"{summary['n_items']} prompts with its {summary['method']['confidence']:.0%} bootstrap interval; "
+                 "filled markers stay significant (paired test against the clean run) after Benjamini–Hochberg.",
+                 forest_plot(summary), "8. Over a dataset of prompts")
+
+
+def _dataset_size(effects: dict[str, Any]) -> int:
+    return max((cell["n"] for metrics in effects.values() for cell in metrics.values()), default=0)
+
+
 def headline(record: dict[str, Any]) -> list[str]:
     """The few sentences a reader wants first, computed from the record."""
     d = record["distributions"]
@@ -480,6 +591,17 @@ def headline(record: dict[str, Any]) -> list[str]:
     sweep = record["prompt_sweep"]
     firsts = [r["top5"][0][0] for r in sweep]
     lines.append(f"Prompt sweep: {len(sweep)} prompts; top digit per prompt: " + ", ".join(firsts) + ".")
+    if "lens_check" in record:
+        lines.append(record["lens_check"]["verdict"])
+    if "dataset_effects" in record:
+        effects = record["dataset_effects"]
+        parts = []
+        for condition, metrics in effects.items():
+            cell = metrics.get("digits_above:{source_bound}") or next(iter(metrics.values()))
+            low, high = (f"{v:+.3f}" if v is not None else "–" for v in (cell["ci_low"], cell["ci_high"]))
+            parts.append(f"{condition} {cell['mean']:+.3f} [{low}, {high}]")
+        lines.append(f"Over {_dataset_size(effects)} prompts, the change in p(digit above the source's bound), mean "
+                     "[95% interval]: " + "; ".join(parts) + ".")
     return lines
 
 

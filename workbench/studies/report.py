@@ -108,6 +108,10 @@ def render_html(study) -> str:
     parts.append(_distribution_table(record))
     parts.append(_lens_table(record))
     parts.append(_sweep_table(record))
+    if "lens_check" in record:
+        parts.append("<h2>Does a better lens agree?</h2><p>" + e(record["lens_check"]["verdict"]) + "</p>")
+    if "dataset_effects" in record:
+        parts.append(_dataset_table(record))
     parts.append("<h2>Contents</h2><ul>" + "".join(
         f"<li><a href='#{f.key}'>{e(f.section)} — {e(f.title)}</a></li>" for f in study.figures) + "</ul>")
     section = None
@@ -149,3 +153,21 @@ def _sweep_table(record) -> str:
         for r in record["prompt_sweep"])
     return ("<h2>Prompt sweep</h2><table><tr><th>prompt</th><th>top-5 digits</th><th>entropy (bits, max 3.32)</th>"
             "<th>TV from uniform</th><th>digit mass</th></tr>" + rows + "</table>")
+
+
+def _dataset_table(record) -> str:
+    e = html.escape
+    effects = record["dataset_effects"]
+    metrics = list(next(iter(effects.values()), {}))
+    rows = "".join(
+        f"<tr><th>{e(condition)}</th>" + "".join(
+            f"<td>{_num(c['mean'], '+.4f')} [{_num(c['ci_low'], '+.4f')}, {_num(c['ci_high'], '+.4f')}] "
+            f"<small>p {_num(c['p_value'], '.2g')}, n {c['n']}</small></td>" for c in (cells[m] for m in metrics)) + "</tr>"
+        for condition, cells in effects.items())
+    return ("<h2>Headline effects over the dataset (condition − clean: mean [95% interval])</h2><table><tr><th>"
+            "condition</th>" + "".join(f"<th><code>{e(m)}</code></th>" for m in metrics) + f"</tr>{rows}</table>")
+
+
+def _num(value, spec: str) -> str:
+    """A number, or an en dash where the statistic is undefined (no spread, too few rows)."""
+    return "–" if value is None else format(value, spec)
