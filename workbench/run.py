@@ -123,11 +123,13 @@ def run(
     )
     names = _unique_names(probes)
     contexts, resolved = {}, {}
+    captures: dict = {}  # probes patching from the same source share its clean forward
     for probe in probes:
         ctx = replace(base, saved={})
         ctx.plan = probe.prepare(ctx)
         contexts[id(probe)] = ctx
-        resolved[id(probe)] = [resolve(iv, model, prompt_list, tokens) for iv in probe.interventions(ctx)] \
+        resolved[id(probe)] = [resolve(iv, model, prompt_list, tokens, captures=captures)
+                               for iv in probe.interventions(ctx)] \
             if probe.intervenes else []
     interventions = [p for p in probes if p.intervenes]
     descriptions = [_describe(p, contexts[id(p)].plan) for p in interventions]

@@ -89,3 +89,22 @@ def test_cells_of_several_interventions_start_at_the_first_edit(tiny_model):
     assert fast.method == "fast" and naive.method == "naive"
     torch.testing.assert_close(fast.logits, naive.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(fast.clean, naive.clean, atol=1e-5, rtol=0)
+
+
+def test_a_patch_sweep_runs_its_source_once(tiny_model):
+    """Every cell patches from the same source: its clean forward runs once for the grid, not once per cell
+    (it did once, and made a 228-cell sweep 15× slower). Clean, source, engine self-check: a few, whatever the grid."""
+    from workbench.sweeps import patch_sweep
+
+    calls = []
+    handle = tiny_model.bridge.blocks[0].register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[1]))
+    try:
+        result = patch_sweep(tiny_model, "I'm generating a random number between [0, 9]. The number is ",
+                             "I'm generating a random number between [0, 5]. The number is ", site="resid_pre",
+                             metric="logit_diff:9,5", method="fast")
+    finally:
+        handle.remove()
+    n = len(result.meta["tokens"]) if "tokens" in result.meta else max(calls)
+    full = [c for c in calls if c == n]
+    assert result["metric"].values.numel() > 4
+    assert len(full) <= 5, f"{len(full)} full-length forwards through block 0 for {result['metric'].values.numel()} cells"

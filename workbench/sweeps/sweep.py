@@ -63,7 +63,8 @@ def evaluate_cells(model, prompt: str, cells: Sequence[Sequence[Intervention]], 
     tokens = to_tokens(model, prompt)
     readout = resolve_readout(tokens.shape[-1], readout)
     began = time.perf_counter()
-    resolved = [[resolve(iv, model, [prompt], tokens) for iv in cell] for cell in cells]
+    captures: dict = {}  # one clean forward per patch source / mean prompt for the whole grid, not one per cell
+    resolved = [[resolve(iv, model, [prompt], tokens, captures=captures) for iv in cell] for cell in cells]
     note = ""
     if method in ("auto", "fast"):
         try:
