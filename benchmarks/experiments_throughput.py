@@ -63,7 +63,7 @@ def baseline(model, dataset, conditions, metrics):
         probes = [Intervene(*filled(c, item.fields), label=name) for name, c in conditions.items()]
         out = run(model, item.prompt, probes, separate=True)
         clean = out.logits["clean"][0, -1].float()
-        for name, probe_name in zip(conditions, out.conditions):
+        for name, probe_name in zip(conditions, out.conditions, strict=True):
             logits = out.conditions[probe_name].logits["intervened"][:, -1].float()
             for spec in metrics:
                 metric = resolve_metric(model, fill(spec, item.fields, "Metric"))

@@ -114,7 +114,7 @@ def main() -> None:
     for i, layer in enumerate(labels):
         kl = row["heldout_kl"]
         print(f"{layer:18s} {kl['logit'][i]:8.4f} {kl['linear'][i]:8.4f} {kl['tuned'][i]:8.4f}")
-    print("first layer with a digit in the top-%d: %s" % (args.k, row["first_in_top_k"]))
+    print(f"first layer with a digit in the top-{args.k}: {row['first_in_top_k']}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
     python benchmarks/run_benchmarks.py --model smollm2 [--device cuda] [--threads 2]
 
-Each line is what ``workbench bench patching-sweep --json`` / ``probe-overhead --json`` / ``separate --json`` prints, plus
-the machine load when it ran (``loadavg``): numbers on a shared machine are noisy, ratios less so.
+Each line is what ``workbench bench patching-sweep --json`` / ``probe-overhead --json`` / ``separate --json``
+prints, plus the machine load when it ran (``loadavg``): numbers on a shared machine are noisy, ratios less so.
 """
 
 from __future__ import annotations

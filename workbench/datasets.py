@@ -13,6 +13,7 @@ to skip bad rows — says how many it skipped.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -163,10 +164,8 @@ def _read_csv(text: str, name: str) -> list[dict[str, Any]]:
     # CSV has only text: a targets cell may hold a JSON list; every other cell stays text.
     for row in rows:
         if isinstance(row.get("targets"), str) and row["targets"].startswith("["):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 row["targets"] = json.loads(row["targets"])
-            except json.JSONDecodeError:
-                pass
     return rows
 
 
@@ -245,10 +244,8 @@ def _row_problem(record: dict[str, Any]) -> str | None:
 def _plain(value: Any) -> Any:
     """Values as JSON has them: numpy scalars to Python, NaN from an empty Parquet/CSV cell to None."""
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             value = value.item()
-        except (TypeError, ValueError):
-            pass
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, tuple):
@@ -283,7 +280,7 @@ def from_template(template: str, values: Mapping[str, Sequence[Any]] | Sequence[
         if any(not v for v in lists):
             empty = keys[[i for i, v in enumerate(lists) if not v][0]]
             raise DatasetError(f"The template grid's field {empty!r} has no values: give it at least one.")
-        rows = [dict(zip(keys, combo)) for combo in itertools.product(*lists)]
+        rows = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*lists)]
     else:
         rows = [dict(r) for r in values]
         if not all(isinstance(r, dict) for r in rows):

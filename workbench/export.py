@@ -2,8 +2,8 @@
 
 Every file goes through :mod:`workbench.outputs`: written atomically, marked as the workbench's, and
 never over a file the workbench did not write. HTML needs nothing. Static images need a Chrome/Chromium
-(Debian: ``apt-get install chromium``); without one the error says so instead of kaleido's long traceback. ``static_export()`` keeps one
-browser alive for a batch of figures (each standalone call would start a new one, ≈3.5 s).
+(Debian: ``apt-get install chromium``); without one the error says so instead of kaleido's long traceback.
+``static_export()`` keeps one browser alive for a batch of figures (each standalone call would start a new one, ≈3.5 s).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from workbench.errors import LayerError
 
+
 def block_label(block: int) -> str:
     return f"block {block}"
 

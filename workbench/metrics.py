@@ -38,7 +38,7 @@ class Metric:
     needs_clean: bool = False
 
     def __call__(self, logits: Float[torch.Tensor, "batch vocab"],
-                 clean: Float[torch.Tensor, "vocab"] | None = None) -> Float[torch.Tensor, "batch"]:
+                 clean: Float[torch.Tensor, " vocab"] | None = None) -> Float[torch.Tensor, " batch"]:
         logits = logits.float()
         out = self.fn(logits, clean.float()) if self.needs_clean else self.fn(logits)
         out = torch.as_tensor(out)
@@ -79,7 +79,7 @@ def logit_diff(model, token: str, other: str) -> Metric:
 
 
 def kl_divergence(p_logits: Float[torch.Tensor, "... vocab"], q_logits: Float[torch.Tensor, "... vocab"],
-                  bits: bool = False) -> Float[torch.Tensor, "..."]:
+                  bits: bool = False) -> Float[torch.Tensor, " ..."]:
     """KL(p ‖ q) between the distributions of two logit (or log-probability) tensors, in nats (bits with
     ``bits=True``). The one KL of the workbench: probes, sweeps, the lens and the study all call it."""
     p_logp = p_logits.float().log_softmax(-1)

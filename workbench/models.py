@@ -26,8 +26,15 @@ import torch
 from jaxtyping import Float, Int
 
 from workbench.cache import (  # noqa: F401  (cache_root, cached_models, gguf_cache_dir are re-exported)
-    cache_root, cached_models, discard_entry, entry_problem, gguf_cache_dir, needs_rehash, record_hashes,
-    require_writable_cache, write_cache,
+    cache_root,
+    cached_models,
+    discard_entry,
+    entry_problem,
+    gguf_cache_dir,
+    needs_rehash,
+    record_hashes,
+    require_writable_cache,
+    write_cache,
 )
 from workbench.errors import DeviceError, GGUFError, ModelNotFoundError, ModelSpecError, OfflineError, ProbeError
 from workbench.tiny import TINY_SPECS, build_tiny_model, tiny_description
@@ -121,7 +128,8 @@ class Model:
             raise ProbeError(
                 f"{what} needs the bridge to compute attention itself, but TransformerLens hands {self.facts.name}'s "
                 f"({self.facts.architecture}) attention to transformers whole, so its patterns cannot be read exactly "
-                "or edited: use patching or block replacement on this model, or a family the matrix in docs/models.md marks."
+                "or edited: use patching or block replacement on this model, "
+                "or a family the matrix in docs/models.md marks."
             )
 
     def __repr__(self) -> str:

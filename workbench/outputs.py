@@ -383,7 +383,8 @@ def check_file(path: str | os.PathLike, formats: tuple[str, ...] | None = None) 
     if formats is not None and suffix not in formats:
         raise ExportError(f"Unknown format {suffix or '(no suffix)'!r} for {shown}: use one of {', '.join(formats)}.")
     if target.is_dir():
-        raise ExportError(f"Output file {shown} is a folder, but a file such as {os.path.join(shown, 'result' + (suffix or '.json'))} is expected.")
+        example = os.path.join(shown, "result" + (suffix or ".json"))
+        raise ExportError(f"Output file {shown} is a folder, but a file such as {example} is expected.")
     if target.exists():
         if suffix not in MARKABLE:
             raise ExportError(

@@ -109,7 +109,7 @@ def head_grid(
     n = len(heads)
     columns = columns or min(n, max(1, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / columns)
-    titles = [f"head {h} · kv group {g}" for h, g in zip(heads, groups)]
+    titles = [f"head {h} · kv group {g}" for h, g in zip(heads, groups, strict=True)]
     fig = make_subplots(rows=rows, cols=columns, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.08)
     zmax = zmax if zmax is not None else float(np.nanmax(patterns)) if np.isfinite(patterns).any() else 1.0
     xs, ys = tick_labels(key_labels), tick_labels(query_labels)

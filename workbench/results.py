@@ -87,7 +87,7 @@ class Named:
 
         arr = self.numpy()
         grids = np.meshgrid(*[np.arange(n) for n in arr.shape], indexing="ij")
-        columns = {dim: np.asarray(self.coords[dim], dtype=object)[g.ravel()] for dim, g in zip(self.dims, grids)}
+        columns = {dim: np.asarray(self.coords[dim], dtype=object)[g.ravel()] for dim, g in zip(self.dims, grids, strict=True)}
         columns[name] = arr.ravel()
         return pd.DataFrame(columns)
 

@@ -66,7 +66,7 @@ class RunResult(Mapping):
     def target_probs(self, phase: str | None = None) -> dict[str, float]:
         """Probability of each target token for the first prompt."""
         probs = self.probs(phase)[0]
-        return {label: float(probs[i]) for label, i in zip(self.context.target_labels, self.context.target_ids)}
+        return {label: float(probs[i]) for label, i in zip(self.context.target_labels, self.context.target_ids, strict=True)}
 
 
 def hook_count(model: Model) -> int:

@@ -1,4 +1,5 @@
-"""Exact JSON for results, runs and study records: what :meth:`~workbench.results.Result.save` writes, :func:`load_result` reads.
+"""Exact JSON for results, runs and study records: what :meth:`~workbench.results.Result.save` writes,
+:func:`load_result` reads.
 
 Plain JSON stays plain (numbers, strings, lists, string-keyed dicts), so a saved file is easy to read
 anywhere; what JSON cannot say is tagged with a ``"__workbench__"`` key and restored on load: NaN and

@@ -102,7 +102,7 @@ def find_positions(model, prompt: str, text: str, occurrence: int = 0) -> list[i
     except IndexError:
         raise TokenError(f"{text!r} occurs {len(matches)} time(s); occurrence {occurrence} does not exist.") from None
     end, offset = begin + len(text), 0
-    for info, piece in zip(infos, pieces):
+    for info, piece in zip(infos, pieces, strict=True):
         if piece and offset < end and offset + len(piece) > begin:
             starts.append(info.position)
         offset += len(piece)
@@ -207,7 +207,7 @@ def align_prompts(model, target: str, source: str) -> tuple[torch.Tensor, torch.
     s = to_tokens(model, source)
     if t.shape != s.shape:
         t_str, s_str = str_tokens(model, target), str_tokens(model, source)
-        first = next((i for i, (a, b) in enumerate(zip(t_str, s_str)) if a != b), min(len(t_str), len(s_str)))
+        first = next((i for i, (a, b) in enumerate(zip(t_str, s_str, strict=False)) if a != b), min(len(t_str), len(s_str)))
         raise TokenError(
             f"The prompts do not align: target has {t.shape[-1]} tokens, source {s.shape[-1]}; they first "
             f"differ at position {first} ({t_str[first] if first < len(t_str) else 'end'!r} vs "

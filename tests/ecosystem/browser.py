@@ -32,7 +32,7 @@ def doms(pages: list[Path], workdir: Path, *, offline: bool = True, workers: int
     with ThreadPoolExecutor(workers) as pool:
         found = pool.map(lambda i_page: dom(i_page[1], workdir / f"profile-{i_page[0]}", offline=offline),
                          enumerate(pages))
-        return dict(zip(pages, found))
+        return dict(zip(pages, found, strict=True))
 
 
 FIGURE_DIV = re.compile(r'<div\b[^>]*\bclass="plotly-graph-div[^"]*"[^>]*>')
@@ -42,7 +42,7 @@ def figure_divs(dom_text: str) -> dict[str, bool]:
     """Each Plotly figure div of a DOM by id, and whether plotly.js drew it (``main-svg`` before the next one)."""
     tags = list(FIGURE_DIV.finditer(dom_text))
     drawn = {}
-    for tag, following in zip(tags, [*tags[1:], None]):
+    for tag, following in zip(tags, [*tags[1:], None], strict=True):
         div = re.search(r'\bid="([^"]+)"', tag.group(0)).group(1)
         drawn[div] = 'class="main-svg"' in dom_text[tag.end():following.start() if following else None]
     return drawn

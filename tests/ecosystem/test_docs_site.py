@@ -114,7 +114,7 @@ def test_notebook_pages_draw_every_figure_offline(site, tmp_path):
     assert {p.stem for p in notebooks} == set(ILLUSTRATES)
     pages = [site / "notebooks" / p.stem / "index.html" for p in notebooks]
     rendered = doms(pages, tmp_path)
-    for notebook, page in zip(notebooks, pages):
+    for notebook, page in zip(notebooks, pages, strict=True):
         executed = nbformat.read(notebook_pages.executed(notebook), as_version=4)
         shown = sum(PLOTLY_MIME in o.get("data", {}) for c in executed.cells for o in c.get("outputs", []))
         drawn = figure_divs(rendered[page])
@@ -142,7 +142,8 @@ def test_a_broken_reference_in_a_docstring_fails_the_strict_build(tmp_path):
     sites = []
     for target in ("helper", "missing"):
         (tmp_path / "pkg" / "__init__.py").write_text(
-            f'def helper():\n    """Help."""\n\n\ndef main():\n    """Calls :func:`{target}` and :func:`secrets.randbelow`."""\n')
+            f'def helper():\n    """Help."""\n\n\n'
+            f'def main():\n    """Calls :func:`{target}` and :func:`secrets.randbelow`."""\n')
         sites.append(tmp_path / f"site-{target}")
         built = mkdocs_build(tmp_path / "mkdocs.yml", sites[-1])
         assert (built.returncode == 0) == (target == "helper"), built.stderr[-2000:]

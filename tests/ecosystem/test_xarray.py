@@ -28,7 +28,7 @@ def assert_same(variable, array: Named, dims: tuple[str, ...] | None = None) -> 
     expected = array.numpy()
     assert variable.dtype.kind == expected.dtype.kind
     np.testing.assert_array_equal(variable.values, expected)
-    for name, dim in zip(dims, array.dims):
+    for name, dim in zip(dims, array.dims, strict=True):
         assert variable.coords[name].values.tolist() == array.coords[dim]
 
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from workbench.errors import ExperimentError
-from workbench.experiments import Experiment, run_experiment
+from workbench.experiments import run_experiment
 from workbench.experiments.storage import MARKER, SHARDS
 
 from .helpers import rows

@@ -70,7 +70,7 @@ def check_against_alone(model, result, data):
     frame = result.frame()
     ids = list(dict.fromkeys(frame["item"]))
     assert len(ids) == len(data)
-    for item_id, row in zip(ids, data):
+    for item_id, row in zip(ids, data, strict=True):
         clean = alone(model, row["prompt"], [])
         for condition, interventions in by_hand(model, row).items():
             expected = measured(model, row, alone(model, row["prompt"], interventions), clean)

@@ -107,7 +107,8 @@ def hf_identity_logits(hf, tokens: torch.Tensor, block: int) -> torch.Tensor:
 
 def hf_kv_patch_logits(hf, family, facts, target, source, blocks, positions, kv_heads=None,
                        parts=("k", "v"), keys_before_norm: bool = False) -> torch.Tensor:
-    """Keys and/or values (``parts``) of ``source`` at ``positions`` (and ``kv_heads``) written into ``target``'s run."""
+    """Keys and/or values (``parts``) of ``source`` at ``positions`` (and ``kv_heads``) written into
+    ``target``'s run."""
     sites = []
     for b in blocks:
         columns = kv_columns(family.kv, hf_layers(hf)[b], facts.n_heads, facts.n_kv_heads, facts.d_head,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from foundation.gguf_writer import llama_cpp_architecture, write_header_only_gguf, write_tiny_gguf
+
 from workbench.errors import GGUFError
 from workbench.models import load_model, supported_gguf_architectures
 from workbench.tiny import TINY_FAMILIES, build_tiny_model

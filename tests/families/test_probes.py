@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from probes.helpers import Observe, resid_points
+
 from workbench.errors import ProbeError
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens
 from workbench.probes.patching import PATCH_SITES as SITES
@@ -75,7 +75,8 @@ def refused(model, family, column, probe, request) -> bool:
         assert model.facts.editable_attention
         return False
     assert not model.facts.editable_attention, (
-        f"the bridge now computes {family.name}'s attention itself: drop its '{column}' entry in tests/families/table.py")
+        f"the bridge now computes {family.name}'s attention itself: "
+        f"drop its '{column}' entry in tests/families/table.py")
     with pytest.raises(ProbeError, match=rf"{model.facts.name}'s \({model.facts.architecture}\) attention"):
         run(model, PROMPT, probe)
     note(request, family.known[column])

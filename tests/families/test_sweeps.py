@@ -56,7 +56,8 @@ def assert_same(fast, naive, family, request):
     assert fast["metric"].dims == naive["metric"].dims
     if "fast sweeps" in family.known:
         assert not np.allclose(fast["metric"].numpy(), naive["metric"].numpy(), atol=ATOL, rtol=0), (
-            f"the fast engine now equals naive on {family.name}: drop its 'fast sweeps' entry in tests/families/table.py")
+            f"the fast engine now equals naive on {family.name}: "
+            "drop its 'fast sweeps' entry in tests/families/table.py")
         note(request, family.known["fast sweeps"])
         return
     np.testing.assert_allclose(fast["metric"].numpy(), naive["metric"].numpy(), atol=ATOL, rtol=0)

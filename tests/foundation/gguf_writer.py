@@ -102,7 +102,8 @@ def _llama_cpp_tensor(arch: str, gguf_name: str, tensor: np.ndarray, hp: dict) -
 
 
 def _llama_cpp_name(names, base: str) -> str | None:
-    """llama.cpp's name for a transformers tensor; some converters drop the base model's prefix (BLOOM's ``transformer.``)."""
+    """llama.cpp's name for a transformers tensor; some converters drop the base model's prefix
+    (BLOOM's ``transformer.``)."""
     parts = base.split(".")
     return next((names.get_name(".".join(parts[i:])) for i in range(len(parts)) if names.get_name(".".join(parts[i:]))), None)
 

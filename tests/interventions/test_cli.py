@@ -15,7 +15,11 @@ import pytest
 
 from workbench.cli.options import parse_options, probe_options
 from workbench.errors import (
-    InterventionError, LayerError, ProbeError, SweepError, TokenError,
+    InterventionError,
+    LayerError,
+    ProbeError,
+    SweepError,
+    TokenError,
 )
 from workbench.probes import AttentionMask, BlockReplacement, LogitLens, Probe
 
@@ -89,7 +93,7 @@ CASES = [
 def test_every_error_domain_ends_the_cli_with_one_line():
     with ThreadPoolExecutor(max_workers=3) as pool:
         runs = list(pool.map(lambda case: workbench(*case[1]), CASES))
-    for (error, args, message), done in zip(CASES, runs):
+    for (error, args, message), done in zip(CASES, runs, strict=True):
         assert done.returncode == error.exit_code, (args, done.stderr)
         assert "Traceback" not in done.stderr, args
         lines = [line for line in done.stderr.splitlines() if line.strip()]

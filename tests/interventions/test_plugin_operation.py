@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from plugin_wheel import install_plugin
 
 from workbench.interventions import Intervention, operations
 from workbench.run import hook_count, run
 from workbench.sweeps import block_sweep, patch_sweep
-
-from plugin_wheel import install_plugin
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"

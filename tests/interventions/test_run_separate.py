@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench import interventions as iv
 from workbench.errors import ProbeError
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens, Probe
 from workbench.run import hook_count, run

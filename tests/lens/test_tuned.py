@@ -27,7 +27,7 @@ def test_tuned_training_lowers_the_heldout_kl_of_its_linear_start(tiny_qwen2, ti
     lens = fit_lens(tiny_qwen2, tiny_corpus(tiny_qwen2), method="tuned", tuned=TunedSettings(steps=20, tokens_per_step=256))
     linear, tuned = lens.header["linear_heldout_kl"], lens.header["heldout_kl"]["lens"]
     assert sum(tuned) < sum(linear)
-    assert all(t <= lin + 1e-3 for t, lin in zip(tuned, linear))
+    assert all(t <= lin + 1e-3 for t, lin in zip(tuned, linear, strict=True))
     assert lens.header["tuned"]["improved"] is True
     train = lens.header["tuned"]["train_kl"]
     assert len(train) == 20 and all(0 < kl < 10 for kl in train)  # per-batch KL: noisy, so only sane

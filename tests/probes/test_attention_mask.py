@@ -12,7 +12,6 @@ from workbench.run import run
 from .helpers import NINE_POSITION, PROMPT
 
 
-
 def manual_mask_logits(model, blocks, key, heads=None, queries=None):
     """The edit written by hand: −∞ on the scores toward ``key`` with a direct ``run_with_hooks``."""
     heads = list(range(model.facts.n_heads)) if heads is None else heads

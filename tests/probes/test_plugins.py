@@ -12,13 +12,12 @@ from typing import ClassVar
 
 import pytest
 import torch
+from plugin_wheel import install_plugin
 
 from workbench.errors import ProbeError
 from workbench.probes import Probe, available_probes, get_probe, register_probe, registry
 from workbench.results import Named, Result
 from workbench.run import run
-
-from plugin_wheel import install_plugin
 
 from .helpers import PROMPT
 
@@ -41,7 +40,10 @@ class ResidNorm(Probe):
         def save(resid, hook, block):
             ctx.save(f"block {block}", resid.norm(dim=-1))
 
-        return [(f"blocks.{b}.hook_resid_post", lambda resid, hook, b=b: save(resid, hook, b)) for b in range(ctx.facts.n_layers)]
+        return [
+            (f"blocks.{b}.hook_resid_post", lambda resid, hook, b=b: save(resid, hook, b))
+            for b in range(ctx.facts.n_layers)
+        ]
 
     def result(self, record):
         import torch

@@ -124,8 +124,9 @@ def test_every_probe_together_leaves_the_model_clean(tiny_model):
 
 
 def test_batch_equals_each_prompt_alone(tiny_model):
-    probes = lambda: [LogitLens(k=4), AttentionCapture(), BlockReplacement(blocks=0),  # noqa: E731
-                      AttentionMask(keys=" [", blocks=[1])]
+    def probes():
+        return [LogitLens(k=4), AttentionCapture(), BlockReplacement(blocks=0), AttentionMask(keys=" [", blocks=[1])]
+
     batch = run(tiny_model, [PROMPT, OTHER], probes(), targets=DIGITS)
     for i, prompt in enumerate([PROMPT, OTHER]):
         alone = run(tiny_model, prompt, probes(), targets=DIGITS)

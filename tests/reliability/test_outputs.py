@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 
 from workbench.errors import ExportError
-from workbench.outputs import MARKER, PROBE, STUDY, check_file, check_folder, is_marked, output_folder, read_marker, write_file
+from workbench.outputs import (
+    MARKER,
+    PROBE,
+    STUDY,
+    check_file,
+    check_folder,
+    is_marked,
+    output_folder,
+    read_marker,
+    write_file,
+)
 
 from .conftest import cli_env, leftovers, needs_permissions, snapshot, user_folder, workbench
 
@@ -182,10 +192,9 @@ def test_a_failure_while_writing_leaves_the_previous_output(tmp_path):
     target = tmp_path / "out"
     write_output(target, {"a.json": "old"})
     before = snapshot(target)
-    with pytest.raises(RuntimeError):
-        with output_folder(target, PROBE) as tmp:
-            (tmp / "a.json").write_text("half")
-            raise RuntimeError("the renderer crashed")
+    with pytest.raises(RuntimeError), output_folder(target, PROBE) as tmp:
+        (tmp / "a.json").write_text("half")
+        raise RuntimeError("the renderer crashed")
     assert snapshot(target) == before and leftovers(tmp_path) == []
 
 

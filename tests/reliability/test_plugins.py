@@ -32,7 +32,10 @@ class FinalNorm(Probe):
     name: ClassVar[str] = "final_norm"
 
     def hooks(self, ctx):
-        return [(f"blocks.{ctx.facts.n_layers - 1}.hook_resid_post", lambda resid, hook: ctx.save("n", resid.norm(dim=-1)))]
+        def save(resid, hook):
+            return ctx.save("n", resid.norm(dim=-1))
+
+        return [(f"blocks.{ctx.facts.n_layers - 1}.hook_resid_post", save)]
 
     def result(self, record):
         ctx = record.context

@@ -33,7 +33,7 @@ def assert_same_value(a, b, where="value"):
         assert (math.isnan(a) and math.isnan(b)) or a == b, where
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_value(x, y, f"{where}[{i}]")
     elif isinstance(a, dict):
         assert list(a) == list(b), where

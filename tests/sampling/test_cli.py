@@ -145,7 +145,8 @@ def test_every_numeric_option_is_checked_in_one_line(argv, message, exit_code, c
     ],
 )
 def test_bad_options_as_a_user_types_them(argv, message):
-    """``python -m workbench sample ...`` in a fresh process: one line on stderr, exit code 10, before any model loads."""
+    """``python -m workbench sample ...`` in a fresh process: one line on stderr, exit code 10, before any
+    model loads."""
     import os
     import subprocess
     import sys

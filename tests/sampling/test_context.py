@@ -4,7 +4,15 @@ both numbers and the fix, never silently cut (tiny-qwen2: n_ctx = 256, every dig
 import pytest
 
 from workbench.errors import SamplingError
-from workbench.sampling import as_next_token_model, beam_search, find_anomalous_tokens, generate, greedy, randomness_audit, temperature_sweep
+from workbench.sampling import (
+    as_next_token_model,
+    beam_search,
+    find_anomalous_tokens,
+    generate,
+    greedy,
+    randomness_audit,
+    temperature_sweep,
+)
 
 from .test_cli import run
 

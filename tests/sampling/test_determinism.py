@@ -59,7 +59,7 @@ def test_audit_does_not_depend_on_the_batch_size(tiny_qwen2):
     reference = audits[40]
     assert reference.method == "generate"
     for size, audit in audits.items():
-        for ours, theirs in zip(audit.samplers, reference.samplers):
+        for ours, theirs in zip(audit.samplers, reference.samplers, strict=True):
             assert (ours.counts, ours.failed, ours.failed_examples) == (theirs.counts, theirs.failed, theirs.failed_examples), size
     assert reference.samplers[0].failed + reference.samplers[0].n_valid == 40
 

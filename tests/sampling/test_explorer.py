@@ -32,7 +32,7 @@ def test_kept_sets_follow_their_rules(tiny_qwen2, sweep):
     positive = [i for i, t in enumerate(sweep.temperatures) if t > 0]
     sigma = sweep.kept["top-nσ (n=1)"]
     assert len({sigma[i] for i in positive}) == 1
-    assert all(k == 10 for t, k in zip(sweep.temperatures, sweep.kept["top-k (k=10)"]) if t != 0)
+    assert all(k == 10 for t, k in zip(sweep.temperatures, sweep.kept["top-k (k=10)"], strict=True) if t != 0)
     top_p = [sweep.kept["top-p (p=0.9)"][i] for i in positive]
     assert top_p == sorted(top_p)  # hotter, flatter: the nucleus grows
     logits = tiny_qwen2.bridge(tiny_qwen2.to_tokens(PROMPT))[0, -1].detach()

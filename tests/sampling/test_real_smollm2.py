@@ -4,10 +4,16 @@ import math
 
 import pytest
 import torch
-from transformers import LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
-from workbench.sampling import DEFAULT_PROMPT, beam_search, generate, greedy, make_sampler, randomness_audit
 from workbench.interventions import identity
+from workbench.sampling import DEFAULT_PROMPT, beam_search, generate, greedy, make_sampler, randomness_audit
 from workbench.tokens import digit_token_ids
 
 pytestmark = pytest.mark.real
@@ -115,5 +121,9 @@ def test_a_prompt_beyond_smollm2s_context_is_refused(smollm2):
     n_ctx = smollm2.facts.n_ctx
     prompt = "1" * (n_ctx - 3)  # BOS + one token per digit
     assert len(smollm2.tokenizer(prompt)["input_ids"]) == n_ctx - 2
-    with pytest.raises(SamplingError, match=f"{n_ctx - 2} tokens and 5 new tokens would make {n_ctx + 3}, more than SmolLM2-135M-Instruct's context of {n_ctx}"):
+    said = (
+        f"{n_ctx - 2} tokens and 5 new tokens would make {n_ctx + 3}, "
+        f"more than SmolLM2-135M-Instruct's context of {n_ctx}"
+    )
+    with pytest.raises(SamplingError, match=said):
         generate(smollm2, prompt, greedy(), 5)

@@ -12,8 +12,18 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from workbench.sampling import (
+    MinP,
+    RepetitionPenalty,
+    Temperature,
+    TopK,
+    TopP,
+    beam_search,
+    generate,
+    greedy,
+    make_sampler,
+)
 from workbench.tiny import build_tiny_model
-from workbench.sampling import MinP, RepetitionPenalty, Temperature, TopK, TopP, beam_search, generate, greedy, make_sampler
 
 GEN = torch.Generator().manual_seed(0)
 LOGITS = torch.randn(6, 64, generator=GEN) * 2.5
@@ -111,7 +121,7 @@ def hf_beams(hf, ids, stops, width, length_penalty, early_stopping, max_new_toke
         return_dict_in_generate=True, eos_token_id=stops, pad_token_id=stops[0],
     )
     beams = []
-    for row, score in zip(out.sequences[:, ids.shape[1]:].tolist(), out.sequences_scores.tolist()):
+    for row, score in zip(out.sequences[:, ids.shape[1]:].tolist(), out.sequences_scores.tolist(), strict=True):
         ends = [i for i, t in enumerate(row) if t in stops]
         beams.append((row[: ends[0] + 1] if ends else row, score))
     return beams

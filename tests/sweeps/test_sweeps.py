@@ -96,7 +96,7 @@ def test_attribution_matches_autograd_through_the_bridge(tiny_qwen2):
     estimate = attribution_sweep(tiny_qwen2, PROMPT, SOURCE, site="resid_pre", metric=metric)
     bridge = tiny_qwen2.bridge
     tokens, source = tiny_qwen2.to_tokens(PROMPT), tiny_qwen2.to_tokens(SOURCE)
-    kept, source_acts = {}, {}
+    kept = {}
 
     def keep(name):
         def hook(act, hook):

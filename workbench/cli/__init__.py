@@ -49,8 +49,9 @@ def out_folder(kind: str):
 
 def _register() -> None:
     # Each command group lives in its own module and adds itself to ``app``.
-    from workbench.cli import models  # noqa: F401
     import importlib
+
+    from workbench.cli import models  # noqa: F401
 
     for module in ("probes", "study", "report", "sampling", "bench", "experiment", "lens"):
         try:

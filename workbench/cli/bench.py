@@ -39,7 +39,8 @@ def _print(data: dict, as_json: bool) -> None:
 def patching_sweep(model: str = MODEL, site: str = typer.Option("resid_pre", help="resid_pre or z (per head, all positions)."),
                    device: str = DEVICE, threads: int = THREADS,
                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
-    """Our sweep vs TransformerLens' get_act_patch_* on the study prompt: ours_s, baseline_s, speedup, max_abs_diff, cells."""
+    """Our sweep vs TransformerLens' get_act_patch_* on the study prompt: ours_s, baseline_s, speedup,
+    max_abs_diff, cells."""
     from workbench.sweeps import bench
 
     _threads(threads)
@@ -94,7 +95,8 @@ def _check_out(value: str | None) -> str | None:
 
 
 OUT_OPT = typer.Option(None, "--out", callback=_check_out,
-                       help="Write the result: .json data, or .html/.png/.svg/.pdf heatmap (never over a file the workbench did not write).")
+                       help="Write the result: .json data, or .html/.png/.svg/.pdf heatmap "
+                       "(never over a file the workbench did not write).")
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 
 

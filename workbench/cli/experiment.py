@@ -57,7 +57,14 @@ def run(
     png: bool = typer.Option(False, "--png", help="Also export the forest plot as forest.png (needs Chromium)."),
 ) -> None:
     """Run SPEC over its dataset and write the results to --out; run it again to finish a killed run."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from workbench.experiments import Experiment, run_experiment, summarize
     from workbench.experiments.storage import check_out_dir

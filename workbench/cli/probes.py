@@ -90,7 +90,8 @@ def probe(
     targets: str = typer.Option(None, help="Comma-separated target tokens (default: the clean run's 10 most likely)."),
     readout: int = typer.Option(-1, help="Readout position (default: the last token)."),
     out: Path = typer.Option(None, "--out", callback=out_folder(PROBE),
-                             help="Folder for the figures (HTML, PNG when a browser exists) and result.json: new, empty, or an earlier probe output."),
+                             help="Folder for the figures (HTML, PNG when a browser exists) and result.json: "
+                             "new, empty, or an earlier probe output."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     device: str = typer.Option(None, help="cpu, cuda or mps."),
     static: bool = typer.Option(True, help="Also write PNG/SVG figures (needs Chromium)."),

@@ -28,7 +28,10 @@ sample_app = typer.Typer(
 )
 app.add_typer(sample_app, name="sample")
 
-MODEL_HELP = "Model spec (smollm2, tiny-qwen2, tiny-llama, a .gguf, a HF folder, a hub id) or bigram:PATH for a bigram model of a text file."
+MODEL_HELP = (
+    "Model spec (smollm2, tiny-qwen2, tiny-llama, a .gguf, a HF folder, a hub id) "
+    "or bigram:PATH for a bigram model of a text file."
+)
 SAMPLER_HELP = "Sampler spec, repeatable: 'greedy' or key=value pairs, e.g. 't=0.7,top_p=0.9', 't=-0.001', 'top_n_sigma=1'."
 INTERVENTION_HELP = ("An intervention as JSON, repeatable, e.g. '{\"site\": \"block\", \"op\": \"identity\", "
                      "\"blocks\": [21]}' (any registered operation, plugins included).")
@@ -120,11 +123,13 @@ def randomness(
     low: int = typer.Option(0, "--low", help="Smallest valid answer."),
     high: int = typer.Option(9, "--high", help="Largest valid answer."),
     method: str = typer.Option("auto", "--method", help="auto, first-token (one batch draw) or generate (multi-token answers)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first sampler (the i-th gets seed + i); answer j of a sampler draws from its own stream (seed, j)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first sampler (the i-th gets seed + i); "
+                              "answer j of a sampler draws from its own stream (seed, j)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Rows per forward when generating answers (speed only: the answers do not depend on it)."),
     max_contexts: int = typer.Option(
         100_000, "--max-contexts",
-        help="Most forward rows the exact law of a multi-token range may take (one per number prefix); larger ranges are refused up front.",
+        help="Most forward rows the exact law of a multi-token range may take (one per number prefix); "
+        "larger ranges are refused up front.",
     ),
     out: Path = typer.Option(None, "--out", callback=out_folder(AUDIT),
                              help="Folder for results.json, randomness.html and randomness.png (new, empty, or an earlier audit)."),
@@ -158,7 +163,8 @@ def randomness(
     console = Console()
     console.print(
         f"[bold]{audit.model}[/bold] — {audit.method}, {audit.samples} answers per source, values {low}–{high}; "
-        f"model exact entropy {audit.model_exact_entropy_bits:.3f} bits vs log2(range) {audit.uniform_entropy_bits:.3f}; "
+        f"model exact entropy {audit.model_exact_entropy_bits:.3f} bits "
+        f"vs log2(range) {audit.uniform_entropy_bits:.3f}; "
         f"P(valid answer) {audit.model_valid_mass:.3f}"
     )
     table = Table()
@@ -216,7 +222,7 @@ def next_token(
         values, ids = probs.topk(min(top, probs.numel()))
         entry = {
             "sampler": s.describe(),
-            "top": [{"id": int(i), "text": lm.decode([int(i)]), "prob": float(v)} for v, i in zip(values, ids) if v > 0],
+            "top": [{"id": int(i), "text": lm.decode([int(i)]), "prob": float(v)} for v, i in zip(values, ids, strict=True) if v > 0],
             "monitors": distribution_stats(torch.log(probs.clamp(min=0)), k=min(top, probs.numel())).to_dict(),
         }
         if draws:
@@ -308,7 +314,8 @@ def beam_command(
     length_penalty: float = typer.Option(1.0, "--length-penalty", help="score = log P / length ** penalty (length: generated tokens, stop token included)."),
     early_stopping: str = typer.Option(
         "false", "--early-stopping",
-        help="transformers' rule: true (stop once WIDTH beams finished), false (stop when no live beam can win), never (exhaustive).",
+        help="transformers' rule: true (stop once WIDTH beams finished), "
+        "false (stop when no live beam can win), never (exhaustive).",
     ),
     num_return_sequences: int = typer.Option(None, "--num-return-sequences", help="How many beams to show (default: WIDTH)."),
     intervention: list[str] = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),

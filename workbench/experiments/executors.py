@@ -12,6 +12,7 @@ actor's results equal the local executor's: the same code computes the same shar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -165,10 +166,8 @@ class RayExecutor:
     def _kill_actors(self) -> None:
         ray = _import_ray()
         for actor in self.actors:
-            try:
+            with contextlib.suppress(Exception):  # already dead
                 ray.kill(actor)
-            except Exception:  # noqa: BLE001 — already dead
-                pass
         self.actors = []
 
     def shutdown(self) -> None:

@@ -53,7 +53,7 @@ def forest_plot(summary: dict[str, Any]) -> go.Figure:
     for col, metric in enumerate(metrics, start=1):
         rows = [summary["conditions"][c].get(metric) for c in conditions]
         for significant in (True, False):
-            chosen = [(c, r) for c, r in zip(conditions, rows) if r and bool(r["significant"]) == significant]
+            chosen = [(c, r) for c, r in zip(conditions, rows, strict=True) if r and bool(r["significant"]) == significant]
             if not chosen:
                 continue
             mean = [r["mean"] for _, r in chosen]
@@ -148,7 +148,7 @@ def grid_heatmap(summary: dict[str, Any], grid: str, metric: str) -> go.Figure:
         (z if cell["significant"] else grey)[i, j] = cell["mean"]
         text[i, j] = (f"{cell['condition']}<br>mean {cell['mean']:.4g} [{_fmt(cell['ci_low'])}, {_fmt(cell['ci_high'])}]"
                       f"<br>p adjusted {_fmt(cell['p_adjusted'])}")
-    x_labels = [" · ".join(f"{a} {v}" for a, v in zip(col_keys, key)) for key in xs]
+    x_labels = [" · ".join(f"{a} {v}" for a, v in zip(col_keys, key, strict=True)) for key in xs]
     y_labels = [f"{row_key} {v}" for v in ys] if row_key else [f"Δ {label}"]
     finite = np.concatenate([z[np.isfinite(z)], grey[np.isfinite(grey)], [0.0]])
     bound = float(np.abs(finite).max()) or 1.0
@@ -194,7 +194,8 @@ body { font-family: Arial, Helvetica, sans-serif; max-width: 1200px; margin: 2em
 h1 { font-size: 1.7em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: 1em 0; font-size: .9em; }
 td, th { border: 1px solid #ddd; padding: .25em .5em; text-align: left; } th { background: #f5f5f5; }
-.muted { color: #666; } footer { margin-top: 3em; font-size: .85em; color: #555; border-top: 1px solid #ddd; padding-top: .5em; }
+.muted { color: #666; }
+footer { margin-top: 3em; font-size: .85em; color: #555; border-top: 1px solid #ddd; padding-top: .5em; }
 code { background: #f3f3f3; padding: 0 .2em; }
 """
 
@@ -249,9 +250,8 @@ def render_html(summary: dict[str, Any], manifest: dict[str, Any]) -> str:
 def write_png(fig: go.Figure, path: str | Path, manifest_sha256: str, scale: float = 2) -> Path:
     """A PNG of ``fig`` (through kaleido and Chromium) with the manifest's hash in a ``tEXt`` chunk."""
     from workbench.errors import ExportError
-    from workbench.export import _require_browser
-
     from workbench.experiments.storage import write_bytes
+    from workbench.export import _require_browser
 
     path = Path(path)
     _require_browser()

@@ -197,7 +197,7 @@ def build_manifest(experiment, dataset, model, device: str, skipped: list[str]) 
     return {"format": FORMAT, "sha256": hash_identity(ident), **ident, "name": experiment.name,
             "dataset_source": dataset.describe(), "model_options": experiment.model.to_dict(),
             "model_facts": model.facts.to_dict(), "stats": experiment.stats_options(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def hash_identity(ident: dict[str, Any]) -> str:

@@ -58,18 +58,18 @@ def summarize_table(table: pa.Table, manifest: dict[str, Any]) -> dict[str, Any]
         named = [c for c in conditions if c != clean_name and _missing(cells.loc[c, "grid"])]
         if named:
             rows = [_with_noops(e, noops.loc[c]) for c, e in zip(named, _effects(wide, named, clean, confidence,
-                                                                                   resamples, seed, metric))]
+                                                                                   resamples, seed, metric), strict=True)]
             _adjust(rows, alpha)
-            for name, row in zip(named, rows):
+            for name, row in zip(named, rows, strict=True):
                 summary["conditions"].setdefault(name, {})[metric] = row
         grids = list(dict.fromkeys(g for g in cells["grid"] if not _missing(g)))
         for grid in grids:
             members = [c for c in conditions if cells.loc[c, "grid"] == grid]
             rows = _effects(wide, members, clean, confidence, resamples, seed, metric, grid)
-            rows = [_with_noops(e, noops.loc[c]) for c, e in zip(members, rows)]
+            rows = [_with_noops(e, noops.loc[c]) for c, e in zip(members, rows, strict=True)]
             _adjust(rows, alpha)
             entry = summary["grids"].setdefault(grid, {"over": _axes(cells, members), "metrics": {}})
-            entry["metrics"][metric] = [{"condition": c, **_coords(cells, c), **row} for c, row in zip(members, rows)]
+            entry["metrics"][metric] = [{"condition": c, **_coords(cells, c), **row} for c, row in zip(members, rows, strict=True)]
     return summary
 
 
@@ -86,7 +86,7 @@ def _with_noops(row: dict[str, Any], noop) -> dict[str, Any]:
 
 def _adjust(rows: list[dict[str, Any]], alpha: float) -> None:
     adjusted = stats.benjamini_hochberg([r["p_value"] if r["p_value"] is not None else np.nan for r in rows])
-    for row, p in zip(rows, adjusted):
+    for row, p in zip(rows, adjusted, strict=True):
         row["p_adjusted"] = _num(p)
         row["significant"] = bool(np.isfinite(p) and p < alpha)
 

@@ -169,7 +169,7 @@ class Patch(Operation):
         from workbench.tokens import align_prompts
 
         sources = [prep.text(source, i, "Source") for i, source in enumerate(self.sources(len(prep.prompts)))]
-        rows = [align_prompts(prep.model, prompt, source)[1][0] for prompt, source in zip(prep.prompts, sources)]
+        rows = [align_prompts(prep.model, prompt, source)[1][0] for prompt, source in zip(prep.prompts, sources, strict=True)]
         source_tokens = torch.stack(rows).to(prep.tokens.device)
         differ = (prep.tokens != source_tokens)
         first = [int(d.nonzero()[0]) if d.any() else prep.n_positions for d in differ]

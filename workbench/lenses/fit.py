@@ -217,7 +217,7 @@ def fit_linear(model, splits: Splits, *, header: dict[str, Any] | None = None, a
     validation = collect_residuals(model, _cap_rows(splits.validation, MAX_VALIDATION_TOKENS), progress=progress,
                                    desc="validation residuals")
     kls = torch.stack([kl_per_layer(model, validation, Lens(w.float(), b.float())) for w, b in
-                       tqdm(zip(weights, biases), total=len(alphas), desc="ridge strength", disable=not progress,
+                       tqdm(zip(weights, biases, strict=True), total=len(alphas), desc="ridge strength", disable=not progress,
                             leave=False)])
     best = kls.argmin(0)
     rows = torch.arange(f.n_layers + 1)

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +83,12 @@ class Lens:
         return unembed(model, self.translate(resid, layer))
 
     def heldout_kl(self, lens: str = "lens") -> dict[str, float]:
-        """Held-out mean KL(final ‖ row) per row, in nats: of this lens (``"lens"``) or of the logit lens (``"logit"``)."""
+        """Held-out mean KL(final ‖ row) per row, in nats: of this lens (``"lens"``) or of the logit lens
+        (``"logit"``)."""
         values = self.header.get("heldout_kl", {}).get(lens)
         if values is None:
             raise LensError(f"This lens carries no held-out KL for {lens!r} (an unfitted lens): fit one with fit_lens.")
-        return dict(zip(self.labels, values))
+        return dict(zip(self.labels, values, strict=True))
 
     def table(self):
         """A DataFrame: held-out KL per row for the logit lens and this lens, and their ratio."""
@@ -210,7 +211,7 @@ def model_header(model, spec: str | None = None) -> dict[str, Any]:
                   "d_model": f.d_model, "d_vocab": f.d_vocab, "dtype": f.dtype},
         "fingerprint": model_fingerprint(model),
         "versions": library_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

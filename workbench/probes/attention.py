@@ -69,7 +69,7 @@ class AttentionCapture(Probe):
         }
         return AttentionResult(
             arrays=arrays,
-            meta={"readout": ctx.readout, "head_to_group": dict(zip(heads, groups)),
+            meta={"readout": ctx.readout, "head_to_group": dict(zip(heads, groups, strict=True)),
                   "n_kv_heads": n_groups, "block_convention": "blocks counted from 0"},
         )
 
@@ -155,7 +155,7 @@ class AttentionResult(Result):
         title += f" ({self.model}{'; ' + ', '.join(shown).replace('_', ' ') if shown else ''})"
         fig = plots.head_grid(data, heads=heads, groups=groups, query_labels=labels, key_labels=labels, title=title)
         if group_means:
-            for annotation, g in zip(fig.layout.annotations, groups):
+            for annotation, g in zip(fig.layout.annotations, groups, strict=False):
                 annotation.text = f"kv group {g} (mean)"
         return fig
 

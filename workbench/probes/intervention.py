@@ -14,8 +14,8 @@ import torch
 
 from workbench import plots
 from workbench.errors import ProbeError
-from workbench.probes.base import CLEAN, INTERVENED, ProbeRecord
 from workbench.metrics import kl_divergence
+from workbench.probes.base import CLEAN, INTERVENED, ProbeRecord
 from workbench.results import Named, Result
 
 TOP = 10
@@ -65,12 +65,12 @@ class InterventionResult(Result):
     def distribution(self, phase: str = INTERVENED, prompt: int = 0) -> dict[str, float]:
         """Target token → probability at the readout position (``clean`` or ``intervened``)."""
         array = self["target_probs"].sel(phase=phase, prompt=prompt)
-        return {t: float(p) for t, p in zip(array.coords["target"], array.numpy())}
+        return {t: float(p) for t, p in zip(array.coords["target"], array.numpy(), strict=True)}
 
     def top_k(self, phase: str = INTERVENED, prompt: int = 0) -> list[tuple[str, float]]:
         toks = self["top_tokens"].sel(phase=phase, prompt=prompt).numpy()
         probs = self["top_probs"].sel(phase=phase, prompt=prompt).numpy()
-        return [(str(t), float(p)) for t, p in zip(toks, probs)]
+        return [(str(t), float(p)) for t, p in zip(toks, probs, strict=True)]
 
     def summary(self) -> str:
         kl = float(self["kl"].numpy()[0])

@@ -121,7 +121,7 @@ class LogitLensResult(Result):
         position = self.column(self.meta["readout"] if position is None else position)
         toks = self["top_tokens"].sel(prompt=prompt, layer=layer, position=position).numpy()
         probs = self["top_probs"].sel(prompt=prompt, layer=layer, position=position).numpy()
-        return [(str(t), float(p)) for t, p in zip(toks, probs)]
+        return [(str(t), float(p)) for t, p in zip(toks, probs, strict=True)]
 
     def column(self, position: int) -> int:
         """Index along the ``position`` axis of an absolute token position (negative counts from the end)."""

@@ -94,7 +94,8 @@ class TunedLensResult(LogitLensResult):
                                arrays=arrays, meta={k: v for k, v in self.meta.items() if not k.startswith("lens")})
 
     def comparison(self, position: int | None = None, prompt: int = 0) -> LensComparison:
-        """Per layer at one position (the readout by default): KL to the output and the best target rank, both lenses."""
+        """Per layer at one position (the readout by default): KL to the output and the best target rank,
+        both lenses."""
         if "target_ranks" not in self.arrays:
             raise ProbeError("The comparison needs target tokens: run with targets (the digits by default).")
         column = self.column(self.meta["readout"] if position is None else position)
@@ -114,7 +115,10 @@ class TunedLensResult(LogitLensResult):
     def summary(self) -> str:
         first = self.comparison().first_in_top_k() if "target_ranks" in self.arrays else {}
         said = "; ".join(f"{name}: {layer or 'never'}" for name, layer in first.items())
-        return f"{self.lens_name} vs logit lens on {self.model}; first layer with a target in the top-{self.meta['k']}: {said}"
+        return (
+            f"{self.lens_name} vs logit lens on {self.model}; "
+            f"first layer with a target in the top-{self.meta['k']}: {said}"
+        )
 
     def figure(self, kind: str = "top_tokens", prompt: int = 0, **options: Any):
         """The logit lens' figures read through the lens, or ``comparison`` (KL and best target rank, both lenses)."""
@@ -147,11 +151,12 @@ class LensComparison:
 
     def first_in_top_k(self) -> dict[str, str | None]:
         """Per lens, the first layer at which some target token is among the top-k (None: never)."""
-        return {name: next((layer for layer, r in zip(self.layers, ranks) if r < self.k), None)
+        return {name: next((layer for layer, r in zip(self.layers, ranks, strict=True) if r < self.k), None)
                 for name, ranks in self.best_rank.items()}
 
     def in_top_k_from(self) -> dict[str, str | None]:
-        """Per lens, the layer from which on some target stays in the top-k up to the last layer (None: not even there)."""
+        """Per lens, the layer from which on some target stays in the top-k up to the last layer
+        (None: not even there)."""
         out = {}
         for name, ranks in self.best_rank.items():
             inside = ranks < self.k

@@ -86,7 +86,10 @@ class AnomalousTokens:
             marker=dict(size=10, color="crimson"), name="found at negative T",
         ))
         fig.update_layout(
-            title=f"{self.model}: tokens found at T={self.temperature:g}, by distance of their embedding to the centroid",
+            title=(
+                f"{self.model}: tokens found at T={self.temperature:g}, "
+                "by distance of their embedding to the centroid"
+            ),
             xaxis_title="rank by distance to the centroid (0 = closest)", yaxis_title="distance", template="plotly_white",
         )
         return fig
@@ -103,7 +106,7 @@ def embedding_matrix(model: Any) -> Float[torch.Tensor, "vocab d_model"]:
     return lm.bridge.W_E.detach().float()
 
 
-def centroid_distances(model: Any) -> Float[torch.Tensor, "vocab"]:
+def centroid_distances(model: Any) -> Float[torch.Tensor, " vocab"]:
     """Euclidean distance of every token embedding to the mean embedding."""
     embedding = embedding_matrix(model)
     return (embedding - embedding.mean(dim=0)).norm(dim=-1)

@@ -18,6 +18,7 @@ Two ways to get answers:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import secrets as secrets_module
@@ -28,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import chisquare
-
 from tqdm.auto import tqdm
 
 from workbench.errors import BudgetError, SamplingError
@@ -147,8 +147,10 @@ class RandomnessAudit:
 
     def __str__(self) -> str:
         lines = [
-            f"randomness audit of {self.model} ({self.method}, {self.samples} samples, values {self.values[0]}–{self.values[-1]})",
-            f"model exact (T=1): entropy {self.model_exact_entropy_bits:.3f} bits vs log2(range) {self.uniform_entropy_bits:.3f}; "
+            f"randomness audit of {self.model} ({self.method}, {self.samples} samples, "
+            f"values {self.values[0]}–{self.values[-1]})",
+            f"model exact (T=1): entropy {self.model_exact_entropy_bits:.3f} bits "
+            f"vs log2(range) {self.uniform_entropy_bits:.3f}; "
             f"P(answer parses) {self.model_valid_mass:.3f}",
         ]
         for r in self.rows():
@@ -253,17 +255,16 @@ def _starts_with_digit(lm) -> torch.Tensor:
     else:
         texts = [lm.decode([i]) for i in range(lm.d_vocab)]
     mask = torch.tensor([t[:1].isdigit() for t in texts], dtype=torch.bool)
-    try:
+    with contextlib.suppress(AttributeError):  # a model object that refuses new attributes: no cache
         lm._digit_start_mask = mask
-    except AttributeError:
-        pass
     return mask
 
 
 def _require_contexts(contexts: int, values: Sequence[int], max_contexts: int, at_least: bool = False) -> None:
     if contexts > max_contexts:
         raise BudgetError(
-            f"The exact law over [{values[0]}, {values[-1]}] needs {'at least ' if at_least else ''}{contexts:,} forward rows "
+            f"The exact law over [{values[0]}, {values[-1]}] needs {'at least ' if at_least else ''}"
+            f"{contexts:,} forward rows "
             f"(one per number prefix), more than max_contexts = {max_contexts:,}: narrow the range, or raise "
             f"max_contexts (--max-contexts) to run them in batches under the memory budget."
         )
@@ -325,10 +326,10 @@ def exact_number_distributions(
                 probs = sampler.probs(logits, input_ids=rows).double()
                 parent = mass[start : start + len(batch), k]
                 if children:
-                    rows_i, tokens, targets = (list(x) for x in zip(*children))
+                    rows_i, tokens, targets = (list(x) for x in zip(*children, strict=True))
                     next_mass[targets, k] = parent[rows_i] * probs[rows_i, tokens].cpu().numpy()
                 if ends:
-                    rows_i, value_i = (list(x) for x in zip(*ends))
+                    rows_i, value_i = (list(x) for x in zip(*ends, strict=True))
                     non_digit = (1.0 - probs[rows_i][:, digit_start].sum(dim=-1)).cpu().numpy()
                     joint[k, value_i] = np.maximum(parent[rows_i] * non_digit, 0.0)
             bar.update(len(batch))
@@ -408,7 +409,8 @@ def randomness_audit(
         if split:
             raise SamplingError(f"Numbers such as {split} are several tokens for {lm.name}: use method='generate'.")
         raise SamplingError(
-            f"The {n_values:,} numbers cannot all be single tokens of {lm.name}'s {lm.d_vocab:,}-token vocabulary: use method='generate'."
+            f"The {n_values:,} numbers cannot all be single tokens of {lm.name}'s {lm.d_vocab:,}-token vocabulary: "
+            "use method='generate'."
         )
     method = ("first-token" if one_token else "generate") if method == "auto" else method
     if method == "generate":
@@ -431,7 +433,7 @@ def randomness_audit(
         model_exact, model_valid = laws[0]
         results = [
             _generated_stats(lm, s, law, prompt, values, longest, samples, batch_size, progress)
-            for s, law in zip(chosen, laws[1:])
+            for s, law in zip(chosen, laws[1:], strict=True)
         ]
     return RandomnessAudit(
         model=lm.name,

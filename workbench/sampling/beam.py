@@ -185,8 +185,8 @@ def _stop_ids(lm, stop, stop_at_eos: bool) -> set[int]:
 
 def _top_candidates(
     lm, prompt_row: Int[torch.Tensor, "1 pos"], running: Int[torch.Tensor, "beams step"],
-    running_scores: Float[torch.Tensor, "beams"], keep: int, chunk: int,
-) -> tuple[Float[torch.Tensor, "keep"], Int[torch.Tensor, "keep"], Int[torch.Tensor, "keep"]]:
+    running_scores: Float[torch.Tensor, " beams"], keep: int, chunk: int,
+) -> tuple[Float[torch.Tensor, " keep"], Int[torch.Tensor, " keep"], Int[torch.Tensor, " keep"]]:
     """The ``keep`` best (beam, token) extensions by total log-probability, best first.
 
     Beams run ``chunk`` at a time and each chunk's best ``keep`` are merged into the running best

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 
 from workbench.errors import SamplingError
 from workbench.memory import format_bytes, require_within_budget
+from workbench.sampling.audit import DEFAULT_PROMPT
 from workbench.sampling.checks import whole_number
 from workbench.sampling.lm import as_next_token_model, check_context, model_device, prompt_tokens, single_token
 from workbench.sampling.processors import MinP, Temperature, TopK, TopNSigma, TopP
-from workbench.sampling.audit import DEFAULT_PROMPT
 
 
 @dataclass
@@ -53,7 +53,8 @@ def default_temperatures(n: int = 41, bound: float = 2.0) -> list[float]:
 
 
 def temperature_grid(low: float, high: float, steps: int) -> list[float]:
-    """``steps`` evenly spaced temperatures from ``low`` to ``high`` (an odd count over a symmetric range keeps T = 0)."""
+    """``steps`` evenly spaced temperatures from ``low`` to ``high`` (an odd count over a symmetric range
+    keeps T = 0)."""
     steps = whole_number("steps", steps, 1)
     for name, value in (("The lowest temperature", low), ("The highest temperature", high)):
         if not np.isfinite(float(value)):

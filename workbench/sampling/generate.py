@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from workbench.errors import SamplingError
 from workbench.interventions.compile import Binding, compile_hooks
-from workbench.sampling.checks import whole_number
 from workbench.memory import format_bytes, require_within_budget, rows_per_batch
+from workbench.sampling.checks import whole_number
 from workbench.sampling.lm import (
     as_next_token_model,
     check_context,
@@ -84,7 +84,10 @@ def stop_token_sets(lm, stop, stop_at_eos: bool) -> tuple[set[int], list[str]]:
             raise SamplingError(f"Stop item {item!r} is neither text nor a token id: pass strings or ints.")
         if isinstance(item, numbers.Integral):
             if not 0 <= item < lm.d_vocab:
-                raise SamplingError(f"Stop token id {item} is not in {lm.name}'s vocabulary of {lm.d_vocab}: pass ids from 0 to {lm.d_vocab - 1}.")
+                raise SamplingError(
+                    f"Stop token id {item} is not in {lm.name}'s vocabulary of {lm.d_vocab}: "
+                    f"pass ids from 0 to {lm.d_vocab - 1}."
+                )
             ids.add(int(item))
         elif item:
             strings.append(item)
@@ -297,7 +300,8 @@ def _require_output_fits(lm, rows: int, max_new_tokens: int) -> None:
     require_within_budget(
         rows * per_row,
         f"Keeping {rows} generated rows of {max_new_tokens} tokens",
-        f"ask for fewer rows or tokens, or use generation_chunks(...) to process {format_bytes(per_row)} rows chunk by chunk",
+        f"ask for fewer rows or tokens, or use generation_chunks(...) "
+        f"to process {format_bytes(per_row)} rows chunk by chunk",
         model_device(lm),
     )
 

@@ -306,7 +306,7 @@ class Sampler:
         logits: Float[torch.Tensor, "batch vocab"],
         input_ids: Int[torch.Tensor, "batch pos"] | None = None,
         generators: list[torch.Generator] | None = None,
-    ) -> Int[torch.Tensor, "batch"]:
+    ) -> Int[torch.Tensor, " batch"]:
         """One token per row, row *i* drawn with ``generators[i]`` (its sample's own stream)."""
         if generators is None:
             return self.sample(logits, input_ids)

@@ -84,7 +84,7 @@ def attribution_sweep(model, prompt: str, source: str, *, site: str = "resid_pre
         clean = logits[0].detach()
         value = metric(logits, clean).sum()
         names = sorted(leaves)
-        grads = dict(zip(names, torch.autograd.grad(value, [leaves[k] for k in names], allow_unused=True)))
+        grads = dict(zip(names, torch.autograd.grad(value, [leaves[k] for k in names], allow_unused=True), strict=True))
     over = ("block", "position", "head") if site in HEAD_SITES and by_position else \
         ("block", "head") if site in HEAD_SITES else ("block", "position")
     estimates = []

@@ -16,7 +16,6 @@ from workbench.sweeps.sweep import patch_sweep
 from workbench.tokens import digit_token_ids
 
 
-
 def _timed(fn):
     began = time.perf_counter()
     out = fn()

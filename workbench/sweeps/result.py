@@ -46,7 +46,7 @@ class SweepResult(Result):
         out = []
         for i in order:
             index = np.unravel_index(i, array.shape)
-            out.append(({d: array.coords[d][j] for d, j in zip(array.dims, index)}, float(flat[i])))
+            out.append(({d: array.coords[d][j] for d, j in zip(array.dims, index, strict=True)}, float(flat[i])))
         return out
 
     def summary(self) -> str:

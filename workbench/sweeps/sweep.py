@@ -26,7 +26,13 @@ import torch
 
 from workbench.errors import SweepError
 from workbench.interventions import (
-    Intervention, MaskKeys, Operation, Patch, compile_hooks, queries_with_visible_key, resolve,
+    Intervention,
+    MaskKeys,
+    Operation,
+    Patch,
+    compile_hooks,
+    queries_with_visible_key,
+    resolve,
 )
 from workbench.interventions.sites import head_kind
 from workbench.layers import resolve_blocks, resolve_heads
