@@ -47,7 +47,7 @@ def test_clean_distribution_is_the_models_own_softmax(smollm2, smollm2_study):
         hf = smollm2.bridge.original_model
         probs = hf(to_tokens(smollm2, STUDY_PROMPT)).logits[0, -1].float().softmax(-1)
     ids = digit_token_ids(smollm2)
-    for d, i in zip(DIGITS, ids):
+    for d, i in zip(DIGITS, ids, strict=True):
         assert record["distributions"]["clean"][d] == pytest.approx(float(probs[i]), abs=1e-5)
 
 
@@ -179,7 +179,7 @@ def assert_same_study(study, loaded):
         assert_same_result(study.results[name], loaded.results[name], name)
     assert [(f.key, f.title, f.caption, f.section) for f in study.figures] == \
         [(f.key, f.title, f.caption, f.section) for f in loaded.figures]
-    for fig, again in zip(study.figures, loaded.figures):
+    for fig, again in zip(study.figures, loaded.figures, strict=True):
         assert fig.figure.to_json() == again.figure.to_json(), fig.key
     assert loaded.plan == study.plan
 

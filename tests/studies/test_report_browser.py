@@ -26,7 +26,7 @@ def test_every_figure_renders_in_a_real_browser(smollm2_study, tmp_path):
     assert sorted(ids) == sorted(f.key for f in study.figures)
     # plotly.js replaces each figure div's content with rendered SVG layers; split the DOM per figure.
     chunks = re.split(r'id="fig-[\w-]+"', dom)[1:]
-    for key, chunk in zip(ids, chunks):
+    for key, chunk in zip(ids, chunks, strict=True):
         assert 'class="main-svg"' in chunk, f"figure {key} did not render"
     heatmap_layers = dom.count('class="hm"') + dom.count("heatmaplayer")
     bars = dom.count('class="trace bars"')

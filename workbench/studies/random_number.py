@@ -172,7 +172,7 @@ def plan_study(model: Model, options: StudyOptions) -> Plan:
 
 
 def digit_distribution(probs: torch.Tensor, digit_ids: list[int]) -> dict[str, float]:
-    return {d: float(probs[i]) for d, i in zip(DIGITS, digit_ids)}
+    return {d: float(probs[i]) for d, i in zip(DIGITS, digit_ids, strict=True)}
 
 
 def digit_stats(dist: dict[str, float]) -> dict[str, Any]:
@@ -333,8 +333,8 @@ def make_record(model: Model, options: StudyOptions, plan: Plan, dists: dict, cl
         "identity_sweep": sorted(sweep_rows, key=lambda r: -r["kl_digits"]),
         "attention": {
             "sink_share": {f"block {b}": row for b, row in zip(attention["sink_share"].coords["block"],
-                                                               attention["sink_share"].sel(prompt=0).numpy().tolist())},
-            "to_bound": {f"block {b}": row for b, row in zip(to_bound.coords["block"], to_bound.numpy().tolist())},
+                                                               attention["sink_share"].sel(prompt=0).numpy().tolist(), strict=True)},
+            "to_bound": {f"block {b}": row for b, row in zip(to_bound.coords["block"], to_bound.numpy().tolist(), strict=True)},
         },
         "prompt_sweep": sweep,
     }
@@ -471,7 +471,8 @@ def headline(record: dict[str, Any]) -> list[str]:
     patch_keys = [k for k in d if k.startswith("patch_") and k != "patch_and_mask"]
     lines.append(
         f"p(digit > {src}): clean {above['clean']:.3f}; patched {above[patch_keys[0]]:.3f}; "
-        f"patched incl. late blocks {above[patch_keys[1]]:.3f}; masked {above[[k for k in d if k.startswith('mask_')][0]]:.3f}; "
+        f"patched incl. late blocks {above[patch_keys[1]]:.3f}; "
+        f"masked {above[[k for k in d if k.startswith('mask_')][0]]:.3f}; "
         f"patch and mask {above['patch_and_mask']:.3f}."
     )
     top_block = record["identity_sweep"][0]

@@ -145,7 +145,8 @@ def _sweep_table(record) -> str:
     rows = "".join(
         f"<tr><td><code>{e(r['prompt'])}</code></td><td>"
         + ", ".join(f"{d} ({p:.2f})" for d, p in r["top5"])
-        + f"</td><td>{r['entropy_bits']:.2f}</td><td>{r['total_variation_from_uniform']:.2f}</td><td>{r['digit_mass']:.2f}</td></tr>"
+        + f"</td><td>{r['entropy_bits']:.2f}</td><td>{r['total_variation_from_uniform']:.2f}</td>"
+        + f"<td>{r['digit_mass']:.2f}</td></tr>"
         for r in record["prompt_sweep"])
     return ("<h2>Prompt sweep</h2><table><tr><th>prompt</th><th>top-5 digits</th><th>entropy (bits, max 3.32)</th>"
             "<th>TV from uniform</th><th>digit mass</th></tr>" + rows + "</table>")
