@@ -39,20 +39,20 @@ def run(
                                                       "report.html and the shards (new, empty, or an earlier run of "
                                                       "this experiment to resume)."),
     executor: str = typer.Option("local", help="local (this process) or ray (actors that each load the model)."),
-    workers: int = typer.Option(None, help="Ray actors to start (default: one per GPU of the cluster, else 1)."),
-    address: str = typer.Option(None, help="Join a running Ray cluster (auto, or ray://host:10001) instead of "
+    workers: int | None = typer.Option(None, help="Ray actors to start (default: one per GPU of the cluster, else 1)."),
+    address: str | None = typer.Option(None, help="Join a running Ray cluster (auto, or ray://host:10001) instead of "
                                            "starting a local one."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Run the good rows when some are bad (they are "
                                                                       "listed in bad_rows.json)."),
     force: bool = typer.Option(False, "--force", help="Start over: delete what the workbench wrote in --out (never "
                                                       "other files)."),
-    model: str = typer.Option(None, "--model", "-m", help="Override the spec's model."),
-    device: str = typer.Option(None, help="Override the spec's device: cpu, cuda or mps."),
-    dtype: str = typer.Option(None, help="Override the spec's dtype: float32, bfloat16 or float16."),
-    device_map: str = typer.Option(None, help="Split the model over devices: auto, balanced, sequential, or a JSON "
+    model: str | None = typer.Option(None, "--model", "-m", help="Override the spec's model."),
+    device: str | None = typer.Option(None, help="Override the spec's device: cpu, cuda or mps."),
+    dtype: str | None = typer.Option(None, help="Override the spec's dtype: float32, bfloat16 or float16."),
+    device_map: str | None = typer.Option(None, help="Split the model over devices: auto, balanced, sequential, or a JSON "
                                               "object from module names to devices."),
-    n_devices: int = typer.Option(None, help="Split the model evenly over this many GPUs."),
-    max_memory: str = typer.Option(None, help="JSON object of memory per device for a split, e.g. "
+    n_devices: int | None = typer.Option(None, help="Split the model evenly over this many GPUs."),
+    max_memory: str | None = typer.Option(None, help="JSON object of memory per device for a split, e.g. "
                                               "'{\"0\": \"20GiB\", \"1\": \"20GiB\"}'."),
     png: bool = typer.Option(False, "--png", help="Also export the forest plot as forest.png (needs Chromium)."),
 ) -> None:

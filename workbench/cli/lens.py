@@ -28,7 +28,7 @@ def _progress(as_json: bool) -> bool:
 def fit(
     model: str = typer.Option("smollm2", "--model", "-m", help=SPEC_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Lens file to write (safetensors + JSON header)."),
-    corpus: Path = typer.Option(None, "--corpus", help="UTF-8 text file to fit on (default: text sampled from the model)."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="UTF-8 text file to fit on (default: text sampled from the model)."),
     tokens: int = typer.Option(8192, "--tokens", "-n", help="Corpus tokens (80% fit, 10% choose the ridge, 10% test)."),
     method: str = typer.Option("linear", "--method", help="linear (closed-form ridge) or tuned (KL objective from linear)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled corpus, the split and the tuned data order."),
@@ -38,7 +38,7 @@ def fit(
     optimizer: str = typer.Option("sgd", "--optimizer", help="Tuned: sgd (Nesterov, the paper's) or adam."),
     lr: float = typer.Option(1.0, "--lr", help="Tuned: learning-rate scale (the paper's unit: 1 for sgd, ×1e-3 for adam)."),
     checkpoint_every: int = typer.Option(10, "--checkpoint-every", help="Tuned: steps between checkpoints."),
-    device: str = typer.Option(None, help="cpu, cuda or mps."),
+    device: str | None = typer.Option(None, help="cpu, cuda or mps."),
     as_json: bool = typer.Option(False, "--json", help="Print the lens header as JSON."),
 ) -> None:
     """Fit a lens for MODEL and write it to OUT; prints held-out KL per layer against the logit lens."""
@@ -111,10 +111,10 @@ def compare(
     lens: Path = typer.Argument(..., help="A lens file written by `workbench lens fit`."),
     model: str = typer.Option("smollm2", "--model", "-m", help=SPEC_HELP),
     prompt: str = typer.Option(PROMPT, "--prompt", "-p", help="Prompt to read (the last position by default)."),
-    targets: str = typer.Option(None, help="Comma-separated target tokens (default: the clean run's 10 most likely next tokens)."),
+    targets: str | None = typer.Option(None, help="Comma-separated target tokens (default: the clean run's 10 most likely next tokens)."),
     k: int = typer.Option(10, "-k", help="Top-k threshold for 'the targets are in the top-k'."),
-    out: Path = typer.Option(None, "--out", help="Figure file (.html, .png, .svg by suffix); replaces only a figure the workbench wrote."),
-    device: str = typer.Option(None, help="cpu, cuda or mps."),
+    out: Path | None = typer.Option(None, "--out", help="Figure file (.html, .png, .svg by suffix); replaces only a figure the workbench wrote."),
+    device: str | None = typer.Option(None, help="cpu, cuda or mps."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Logit lens vs LENS on one prompt: KL to the output per layer, first layer with a target in the top-k."""

@@ -21,7 +21,7 @@ SPEC_HELP = ("Model spec: smollm2, tiny-<family> (see `workbench models list`), 
 def info(
     spec: str = typer.Argument("smollm2", help=SPEC_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-    device: str = typer.Option(None, help="cpu, cuda or mps (default: the best available)."),
+    device: str | None = typer.Option(None, help="cpu, cuda or mps (default: the best available)."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Re-convert a GGUF instead of using the de-quantized cache."),
 ) -> None:

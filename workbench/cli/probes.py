@@ -82,18 +82,18 @@ def print_probe_help(name: str) -> None:
 @app.command("probe", context_settings={"help_option_names": []})
 def probe(
     ctx: typer.Context,
-    name: str = typer.Argument(None, help="Probe name (see `workbench probes list`)."),
+    name: str | None = typer.Argument(None, help="Probe name (see `workbench probes list`)."),
     show_help: bool = typer.Option(False, "--help", "-h", help="Show this help; after NAME, the probe's own options."),
     model: str = typer.Option("smollm2", "--model", "-m", help=SPEC_HELP),
     prompt: list[str] = typer.Option([STUDY_PROMPT], "--prompt", "-p", help="Prompt text; repeat for a batch of equal token length."),
     option: list[str] = typer.Option([], "--option", "-o", help="Probe option key=value (e.g. blocks=6,14; keys=9; source='…')."),
-    targets: str = typer.Option(None, help="Comma-separated target tokens (default: the clean run's 10 most likely)."),
+    targets: str | None = typer.Option(None, help="Comma-separated target tokens (default: the clean run's 10 most likely)."),
     readout: int = typer.Option(-1, help="Readout position (default: the last token)."),
-    out: Path = typer.Option(None, "--out", callback=out_folder(PROBE),
+    out: Path | None = typer.Option(None, "--out", callback=out_folder(PROBE),
                              help="Folder for the figures (HTML, PNG when a browser exists) and result.json: "
                              "new, empty, or an earlier probe output."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    device: str = typer.Option(None, help="cpu, cuda or mps."),
+    device: str | None = typer.Option(None, help="cpu, cuda or mps."),
     static: bool = typer.Option(True, help="Also write PNG/SVG figures (needs Chromium)."),
 ) -> None:
     """Run one probe on a model and prompt; print its summary, write its figures and data.

@@ -118,7 +118,7 @@ def _write_results(data: dict, fig, out: Path, stem: str, png: bool) -> list[Pat
 def randomness(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
     samples: int = typer.Option(1000, "--samples", "-n", help="Answers to draw per sampler (and from secrets)."),
-    sampler: list[str] = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
+    sampler: list[str] | None = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
     prompt: str = typer.Option(PROMPT_DEFAULT, "--prompt", "-p", help="Raw prompt; it should end where the number begins."),
     low: int = typer.Option(0, "--low", help="Smallest valid answer."),
     high: int = typer.Option(9, "--high", help="Largest valid answer."),
@@ -131,7 +131,7 @@ def randomness(
         help="Most forward rows the exact law of a multi-token range may take (one per number prefix); "
         "larger ranges are refused up front.",
     ),
-    out: Path = typer.Option(None, "--out", callback=out_folder(AUDIT),
+    out: Path | None = typer.Option(None, "--out", callback=out_folder(AUDIT),
                              help="Folder for results.json, randomness.html and randomness.png (new, empty, or an earlier audit)."),
     no_png: bool = typer.Option(False, "--no-png", help="Skip the PNG (no browser needed)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
@@ -192,7 +192,7 @@ sample_app.command("audit")(randomness)
 def next_token(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
     prompt: str = typer.Option(PROMPT_DEFAULT, "--prompt", "-p", help="Raw prompt."),
-    sampler: list[str] = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
+    sampler: list[str] | None = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
     top: int = typer.Option(10, "--top", help="Tokens to list per sampler (at least 1)."),
     draws: int = typer.Option(0, "--draws", help="Also draw this many tokens per sampler (seeded)."),
     seed: int = typer.Option(0, "--seed"),
@@ -253,11 +253,11 @@ def generate_command(
     sampler: str = typer.Option("greedy", "--sampler", "-s", help=SAMPLER_HELP),
     max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Tokens to generate (at least 1)."),
     n: int = typer.Option(1, "--n", help="Continuations of the prompt."),
-    stop: list[str] = typer.Option(None, "--stop", help="Stop string, repeatable (EOS always stops)."),
-    identity_block: int = typer.Option(None, "--identity-block", help="Make this block the identity during generation (e.g. 21)."),
-    intervention: list[str] = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
+    stop: list[str] | None = typer.Option(None, "--stop", help="Stop string, repeatable (EOS always stops)."),
+    identity_block: int | None = typer.Option(None, "--identity-block", help="Make this block the identity during generation (e.g. 21)."),
+    intervention: list[str] | None = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
     seed: int = typer.Option(0, "--seed", help="Continuation i draws from its own stream (seed, i)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Rows per forward (default: what the memory budget holds); speed only."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Rows per forward (default: what the memory budget holds); speed only."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Generate with a sampler, optionally with interventions (e.g. a block made the identity, a steering vector)."""
@@ -317,8 +317,8 @@ def beam_command(
         help="transformers' rule: true (stop once WIDTH beams finished), "
         "false (stop when no live beam can win), never (exhaustive).",
     ),
-    num_return_sequences: int = typer.Option(None, "--num-return-sequences", help="How many beams to show (default: WIDTH)."),
-    intervention: list[str] = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
+    num_return_sequences: int | None = typer.Option(None, "--num-return-sequences", help="How many beams to show (default: WIDTH)."),
+    intervention: list[str] | None = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Beam search as transformers does it: the best finished continuations with their log-probabilities."""
@@ -341,13 +341,13 @@ def beam_command(
 @sample_app.command("anomalous")
 def anomalous_command(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
-    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="Prompt, repeatable (default: three generic prompts)."),
+    prompt: list[str] | None = typer.Option(None, "--prompt", "-p", help="Prompt, repeatable (default: three generic prompts)."),
     temperature: float = typer.Option(-0.001, "--temperature", "-t", help="A negative temperature (T → 0⁻ picks the least likely token)."),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="Tokens per continuation (at least 1)."),
     samples: int = typer.Option(1, "--samples", help="Continuations per prompt."),
     top: int = typer.Option(100, "--top", help="How many tokens closest to the embedding centroid to compare with (at least 1)."),
     seed: int = typer.Option(0, "--seed"),
-    out: Path = typer.Option(None, "--out", callback=out_folder(ANOMALOUS),
+    out: Path | None = typer.Option(None, "--out", callback=out_folder(ANOMALOUS),
                              help="Folder for results.json and anomalous.html/.png (new, empty, or an earlier one)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -380,7 +380,7 @@ def explore_command(
     high: float = typer.Option(2.0, "--to", help="Highest temperature (finite, ≥ --from)."),
     steps: int = typer.Option(41, "--steps", help="Temperatures in the sweep (odd keeps T = 0)."),
     full_vocab: bool = typer.Option(False, "--full-vocab", help="Digit probabilities in the full vocabulary, not renormalised."),
-    out: Path = typer.Option(None, "--out", callback=out_folder(EXPLORER),
+    out: Path | None = typer.Option(None, "--out", callback=out_folder(EXPLORER),
                              help="Folder for results.json and temperature.html/.png (new, empty, or an earlier one)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

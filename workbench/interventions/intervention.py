@@ -48,11 +48,13 @@ class Intervention:
     - ``heads``: query heads, or key/value heads for ``k``/``v``/``kv``.
     """
 
+    # The fields take what a user writes (one value or any iterable); __post_init__ stores an Operation and
+    # tuples, which is what every reader of an Intervention gets.
     site: str
     op: Operation | str | dict
-    blocks: tuple[int, ...] | None = None
-    positions: tuple[int | str, ...] | None = None
-    heads: tuple[int, ...] | None = None
+    blocks: int | Iterable[int] | None = None
+    positions: int | str | Sequence[int | str] | None = None
+    heads: int | Iterable[int] | None = None
 
     def __post_init__(self) -> None:
         op = operation_from(self.op)
