@@ -6,6 +6,7 @@ and Qwen2 does not, so "the 9 of [0, 9]" sits at a different index in each.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -156,7 +157,7 @@ def position_indices(n: int, positions: int | list[int] | None) -> list[int]:
     return sorted(out)
 
 
-def resolve_positions(model, prompt: str, n: int, where: list[str | int] | str | int | None) -> list[int]:
+def resolve_positions(model, prompt: str, n: int, where: Sequence[str | int] | str | int | None) -> list[int]:
     """Token positions from text (a ``str``: every token covering it in ``prompt``) or indices (an
     ``int``; negative counts from the end); ``None`` means every position. The text "9" is the token 9,
     never position 9."""

@@ -101,7 +101,7 @@ def test_first_token_for_every_query_is_refused(tiny_model):
 def test_first_token_from_query_one_on(tiny_model):
     n = len(tiny_model.str_tokens(PROMPT))
     blocks = [0, tiny_model.facts.n_layers - 1]
-    result = run(tiny_model, PROMPT, [AttentionCapture(), AttentionMask(keys=[0], blocks=blocks, queries=range(1, n))])
+    result = run(tiny_model, PROMPT, [AttentionCapture(), AttentionMask(keys=[0], blocks=blocks, queries=list(range(1, n)))])
     edited, clean = result["attention"]["pattern"].values[0], result["attention"].baseline["pattern"].values[0]
     for b in blocks:
         assert (edited[b][:, 1:, 0] == 0).all()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -341,7 +342,7 @@ class Add(Operation):
     """Add ``coefficient × vector`` to the selected activations (steering). ``vector`` matches the
     site's last axis: ``d_model`` for residual sites, ``d_head`` for per-head sites."""
 
-    vector: tuple[float, ...] = ()
+    vector: Sequence[float] | torch.Tensor = ()  # stored as a tuple of floats by __post_init__
     coefficient: float = 1.0
     name: ClassVar[str] = "add"
     sites: ClassVar[tuple[str, ...]] = MEAN_SITES
