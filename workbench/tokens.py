@@ -165,7 +165,9 @@ def resolve_positions(model, prompt: str, n: int, where: Sequence[str | int] | s
         return list(range(n))
     items = [where] if isinstance(where, (str, int)) else list(where)
     if not items:
-        raise TokenError("The position list is empty, so nothing would be selected: name at least one position or text.")
+        raise TokenError(
+            "The position list is empty, so nothing would be selected: name at least one position or text."
+        )
     found = {q for item in items if isinstance(item, str) for q in find_positions(model, prompt, item)}
     indices = [item for item in items if not isinstance(item, str)]
     return sorted(found | set(position_indices(n, indices) if indices else []))
@@ -208,7 +210,9 @@ def align_prompts(model, target: str, source: str) -> tuple[torch.Tensor, torch.
     s = to_tokens(model, source)
     if t.shape != s.shape:
         t_str, s_str = str_tokens(model, target), str_tokens(model, source)
-        first = next((i for i, (a, b) in enumerate(zip(t_str, s_str, strict=False)) if a != b), min(len(t_str), len(s_str)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(t_str, s_str, strict=False)) if a != b), min(len(t_str), len(s_str))
+        )
         raise TokenError(
             f"The prompts do not align: target has {t.shape[-1]} tokens, source {s.shape[-1]}; they first "
             f"differ at position {first} ({t_str[first] if first < len(t_str) else 'end'!r} vs "

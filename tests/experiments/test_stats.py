@@ -44,8 +44,7 @@ def test_benjamini_hochberg_keeps_the_false_discovery_rate_on_a_grid():
     assert np.mean(power) > 0.8
     unadjusted = rng.uniform(size=cells)  # with no effect at all, raw p < q rejects ~6 cells; BH almost none
     assert (stats.benjamini_hochberg(unadjusted) < q).sum() <= 1
-    np.testing.assert_allclose(stats.benjamini_hochberg([0.01, 0.04, 0.03, np.nan]),
-                               [0.03, 0.04, 0.04, np.nan])
+    np.testing.assert_allclose(stats.benjamini_hochberg([0.01, 0.04, 0.03, np.nan]), [0.03, 0.04, 0.04, np.nan])
 
 
 def test_sign_flip_test_equals_enumerating_every_sign_pattern():
@@ -83,7 +82,14 @@ def test_a_summary_matches_scipy_called_directly():
     differences = rng.normal(0.2, 1.0, size=25)
     ours = stats.paired_effects(differences[None] + 1.0, np.ones(25), resamples=1999, rng=np.random.default_rng(4))[0]
     reference_rng = np.random.default_rng(4)
-    ci = sps.bootstrap((differences[None],), lambda x, axis: x.mean(axis=axis), method="BCa", n_resamples=1999,
-                       axis=-1, vectorized=True, random_state=reference_rng).confidence_interval
+    ci = sps.bootstrap(
+        (differences[None],),
+        lambda x, axis: x.mean(axis=axis),
+        method="BCa",
+        n_resamples=1999,
+        axis=-1,
+        vectorized=True,
+        random_state=reference_rng,
+    ).confidence_interval
     assert ours["ci_low"] == pytest.approx(float(ci.low[0]), abs=1e-12)
     assert ours["ci_high"] == pytest.approx(float(ci.high[0]), abs=1e-12)

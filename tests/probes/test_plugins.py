@@ -55,7 +55,7 @@ class ResidNorm(Probe):
                       arrays={"norm": array})
 '''
 
-PYPROJECT = '''
+PYPROJECT = """
 [build-system]
 requires = ["setuptools>=61"]
 build-backend = "setuptools.build_meta"
@@ -71,7 +71,7 @@ broken_plugin = "wb_resid_norm:DoesNotExist"
 
 [tool.setuptools]
 py-modules = ["wb_resid_norm"]
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +148,13 @@ def test_register_probe_decorator(clean_registry, tiny_llama):
         def result(self, record):
             ctx = record.context
             norm = record.saved[record.last_phase]["resid"]
-            return Result(probe=self.name, model=ctx.facts.name, prompts=ctx.prompts, tokens=ctx.str_tokens,
-                          arrays={"norm": Named(norm, ("prompt", "position"))})
+            return Result(
+                probe=self.name,
+                model=ctx.facts.name,
+                prompts=ctx.prompts,
+                tokens=ctx.str_tokens,
+                arrays={"norm": Named(norm, ("prompt", "position"))},
+            )
 
     assert get_probe("final_norm") is FinalNorm and available_probes()["final_norm"] is FinalNorm
     result = run(tiny_llama, PROMPT, get_probe("final_norm")())["final_norm"]

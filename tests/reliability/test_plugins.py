@@ -98,7 +98,9 @@ def test_probes_list_survives_every_bad_plugin(site):
     run = workbench("probes", "list", "--json", env=env_with(site))
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     data = json.loads(run.stdout)  # nothing a plugin printed reached stdout
-    assert {"logit_lens", "attention", "block_replacement", "attention_mask", "patch", "final_norm"} <= set(data["probes"])
+    assert {"logit_lens", "attention", "block_replacement", "attention_mask", "patch", "final_norm"} <= set(
+        data["probes"]
+    )
     assert data["probes"]["logit_lens"]["class"] == "workbench.probes.logit_lens.LogitLens"  # the impostor was undone
     errors = data["plugin_errors"]
     assert set(errors) == set(BAD)
@@ -132,4 +134,6 @@ def test_good_plugins_and_built_ins_still_run(site):
 def test_a_broken_plugin_asked_for_by_name_is_one_line(site):
     run = workbench("probe", "raises", "--model", "tiny-qwen2", env=env_with(site))
     assert run.returncode == 8 and "Traceback" not in run.stderr
-    assert len(run.error_lines) == 1 and run.error_lines[0].startswith("error: The probe plugin 'raises' failed to load (RuntimeError")
+    assert len(run.error_lines) == 1 and run.error_lines[0].startswith(
+        "error: The probe plugin 'raises' failed to load (RuntimeError"
+    )

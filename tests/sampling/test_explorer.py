@@ -24,7 +24,12 @@ def test_digit_probabilities_match_a_direct_softmax(tiny_qwen2, sweep):
             assert int(row.argmax()) == int(digits.argmax()) and float(row.max()) == 1.0
         else:
             torch.testing.assert_close(row, (digits / t).softmax(-1), atol=1e-5, rtol=1e-4)
-        assert sweep.set_mass[i] == pytest.approx(float((logits / t).softmax(-1)[digit_token_ids(tiny_qwen2)].sum()) if t else float(int(logits.argmax()) in digit_token_ids(tiny_qwen2)), abs=1e-5)
+        assert sweep.set_mass[i] == pytest.approx(
+            float((logits / t).softmax(-1)[digit_token_ids(tiny_qwen2)].sum())
+            if t
+            else float(int(logits.argmax()) in digit_token_ids(tiny_qwen2)),
+            abs=1e-5,
+        )
     assert int(torch.tensor(sweep.probs[3]).argmax()) == int(digits.argmin())  # T = −0.01: the least likely digit
 
 

@@ -100,8 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     except WorkbenchError as exc:
         _fail(f"error: {one_line(exc)}", exc.exit_code)
     except Interrupted as exc:
-        _fail(f"interrupted by {exc}: stopped before the end; no half-written output was left and earlier "
-              "outputs are as they were.", exc.exit_code)
+        _fail(
+            f"interrupted by {exc}: stopped before the end; no half-written output was left and earlier "
+            "outputs are as they were.",
+            exc.exit_code,
+        )
     except Exception as exc:
         kind = _click_error(exc)
         if kind == "NoArgsIsHelpError":

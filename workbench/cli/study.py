@@ -11,8 +11,10 @@ from workbench.cli import app, out_folder
 from workbench.cli.models import SPEC_HELP
 from workbench.outputs import STUDY
 
-study_app = typer.Typer(help="Whole studies that write a report (the founding random-number study, the randomness audit).",
-                        no_args_is_help=True)
+study_app = typer.Typer(
+    help="Whole studies that write a report (the founding random-number study, the randomness audit).",
+    no_args_is_help=True,
+)
 app.add_typer(study_app, name="study")
 
 
@@ -30,22 +32,36 @@ def _blocks(text: str | None) -> list[int] | None:
 @study_app.command("random-number")
 def random_number(
     model: str = typer.Option("smollm2", "--model", "-m", help=SPEC_HELP),
-    out: Path = typer.Option(Path("report"), "--out", "-o", callback=out_folder(STUDY),
-                             help="Folder for report.html, figures/ and results.json: new, empty, or an earlier report."),
+    out: Path = typer.Option(
+        Path("report"),
+        "--out",
+        "-o",
+        callback=out_folder(STUDY),
+        help="Folder for report.html, figures/ and results.json: new, empty, or an earlier report.",
+    ),
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="Extra prompt for the distribution step (repeatable)."),
     prompts: Path | None = typer.Option(None, "--prompts", help="File of extra sweep prompts, one per line."),
-    block: int | None = typer.Option(None, help="Block replaced by the identity (study: 21, scaled on shallower models)."),
+    block: int | None = typer.Option(
+        None, help="Block replaced by the identity (study: 21, scaled on shallower models)."
+    ),
     patch_blocks: str | None = typer.Option(None, help="Blocks whose keys/values are patched (study: 6,14)."),
     late_from: int | None = typer.Option(None, help="Also patch every block from this one on (study: 21)."),
     mask_from: int | None = typer.Option(None, help="Mask attention to the bound from this block on (study: 13)."),
     bound: str = typer.Option("9", help="The upper bound's text in the prompt."),
     source_bound: str = typer.Option("5", help="The bound of the patching source prompt."),
-    show_sink: bool = typer.Option(False, "--show-sink", help="Keep the first token and the diagonal in attention grids."),
+    show_sink: bool = typer.Option(
+        False, "--show-sink", help="Keep the first token and the diagonal in attention grids."
+    ),
     device: str | None = typer.Option(None, help="cpu, cuda or mps."),
     static: bool = typer.Option(True, help="Also write PNG and SVG figures (needs Chromium)."),
-    figures_html: Literal["shared", "inline", "cdn"] = typer.Option("shared", "--figures-html", help=(
-        "How figures/*.html load plotly.js: one shared copy beside them (light, offline), inline in each "
-        "(self-contained, 4.8 MB each) or from the CDN.")),
+    figures_html: Literal["shared", "inline", "cdn"] = typer.Option(
+        "shared",
+        "--figures-html",
+        help=(
+            "How figures/*.html load plotly.js: one shared copy beside them (light, offline), inline in each "
+            "(self-contained, 4.8 MB each) or from the CDN."
+        ),
+    ),
 ) -> None:
     """Reproduce the random-number investigation (sections 1–7 of the study) and write a report.
 
@@ -59,13 +75,37 @@ def random_number(
 
     if prompts is not None:
         read_prompts_file(prompts)  # fail before loading the model
-    options = StudyOptions(extra_prompts=list(prompt), prompts_file=prompts, block=block,
-                           patch_blocks=_blocks(patch_blocks), late_from=late_from, mask_from=mask_from,
-                           bound=bound, source_bound=source_bound, hide_sink=not show_sink, hide_diagonal=not show_sink)
-    steps = ["load model", "digit distributions", "logit lens and attention", "identity block",
-             "identity sweep", "patching and masking", "prompt sweep", "figures", "writing figures", "report"]
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), transient=False) as bar:
+    options = StudyOptions(
+        extra_prompts=list(prompt),
+        prompts_file=prompts,
+        block=block,
+        patch_blocks=_blocks(patch_blocks),
+        late_from=late_from,
+        mask_from=mask_from,
+        bound=bound,
+        source_bound=source_bound,
+        hide_sink=not show_sink,
+        hide_diagonal=not show_sink,
+    )
+    steps = [
+        "load model",
+        "digit distributions",
+        "logit lens and attention",
+        "identity block",
+        "identity sweep",
+        "patching and masking",
+        "prompt sweep",
+        "figures",
+        "writing figures",
+        "report",
+    ]
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as bar:
         task = bar.add_task("loading the model", total=len(steps))
 
         def advance(description: str) -> None:

@@ -12,7 +12,23 @@ from workbench.probes.registry import available_probes, get_probe, register_prob
 from workbench.probes.tuned_lens import LensComparison, TunedLens, TunedLensResult
 
 __all__ = [
-    "Probe", "ProbeRecord", "RunContext", "available_probes", "get_probe", "register_probe",
-    "LogitLens", "LogitLensResult", "BlockReplacement", "AttentionCapture", "AttentionResult", "display_pattern",
-    "AttentionMask", "ActivationPatch", "Intervene", "InterventionResult", "TunedLens", "TunedLensResult", "LensComparison",
+    "Probe",
+    "ProbeRecord",
+    "RunContext",
+    "available_probes",
+    "get_probe",
+    "register_probe",
+    "LogitLens",
+    "LogitLensResult",
+    "BlockReplacement",
+    "AttentionCapture",
+    "AttentionResult",
+    "display_pattern",
+    "AttentionMask",
+    "ActivationPatch",
+    "Intervene",
+    "InterventionResult",
+    "TunedLens",
+    "TunedLensResult",
+    "LensComparison",
 ]

@@ -72,9 +72,13 @@ def distribution_stats(
     """
     values = torch.as_tensor(logits).detach().double().cpu()
     if values.dim() != 1:
-        raise SamplingError(f"distribution_stats takes one distribution (1-D), got shape {tuple(values.shape)}: index a row first.")
+        raise SamplingError(
+            f"distribution_stats takes one distribution (1-D), got shape {tuple(values.shape)}: index a row first."
+        )
     if torch.isnan(values).any():
-        raise SamplingError("The logits contain NaN: check the model output (a NaN usually means an overflow upstream).")
+        raise SamplingError(
+            "The logits contain NaN: check the model output (a NaN usually means an overflow upstream)."
+        )
     if tokens is not None:
         index = torch.as_tensor(list(tokens), dtype=torch.long)
         if index.numel() == 0 or int(index.max()) >= values.numel() or int(index.min()) < 0:
