@@ -80,7 +80,7 @@ class LogitLens(Probe):
         return self._summarise(ctx, stack, labels, keep)
 
     @staticmethod
-    def unembed(model, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos vocab"]:
+    def unembed(model, resid: Float[torch.Tensor, "*batch d_model"]) -> Float[torch.Tensor, "*batch vocab"]:
         """The model's own final norm and unembedding applied to a residual stream."""
         return model.unembed(resid)
 
