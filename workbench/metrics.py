@@ -38,7 +38,7 @@ class Metric:
     needs_clean: bool = False
 
     def __call__(
-        self, logits: Float[torch.Tensor, "batch vocab"], clean: Float[torch.Tensor, "#batch vocab"] | None = None
+        self, logits: Float[torch.Tensor, "batch vocab"], clean: Float[torch.Tensor, "*#batch vocab"] | None = None
     ) -> Float[torch.Tensor, " batch"]:
         logits = logits.float()
         out = self.fn(logits, clean.float()) if self.needs_clean else self.fn(logits)
