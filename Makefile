@@ -1,7 +1,7 @@
 # Fresh-machine set-up and the two jobs of the README. Everything the project needs is installed here.
 #   make study   install, then run the random-number study on the embedded default model → report/
-#   make test    install, build the docs strictly (executing the notebooks once), then run the tests, which
-#                check that site and reuse the executed notebooks
+#   make test    install, build the docs strictly (executing the notebooks once), run ruff and mypy, then the
+#                tests (jaxtyping shape checks on), which check that site and reuse the executed notebooks
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV ?= .venv
@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.workbench-setup
 OUT ?= report
 
-.PHONY: setup study test docs bench clean
+.PHONY: setup study test lint docs bench clean
 
 setup: $(STAMP)
 
@@ -34,8 +34,14 @@ study: setup
 
 # The docs build executes notebooks/ into build/notebooks (reused while the notebooks and workbench/ are
 # unchanged); the tests then check those copies and the built site instead of running them again.
-test: docs
+test: lint docs
 	WORKBENCH_DOCS_SITE=site $(PY) -m pytest -q
+
+# Lint, format and type checks (configured in pyproject.toml); pre-commit runs the same three.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 docs: setup
 	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site

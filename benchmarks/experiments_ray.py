@@ -36,8 +36,14 @@ def main() -> None:
     model = load_model(args.model, device="cpu")
     dataset = load_dataset(BUNDLED)
     dataset.items = dataset.items[: args.items]
-    experiment = Experiment(dataset=dataset, conditions=headline_conditions(model), model=args.model, resamples=999,
-                            metrics=["digits_above:{source_bound}", "kl"], shard_items=args.shard_items)
+    experiment = Experiment(
+        dataset=dataset,
+        conditions=headline_conditions(model),
+        model=args.model,
+        resamples=999,
+        metrics=["digits_above:{source_bound}", "kl"],
+        shard_items=args.shard_items,
+    )
     experiment = experiment.with_model(device="cpu")
     run_experiment(experiment, model=model)  # warm-up
     began = time.perf_counter()
@@ -53,11 +59,17 @@ def main() -> None:
     ray_s = time.perf_counter() - began
     a, b = local.frame(), remote.frame()
     numbers = {
-        "model": model.facts.name, "items": len(dataset), "shards": local.computed, "workers": args.workers,
-        "local_threads": torch.get_num_threads(), "local_s": round(local_s, 3),
-        "ray_startup_s": round(startup_s, 3), "ray_run_s": round(ray_s, 3),
+        "model": model.facts.name,
+        "items": len(dataset),
+        "shards": local.computed,
+        "workers": args.workers,
+        "local_threads": torch.get_num_threads(),
+        "local_s": round(local_s, 3),
+        "ray_startup_s": round(startup_s, 3),
+        "ray_run_s": round(ray_s, 3),
         "ray_total_s": round(startup_s + ray_s, 3),
-        "ratio_total": round((startup_s + ray_s) / local_s, 2), "ratio_after_startup": round(ray_s / local_s, 2),
+        "ratio_total": round((startup_s + ray_s) / local_s, 2),
+        "ratio_after_startup": round(ray_s / local_s, 2),
         "max_abs_diff": float((a["value"] - b["value"]).abs().max()),
         "note": "ratio > 1: Ray is slower. ray_run_s still includes the driver's checks, plan and statistics.",
     }

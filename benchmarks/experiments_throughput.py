@@ -46,8 +46,11 @@ def filled(condition, fields):
             op = Patch(fill(op.source, fields, "Source"))
         elif isinstance(op, MaskKeys):
             op = MaskKeys(tuple(fill(k, fields, "Key") if isinstance(k, str) else k for k in op.keys))
-        positions = None if item.positions is None else tuple(
-            fill(p, fields, "Position") if isinstance(p, str) else p for p in item.positions)
+        positions = (
+            None
+            if item.positions is None
+            else tuple(fill(p, fields, "Position") if isinstance(p, str) else p for p in item.positions)
+        )
         out.append(dataclasses.replace(item, op=op, positions=positions))
     return out
 
@@ -63,7 +66,7 @@ def baseline(model, dataset, conditions, metrics):
         probes = [Intervene(*filled(c, item.fields), label=name) for name, c in conditions.items()]
         out = run(model, item.prompt, probes, separate=True)
         clean = out.logits["clean"][0, -1].float()
-        for name, probe_name in zip(conditions, out.conditions):
+        for name, probe_name in zip(conditions, out.conditions, strict=True):
             logits = out.conditions[probe_name].logits["intervened"][:, -1].float()
             for spec in metrics:
                 metric = resolve_metric(model, fill(spec, item.fields, "Metric"))
@@ -105,19 +108,30 @@ def main() -> None:
         statistics = time.perf_counter() - began
     ours, theirs = min(ours_runs), min(theirs_runs)
     frame = result.frame()
-    diff = max(abs(row.value - reference[row.item, row.condition, row.metric])
-               for row in frame[frame["condition"] != "clean"].itertuples())
+    diff = max(
+        abs(row.value - reference[row.item, row.condition, row.metric])
+        for row in frame[frame["condition"] != "clean"].itertuples()
+    )
     n = len(dataset)
     numbers = {
-        "model": model.facts.name, "items": n, "conditions": len(conditions), "metrics": len(metrics),
-        "threads": torch.get_num_threads(), "repeats": args.repeats,
-        "experiment_runs_s": [round(t, 3) for t in ours_runs], "run_loop_runs_s": [round(t, 3) for t in theirs_runs],
-        "experiment_s": round(ours, 3), "experiment_prompts_per_s": round(n / ours, 2),
-        "run_loop_s": round(theirs, 3), "run_loop_prompts_per_s": round(n / theirs, 2),
-        "speedup": round(theirs / ours, 2), "max_abs_diff": diff,
-        "statistics_s": round(statistics, 3), "speedup_without_statistics": round(theirs / (ours - statistics), 2),
+        "model": model.facts.name,
+        "items": n,
+        "conditions": len(conditions),
+        "metrics": len(metrics),
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "experiment_runs_s": [round(t, 3) for t in ours_runs],
+        "run_loop_runs_s": [round(t, 3) for t in theirs_runs],
+        "experiment_s": round(ours, 3),
+        "experiment_prompts_per_s": round(n / ours, 2),
+        "run_loop_s": round(theirs, 3),
+        "run_loop_prompts_per_s": round(n / theirs, 2),
+        "speedup": round(theirs / ours, 2),
+        "max_abs_diff": diff,
+        "statistics_s": round(statistics, 3),
+        "speedup_without_statistics": round(theirs / (ours - statistics), 2),
         "note": "experiment_s includes its statistics (bootstrap and permutation tests, 999 resamples), "
-                "which the run() loop does not compute",
+        "which the run() loop does not compute",
     }
     print(json.dumps(numbers, indent=1))
     if args.json:

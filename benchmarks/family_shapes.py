@@ -43,24 +43,57 @@ class Shape:
 
 SHAPES = {
     # GPT-2 small: 12 blocks × 768, 12 heads, learned positions (1024), tied 50257-token unembedding.
-    "shape-gpt2-small": Shape("gpt2", dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
-                                     max_position_embeddings=1024, vocab_size=50257, tie_word_embeddings=True),
-                        parameters=124_439_808),
+    "shape-gpt2-small": Shape(
+        "gpt2",
+        dict(
+            num_hidden_layers=12,
+            hidden_size=768,
+            num_attention_heads=12,
+            max_position_embeddings=1024,
+            vocab_size=50257,
+            tie_word_embeddings=True,
+        ),
+        parameters=124_439_808,
+    ),
     # Pythia-160M: GPT-NeoX, 12 blocks × 768, 12 heads, MLP 3072, rotary on 1/4 of each head, parallel blocks.
-    "shape-pythia-160m": Shape("gpt_neox", dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
-                                          intermediate_size=3072, max_position_embeddings=2048, vocab_size=50304,
-                                          use_parallel_residual=True, tie_word_embeddings=False),
-                         parameters=162_322_944),
+    "shape-pythia-160m": Shape(
+        "gpt_neox",
+        dict(
+            num_hidden_layers=12,
+            hidden_size=768,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=2048,
+            vocab_size=50304,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+        ),
+        parameters=162_322_944,
+    ),
     # Gemma-2-2B's head geometry (d_model 2304, 8 query heads sharing 4 key/value heads of 256), window 4096
     # on alternate blocks and its soft-caps; 26 → 8 blocks, MLP 9216 → 2304 and vocabulary 256000 → 24576 so
     # the whole model stays under 300M parameters (the real embedding alone is 590M).
-    "shape-gemma2-2b-300m": Shape("gemma2", dict(num_hidden_layers=8, hidden_size=2304, num_attention_heads=8,
-                                           num_key_value_heads=4, head_dim=256, intermediate_size=2304,
-                                           query_pre_attn_scalar=256, sliding_window=4096,
-                                           attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
-                                           max_position_embeddings=8192, vocab_size=24576, tie_word_embeddings=True),
-                            parameters=297_347_328, tokenizer_bos=True,
-                            changes="26 → 8 blocks, MLP 9216 → 2304, vocabulary 256000 → 24576 (≤ 300M parameters)"),
+    "shape-gemma2-2b-300m": Shape(
+        "gemma2",
+        dict(
+            num_hidden_layers=8,
+            hidden_size=2304,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=256,
+            intermediate_size=2304,
+            query_pre_attn_scalar=256,
+            sliding_window=4096,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            max_position_embeddings=8192,
+            vocab_size=24576,
+            tie_word_embeddings=True,
+        ),
+        parameters=297_347_328,
+        tokenizer_bos=True,
+        changes="26 → 8 blocks, MLP 9216 → 2304, vocabulary 256000 → 24576 (≤ 300M parameters)",
+    ),
 }
 
 

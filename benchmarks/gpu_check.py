@@ -28,8 +28,10 @@ import warnings
 
 import torch
 
-PROMPTS = ["I'm generating a random number between [0, 9]. The number is ",
-           "I'm generating a random number between [0, 8]. The number is "]
+PROMPTS = [
+    "I'm generating a random number between [0, 9]. The number is ",
+    "I'm generating a random number between [0, 8]. The number is ",
+]
 SOURCE = "I'm generating a random number between [0, 5]. The number is "
 
 
@@ -60,10 +62,14 @@ def hook_values(model, tokens) -> dict[str, torch.Tensor]:
     def keep(name):
         def hook(act, hook):
             kept[name] = act.detach().float().cpu()
+
         return hook
 
-    names = [f"blocks.{b}.{h}" for b in range(model.facts.n_layers)
-             for h in ("hook_resid_pre", "hook_resid_post", "attn.hook_pattern", "attn.hook_z")]
+    names = [
+        f"blocks.{b}.{h}"
+        for b in range(model.facts.n_layers)
+        for h in ("hook_resid_pre", "hook_resid_post", "attn.hook_pattern", "attn.hook_z")
+    ]
     with model.bridge.hooks(fwd_hooks=[(n, keep(n)) for n in names if n in model.bridge.hook_dict]):
         model.bridge(tokens.to(model.device))
     return kept
@@ -73,8 +79,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--single", default=None, help="the single device (default: cuda:0, else cpu)")
-    parser.add_argument("--device-map", default=None, help="a strategy (balanced, auto) or JSON; default: blocks "
-                                                           "spread over every GPU (or all on --single)")
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        help="a strategy (balanced, auto) or JSON; default: blocks spread over every GPU (or all on --single)",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args()
 
@@ -94,8 +103,13 @@ def main() -> int:
         devices = [f"cuda:{i}" for i in range(gpus)] if gpus and single_device != "cpu" else [single_device]
         device_map = layered_map(single.bridge.original_model, devices)
     split = load_model(args.model, device_map=device_map)
-    report = {"model": single.facts.name, "single": single_device, "split_devices": list(split.facts.devices),
-              "gpus": gpus, "checks": {}}
+    report = {
+        "model": single.facts.name,
+        "single": single_device,
+        "split_devices": list(split.facts.devices),
+        "gpus": gpus,
+        "checks": {},
+    }
     scale = 1.0
 
     def check(name, a, b):
@@ -112,10 +126,14 @@ def main() -> int:
     report["worst_hook"] = worst[0]
 
     def probes():
-        return [LogitLens(k=5), AttentionCapture(blocks=[0, single.facts.n_layers - 1]),
-                BlockReplacement(blocks=[single.facts.n_layers // 2]), AttentionMask(keys="9", blocks=[1, 2]),
-                ActivationPatch(source=SOURCE, site="kv", blocks=[0, single.facts.n_layers - 1]),
-                iv.add("resid_pre", torch.ones(single.facts.d_model), blocks=single.facts.n_layers - 1)]
+        return [
+            LogitLens(k=5),
+            AttentionCapture(blocks=[0, single.facts.n_layers - 1]),
+            BlockReplacement(blocks=[single.facts.n_layers // 2]),
+            AttentionMask(keys="9", blocks=[1, 2]),
+            ActivationPatch(source=SOURCE, site="kv", blocks=[0, single.facts.n_layers - 1]),
+            iv.add("resid_pre", torch.ones(single.facts.d_model), blocks=single.facts.n_layers - 1),
+        ]
 
     one, two = (run(m, PROMPTS[0], probes(), separate=True, targets=["5", "9"]) for m in (single, split))
     for name in one.conditions:
@@ -124,8 +142,13 @@ def main() -> int:
     check("attention", one["attention"]["pattern"].values, two["attention"]["pattern"].values)
 
     rows = [{"prompt": p, "source": SOURCE, "bound": p.split(", ")[1][0]} for p in PROMPTS]
-    experiment = Experiment(dataset=rows, model=args.model, metrics=["kl", "prob:{bound}"], resamples=999,
-                            conditions={"patch": iv.patch("kv", "{source}", blocks=[0, 1], positions="{bound}")})
+    experiment = Experiment(
+        dataset=rows,
+        model=args.model,
+        metrics=["kl", "prob:{bound}"],
+        resamples=999,
+        conditions={"patch": iv.patch("kv", "{source}", blocks=[0, 1], positions="{bound}")},
+    )
     e1 = run_experiment(experiment, model=single).frame()
     e2 = run_experiment(experiment, model=split).frame()
     report["checks"]["experiment"] = float((e1["value"] - e2["value"]).abs().max())

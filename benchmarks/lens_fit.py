@@ -29,7 +29,10 @@ def timed(phases: dict, name: str, fn):
     before = os.getloadavg()[0]
     started = time.perf_counter()
     value = fn()
-    phases[name] = {"seconds": round(time.perf_counter() - started, 2), "loadavg": [round(before, 2), round(os.getloadavg()[0], 2)]}
+    phases[name] = {
+        "seconds": round(time.perf_counter() - started, 2),
+        "loadavg": [round(before, 2), round(os.getloadavg()[0], 2)],
+    }
     print(f"{name}: {phases[name]['seconds']:.1f} s (load {before:.1f} → {os.getloadavg()[0]:.1f})", flush=True)
     return value
 
@@ -58,41 +61,73 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     phases: dict = {}
     model = timed(phases, "load model", lambda: load_model(args.model))
-    corpus = timed(phases, "corpus", lambda: make_corpus(model, args.corpus, tokens=args.tokens, seed=args.seed, progress=True))
+    corpus = timed(
+        phases, "corpus", lambda: make_corpus(model, args.corpus, tokens=args.tokens, seed=args.seed, progress=True)
+    )
     splits = Splits.of(corpus, args.seed)
-    header = {**model_header(model, args.model), "corpus": corpus.to_dict(), "seed": args.seed,
-              "tokens": splits.tokens(skip_first=True), "skip_first": True}
+    header = {
+        **model_header(model, args.model),
+        "corpus": corpus.to_dict(),
+        "seed": args.seed,
+        "tokens": splits.tokens(skip_first=True),
+        "skip_first": True,
+    }
     linear = timed(phases, "linear fit", lambda: fit_linear(model, splits, header=header, progress=True))
     settings = TunedSettings(steps=args.tuned_steps, tokens_per_step=args.tokens_per_step)
-    tuned = timed(phases, "tuned fit", lambda: fit_tuned(model, splits, linear, settings, header=header, seed=args.seed,
-                                                         corpus=corpus, progress=True))
+    tuned = timed(
+        phases,
+        "tuned fit",
+        lambda: fit_tuned(model, splits, linear, settings, header=header, seed=args.seed, corpus=corpus, progress=True),
+    )
     readings = {}
     for name, lens in (("linear", linear), ("tuned", tuned)):
         result = run(model, PROMPT, TunedLens(lens=lens, k=args.k, positions=[-1]))["tuned_lens"]
         readings[name] = result.comparison()
     labels = linear.labels
     row = {
-        "benchmark": "lens fit", "model": model.facts.name, "corpus": corpus.to_dict(), "tokens": splits.tokens(True),
-        "phases": phases, "tuned_settings": tuned.header["tuned"] | {"train_kl": None},
+        "benchmark": "lens fit",
+        "model": model.facts.name,
+        "corpus": corpus.to_dict(),
+        "tokens": splits.tokens(True),
+        "phases": phases,
+        "tuned_settings": tuned.header["tuned"] | {"train_kl": None},
         "ridge_alpha": linear.header["ridge"]["alpha"],
-        "heldout_kl": {"layers": labels, "logit": linear.header["heldout_kl"]["logit"],
-                       "linear": linear.header["heldout_kl"]["lens"], "tuned": tuned.header["heldout_kl"]["lens"]},
-        "prompt": PROMPT, "k": args.k,
-        "first_in_top_k": {"logit": readings["linear"].first_in_top_k()["logit lens"],
-                           "linear": readings["linear"].first_in_top_k()["linear lens"],
-                           "tuned": readings["tuned"].first_in_top_k()["tuned lens"]},
-        "in_top_k_from": {"logit": readings["linear"].in_top_k_from()["logit lens"],
-                          "linear": readings["linear"].in_top_k_from()["linear lens"],
-                          "tuned": readings["tuned"].in_top_k_from()["tuned lens"]},
-        "prompt_kl": {"logit": readings["linear"].kl["logit lens"].tolist(), "linear": readings["linear"].kl["linear lens"].tolist(),
-                      "tuned": readings["tuned"].kl["tuned lens"].tolist()},
-        "prompt_best_rank": {"logit": readings["linear"].best_rank["logit lens"].tolist(),
-                             "linear": readings["linear"].best_rank["linear lens"].tolist(),
-                             "tuned": readings["tuned"].best_rank["tuned lens"].tolist()},
-        "prompt_target_mass": {"logit": readings["linear"].target_mass["logit lens"].tolist(),
-                               "linear": readings["linear"].target_mass["linear lens"].tolist(),
-                               "tuned": readings["tuned"].target_mass["tuned lens"].tolist()},
-        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+        "heldout_kl": {
+            "layers": labels,
+            "logit": linear.header["heldout_kl"]["logit"],
+            "linear": linear.header["heldout_kl"]["lens"],
+            "tuned": tuned.header["heldout_kl"]["lens"],
+        },
+        "prompt": PROMPT,
+        "k": args.k,
+        "first_in_top_k": {
+            "logit": readings["linear"].first_in_top_k()["logit lens"],
+            "linear": readings["linear"].first_in_top_k()["linear lens"],
+            "tuned": readings["tuned"].first_in_top_k()["tuned lens"],
+        },
+        "in_top_k_from": {
+            "logit": readings["linear"].in_top_k_from()["logit lens"],
+            "linear": readings["linear"].in_top_k_from()["linear lens"],
+            "tuned": readings["tuned"].in_top_k_from()["tuned lens"],
+        },
+        "prompt_kl": {
+            "logit": readings["linear"].kl["logit lens"].tolist(),
+            "linear": readings["linear"].kl["linear lens"].tolist(),
+            "tuned": readings["tuned"].kl["tuned lens"].tolist(),
+        },
+        "prompt_best_rank": {
+            "logit": readings["linear"].best_rank["logit lens"].tolist(),
+            "linear": readings["linear"].best_rank["linear lens"].tolist(),
+            "tuned": readings["tuned"].best_rank["tuned lens"].tolist(),
+        },
+        "prompt_target_mass": {
+            "logit": readings["linear"].target_mass["logit lens"].tolist(),
+            "linear": readings["linear"].target_mass["linear lens"].tolist(),
+            "tuned": readings["tuned"].target_mass["tuned lens"].tolist(),
+        },
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     print(json.dumps(row), flush=True)
@@ -114,7 +149,7 @@ def main() -> None:
     for i, layer in enumerate(labels):
         kl = row["heldout_kl"]
         print(f"{layer:18s} {kl['logit'][i]:8.4f} {kl['linear'][i]:8.4f} {kl['tuned'][i]:8.4f}")
-    print("first layer with a digit in the top-%d: %s" % (args.k, row["first_in_top_k"]))
+    print(f"first layer with a digit in the top-{args.k}: {row['first_in_top_k']}")
 
 
 if __name__ == "__main__":

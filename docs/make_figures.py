@@ -1,6 +1,6 @@
 """Regenerate the figures shown in the docs from the embedded default model (SmolLM2-135M-Instruct).
 
-    .venv/bin/python docs/make_figures.py
+.venv/bin/python docs/make_figures.py
 """
 
 from pathlib import Path

@@ -11,17 +11,21 @@ from workbench.run import hook_count
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 
+
 @pytest.fixture(scope="session")
 def tiny_qwen2():
     return load_model("tiny-qwen2")
+
 
 @pytest.fixture(scope="session")
 def tiny_llama():
     return load_model("tiny-llama")
 
+
 @pytest.fixture(scope="session", params=["tiny-qwen2", "tiny-llama"])
 def tiny_model(request):
     return load_model(request.param)
+
 
 @pytest.fixture(scope="session")
 def smollm2():

@@ -15,11 +15,17 @@ def install_plugin(root: Path, module: str, source: str, pyproject: str) -> Path
     src.mkdir(parents=True)
     (src / "pyproject.toml").write_text(textwrap.dedent(pyproject))
     (src / f"{module}.py").write_text(source)
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(src)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(src)],
+        check=True,
+        capture_output=True,
+    )
     wheels = list(dist.glob(f"{module}-*.whl"))
     assert len(wheels) == 1, wheels
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site),
-                    str(wheels[0])], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site), str(wheels[0])],
+        check=True,
+        capture_output=True,
+    )
     assert (site / f"{module}.py").is_file()
     return site

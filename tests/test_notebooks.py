@@ -25,7 +25,9 @@ def test_notebook_runs(path):
     executed = nbformat.read(notebook_pages.executed(path), as_version=4)
     committed = nbformat.read(path, as_version=4)
     assert [c.source for c in executed.cells] == [c.source for c in committed.cells]
-    assert not any(c.get("outputs") for c in committed.cells if c.cell_type == "code"), "commit notebooks without outputs"
+    assert not any(c.get("outputs") for c in committed.cells if c.cell_type == "code"), (
+        "commit notebooks without outputs"
+    )
     code = [cell for cell in executed.cells if cell.cell_type == "code"]
     assert all(cell.execution_count for cell in code), "a cell did not run"
     outputs = [o for cell in code for o in cell.get("outputs", [])]

@@ -18,8 +18,21 @@ from workbench.results import load_result, load_run, save_run
 from workbench.run import RunResult, run
 
 __all__ = [
-    "WorkbenchError", "Model", "ModelFacts", "load_model", "run", "RunResult", "Probe", "register_probe",
-    "LogitLens", "BlockReplacement", "AttentionCapture", "AttentionMask", "ActivationPatch",
-    "load_result", "save_run", "load_run",
+    "WorkbenchError",
+    "Model",
+    "ModelFacts",
+    "load_model",
+    "run",
+    "RunResult",
+    "Probe",
+    "register_probe",
+    "LogitLens",
+    "BlockReplacement",
+    "AttentionCapture",
+    "AttentionMask",
+    "ActivationPatch",
+    "load_result",
+    "save_run",
+    "load_run",
 ]
 __version__ = "0.1.0"

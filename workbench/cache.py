@@ -52,8 +52,12 @@ def require_writable_cache(entry: Path) -> None:
     """Refuse, before a conversion starts, a cache that cannot take the result (names the fix)."""
     from workbench.outputs import require_writable
 
-    require_writable(entry.parent, str(cache_root()), what="The model cache (WORKBENCH_CACHE) ",
-                     fix="set WORKBENCH_CACHE to a writable folder, or pass --no-cache (cache=False) to convert in memory")
+    require_writable(
+        entry.parent,
+        str(cache_root()),
+        what="The model cache (WORKBENCH_CACHE) ",
+        fix="set WORKBENCH_CACHE to a writable folder, or pass --no-cache (cache=False) to convert in memory",
+    )
 
 
 def file_record(path: Path) -> dict[str, object]:
@@ -145,8 +149,10 @@ def needs_rehash(entry: Path) -> bool:
 
 def discard_entry(entry: Path, problem: str, source: Path) -> None:
     """Say (one line on stderr) that a damaged entry is rebuilt, and remove it."""
-    print(f"warning: the cached conversion of {source.name} at {entry} is damaged ({problem}); rebuilding it.",
-          file=sys.stderr)
+    print(
+        f"warning: the cached conversion of {source.name} at {entry} is damaged ({problem}); rebuilding it.",
+        file=sys.stderr,
+    )
     shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -173,8 +179,10 @@ def write_cache(hf_model, tokenizer, target: Path, source: Path) -> None:
             if entry_problem(target) is not None:  # another process may have finished first
                 swap_in(tmp, target)
     except OSError as exc:
-        raise WorkbenchError(f"Could not write the model cache at {target} ({exc}): set WORKBENCH_CACHE to a "
-                             "writable folder, or pass --no-cache.") from None
+        raise WorkbenchError(
+            f"Could not write the model cache at {target} ({exc}): set WORKBENCH_CACHE to a "
+            "writable folder, or pass --no-cache."
+        ) from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

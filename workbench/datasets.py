@@ -13,6 +13,7 @@ to skip bad rows — says how many it skipped.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -98,8 +99,12 @@ class Dataset:
         return [{"id": it.id, **it.fields} for it in self.items]
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "rows": len(self.items) + len(self.bad), "sha256": self.sha256,
-                "columns": ["id", "prompt", *(c for c in ("source", "targets") if self._has(c)), *self.columns]}
+        return {
+            "name": self.name,
+            "rows": len(self.items) + len(self.bad),
+            "sha256": self.sha256,
+            "columns": ["id", "prompt", *(c for c in ("source", "targets") if self._has(c)), *self.columns],
+        }
 
     def _has(self, column: str) -> bool:
         return any(column in it.fields for it in self.items)
@@ -125,9 +130,10 @@ def load_dataset(path: str | Path) -> Dataset:
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            line = raw[:exc.start].count(b"\n") + 1
-            raise DatasetError(f"{path.name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): "
-                               "save it as UTF-8.") from None
+            line = raw[: exc.start].count(b"\n") + 1
+            raise DatasetError(
+                f"{path.name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): save it as UTF-8."
+            ) from None
         records = _read_jsonl(text, path.name) if kind == "jsonl" else _read_csv(text, path.name)
     return from_records(records, name=path.name)
 
@@ -140,11 +146,14 @@ def _read_jsonl(text: str, name: str) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DatasetError(f"{name} line {number} is not JSON ({exc.msg} at column {exc.colno}): "
-                               "write one JSON object per line.") from None
+            raise DatasetError(
+                f"{name} line {number} is not JSON ({exc.msg} at column {exc.colno}): write one JSON object per line."
+            ) from None
         if not isinstance(record, dict):
-            raise DatasetError(f"{name} line {number} is a JSON {type(record).__name__}, not an object: "
-                               'write one object per line, e.g. {"prompt": "..."}.')
+            raise DatasetError(
+                f"{name} line {number} is a JSON {type(record).__name__}, not an object: "
+                'write one object per line, e.g. {"prompt": "..."}.'
+            )
         records.append(record)
     return records
 
@@ -163,10 +172,8 @@ def _read_csv(text: str, name: str) -> list[dict[str, Any]]:
     # CSV has only text: a targets cell may hold a JSON list; every other cell stays text.
     for row in rows:
         if isinstance(row.get("targets"), str) and row["targets"].startswith("["):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 row["targets"] = json.loads(row["targets"])
-            except json.JSONDecodeError:
-                pass
     return rows
 
 
@@ -190,8 +197,10 @@ def from_records(records: Iterable[Mapping[str, Any]], name: str = "records") ->
         raise DatasetError(f"{name} holds no rows: write at least one item with a prompt.")
     if not any("prompt" in r for r in records):
         columns = sorted({k for r in records for k in r})
-        raise DatasetError(f"{name} has no 'prompt' column (its columns: {', '.join(map(str, columns)) or 'none'}): "
-                           "name the column of prompts 'prompt'.")
+        raise DatasetError(
+            f"{name} has no 'prompt' column (its columns: {', '.join(map(str, columns)) or 'none'}): "
+            "name the column of prompts 'prompt'."
+        )
     reserved = sorted({k for r in records for k in r} & set(RESERVED_COLUMNS))
     if reserved:
         raise DatasetError(f"{name} has a column named {reserved[0]!r}, a name the results table uses: rename it.")
@@ -201,8 +210,14 @@ def from_records(records: Iterable[Mapping[str, Any]], name: str = "records") ->
         record = {str(k): _plain(v) for k, v in record.items()}
         item_id = _row_id(record)
         if item_id in seen:
-            bad.append(BadRow(item_id, index, f"same id as row {seen[item_id] + 1}: give every row its own id "
-                                              "(identical rows get the same derived id; remove the duplicate)"))
+            bad.append(
+                BadRow(
+                    item_id,
+                    index,
+                    f"same id as row {seen[item_id] + 1}: give every row its own id "
+                    "(identical rows get the same derived id; remove the duplicate)",
+                )
+            )
             continue
         seen[item_id] = index
         problem = _row_problem(record)
@@ -213,8 +228,16 @@ def from_records(records: Iterable[Mapping[str, Any]], name: str = "records") ->
         targets = record.get("targets")
         if isinstance(targets, str):
             targets = [targets]
-        items.append(Item(id=item_id, prompt=record["prompt"], source=record.get("source") or None,
-                          targets=tuple(targets) if targets else None, fields=fields, row=index))
+        items.append(
+            Item(
+                id=item_id,
+                prompt=record["prompt"],
+                source=record.get("source") or None,
+                targets=tuple(targets) if targets else None,
+                fields=fields,
+                row=index,
+            )
+        )
         for key in fields:
             if key not in KNOWN_COLUMNS:
                 columns.setdefault(key)
@@ -236,8 +259,11 @@ def _row_problem(record: dict[str, Any]) -> str | None:
     if source is not None and not isinstance(source, str):
         return f"the source is a {type(source).__name__}, not text"
     targets = record.get("targets")
-    if targets is not None and not isinstance(targets, str) and not (
-            isinstance(targets, list) and all(isinstance(t, str) and t for t in targets)):
+    if (
+        targets is not None
+        and not isinstance(targets, str)
+        and not (isinstance(targets, list) and all(isinstance(t, str) and t for t in targets))
+    ):
         return "targets must be a text or a list of texts (each one token)"
     return None
 
@@ -245,10 +271,8 @@ def _row_problem(record: dict[str, Any]) -> str | None:
 def _plain(value: Any) -> Any:
     """Values as JSON has them: numpy scalars to Python, NaN from an empty Parquet/CSV cell to None."""
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             value = value.item()
-        except (TypeError, ValueError):
-            pass
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, tuple):
@@ -271,9 +295,14 @@ def _row_id(record: dict[str, Any]) -> str:
 # ----- templates ----------------------------------------------------------------------------------------
 
 
-def from_template(template: str, values: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
-                  source: str | None = None, targets: Sequence[str] | str | None = None,
-                  name: str = "template") -> Dataset:
+def from_template(
+    template: str,
+    values: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
+    *,
+    source: str | None = None,
+    targets: Sequence[str] | str | None = None,
+    name: str = "template",
+) -> Dataset:
     """Prompts from a ``template`` with ``{fields}``: ``values`` is a grid (a dict of lists: every
     combination, in order) or a list of rows (dicts). ``source`` and ``targets`` may be templates too;
     every field becomes a column, so interventions can name it (``positions=["{bound}"]``)."""
@@ -283,7 +312,7 @@ def from_template(template: str, values: Mapping[str, Sequence[Any]] | Sequence[
         if any(not v for v in lists):
             empty = keys[[i for i, v in enumerate(lists) if not v][0]]
             raise DatasetError(f"The template grid's field {empty!r} has no values: give it at least one.")
-        rows = [dict(zip(keys, combo)) for combo in itertools.product(*lists)]
+        rows = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*lists)]
     else:
         rows = [dict(r) for r in values]
         if not all(isinstance(r, dict) for r in rows):
@@ -295,7 +324,9 @@ def from_template(template: str, values: Mapping[str, Sequence[Any]] | Sequence[
         if source is not None:
             record["source"] = _fill_template(source, row, "source")
         if targets is not None:
-            record["targets"] = [_fill_template(t, row, "target") for t in ([targets] if isinstance(targets, str) else targets)]
+            record["targets"] = [
+                _fill_template(t, row, "target") for t in ([targets] if isinstance(targets, str) else targets)
+            ]
         records.append(record)
     return from_records(records, name=name)
 
@@ -313,8 +344,13 @@ def _fill_template(text: str, row: Mapping[str, Any], what: str) -> str:
 # ----- checking rows against a model --------------------------------------------------------------------
 
 
-def check_items(model, dataset: Dataset, interventions: Sequence[Any] = (), metrics: Sequence[str] = (),
-                targets: Sequence[str] | None = None) -> list[BadRow]:
+def check_items(
+    model,
+    dataset: Dataset,
+    interventions: Sequence[Any] = (),
+    metrics: Sequence[str] = (),
+    targets: Sequence[str] | None = None,
+) -> list[BadRow]:
     """Every row that cannot run on ``model`` with these interventions and metrics, with the reason.
 
     Tokenizer-only checks, before any forward pass: the prompt fits the context; the source has the
@@ -336,8 +372,10 @@ def check_items(model, dataset: Dataset, interventions: Sequence[Any] = (), metr
                 single_token_id(model, target)
             for metric in metrics:
                 if metric == "targets" and not (item.targets or targets):
-                    raise DatasetError("the 'targets' metric needs this row's targets (a targets column) or "
-                                       "targets = [...] in the spec")
+                    raise DatasetError(
+                        "the 'targets' metric needs this row's targets (a targets column) or "
+                        "targets = [...] in the spec"
+                    )
                 if "{" in metric:
                     resolve_metric(model, fill(metric, item.fields, "Metric"))
             for intervention in interventions:
@@ -361,11 +399,11 @@ def _check_intervention(model, item: Item, intervention, fill, find_positions, a
     for text in texts:
         find_positions(model, item.prompt, fill(text, item.fields, "Position"))
     if isinstance(op, Patch):
-        for source in ([op.source] if isinstance(op.source, str) else []):
+        for source in [op.source] if isinstance(op.source, str) else []:
             align_prompts(model, item.prompt, fill(source, item.fields, "Source"))
     for f in dataclasses.fields(op):  # a plugin operation's text parameters may name fields too
         value = getattr(op, f.name)
-        for text in (value if isinstance(value, tuple) else (value,)):
+        for text in value if isinstance(value, tuple) else (value,):
             if isinstance(text, str) and "{" in text:
                 fill(text, item.fields, f"{op.name}.{f.name}")
 
@@ -374,5 +412,7 @@ def bad_rows_message(bad: Sequence[BadRow], shown: int = 3) -> str:
     """One line: how many rows are bad, the first few with their reasons, and the two ways on."""
     listed = "; ".join(str(b) for b in bad[:shown])
     more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
-    return (f"{len(bad)} bad row{'s' if len(bad) != 1 else ''}: {listed}{more}. "
-            "Fix them, or pass --skip-bad-rows (skip_bad_rows=True) to run the others.")
+    return (
+        f"{len(bad)} bad row{'s' if len(bad) != 1 else ''}: {listed}{more}. "
+        "Fix them, or pass --skip-bad-rows (skip_bad_rows=True) to run the others."
+    )

@@ -2,8 +2,8 @@
 
 Every file goes through :mod:`workbench.outputs`: written atomically, marked as the workbench's, and
 never over a file the workbench did not write. HTML needs nothing. Static images need a Chrome/Chromium
-(Debian: ``apt-get install chromium``); without one the error says so instead of kaleido's long traceback. ``static_export()`` keeps one
-browser alive for a batch of figures (each standalone call would start a new one, ≈3.5 s).
+(Debian: ``apt-get install chromium``); without one the error says so instead of kaleido's long traceback.
+``static_export()`` keeps one browser alive for a batch of figures (each standalone call would start a new one, ≈3.5 s).
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def check_figure_path(path: str | Path, formats: tuple[str, ...] = FIGURE_FORMAT
     """Refuse, before any work, a figure path that cannot be written: an unknown suffix, a file the
     workbench did not write (:func:`workbench.outputs.check_file`), or a static format without a browser."""
     if Path(path).suffix.lower() not in formats:
-        raise ExportError(f"Unknown figure format {Path(path).suffix or '(no suffix)'!r} for {path}: "
-                          f"use {', '.join(formats)}.")
+        raise ExportError(
+            f"Unknown figure format {Path(path).suffix or '(no suffix)'!r} for {path}: use {', '.join(formats)}."
+        )
     target = check_file(path)
     if target.suffix.lower() in STATIC_FORMATS:
         _require_browser()
@@ -91,10 +92,14 @@ def figure_bytes(fig, suffix: str, *, width: int | None = None, height: int | No
             warnings.simplefilter("ignore", UserWarning)  # "kopts ignored" when a server is running
             return fig.to_image(format=suffix[1:].replace("jpg", "jpeg"), width=width, height=height, scale=scale)
     except Exception as exc:  # kaleido wraps browser failures in many types
-        raise ExportError(f"Could not render a {suffix} image with kaleido ({_first_line(exc)}): save as .html instead.") from None
+        raise ExportError(
+            f"Could not render a {suffix} image with kaleido ({_first_line(exc)}): save as .html instead."
+        ) from None
 
 
-def write_figure(fig, path: str | Path, *, width: int | None = None, height: int | None = None, scale: float = 2) -> Path:
+def write_figure(
+    fig, path: str | Path, *, width: int | None = None, height: int | None = None, scale: float = 2
+) -> Path:
     """Write ``fig`` by the file suffix: .html (self-contained, offline), .json, or a static image.
 
     The file is written atomically and never over a file the workbench did not write.
@@ -112,8 +117,14 @@ NO_BROWSER_NOTE = "no Chromium found: wrote HTML figures only (apt-get install c
 PLOTLYJS_MODES = ("inline", "shared", "cdn")
 
 
-def write_figures(figures: dict[str, object], folder: str | Path, *, static: tuple[str, ...] = ("png", "svg"),
-                  scale: float = 2, plotlyjs: str | None = None) -> tuple[list[Path], str | None]:
+def write_figures(
+    figures: dict[str, object],
+    folder: str | Path,
+    *,
+    static: tuple[str, ...] = ("png", "svg"),
+    scale: float = 2,
+    plotlyjs: str | None = None,
+) -> tuple[list[Path], str | None]:
     """Write each figure as ``folder/<name>.html`` and, under one browser, in the ``static`` formats.
 
     ``plotlyjs`` says how the HTML files get plotly.js (≈4.8 MB): ``"shared"`` (the default for more than one
@@ -138,8 +149,10 @@ def write_figures(figures: dict[str, object], folder: str | Path, *, static: tup
         source = "cdn" if mode == "cdn" else write_shared_plotlyjs(folder)
         if mode == "shared":
             written.append(folder / source)
-        written += [write_file(folder / f"{name}.html", fig.to_html(include_plotlyjs=source, full_html=True))
-                    for name, fig in figures.items()]
+        written += [
+            write_file(folder / f"{name}.html", fig.to_html(include_plotlyjs=source, full_html=True))
+            for name, fig in figures.items()
+        ]
     if not static:
         return written, None
     if len(formats) == 1:
@@ -161,8 +174,9 @@ def write_shared_plotlyjs(folder: Path) -> str:
     if path.exists():
         if path.is_file() and path.stat().st_size == len(script) and path.read_bytes() == script:
             return name
-        raise ExportError(f"{path} exists and is not the plotly.js the workbench writes there: "
-                          "move it away or choose another folder.")
+        raise ExportError(
+            f"{path} exists and is not the plotly.js the workbench writes there: move it away or choose another folder."
+        )
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{name}.partial"
     partial.write_bytes(script)

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from workbench.errors import LayerError
 
+
 def block_label(block: int) -> str:
     return f"block {block}"
 
@@ -84,7 +85,9 @@ def resolve_heads(facts, heads: int | Iterable[int] | None, kind: str = "query")
         return list(range(n))
     chosen = [heads] if isinstance(heads, int) else list(heads)
     if not chosen:
-        raise LayerError(f"The head list is empty, so nothing would be selected: name at least one of {what} 0–{n - 1}.")
+        raise LayerError(
+            f"The head list is empty, so nothing would be selected: name at least one of {what} 0–{n - 1}."
+        )
     out = []
     for h in chosen:
         index = _as_index(h, "Head")

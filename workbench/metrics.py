@@ -37,14 +37,17 @@ class Metric:
     fn: MetricFn
     needs_clean: bool = False
 
-    def __call__(self, logits: Float[torch.Tensor, "batch vocab"],
-                 clean: Float[torch.Tensor, "vocab"] | None = None) -> Float[torch.Tensor, "batch"]:
+    def __call__(
+        self, logits: Float[torch.Tensor, "batch vocab"], clean: Float[torch.Tensor, "*#batch vocab"] | None = None
+    ) -> Float[torch.Tensor, " batch"]:
         logits = logits.float()
         out = self.fn(logits, clean.float()) if self.needs_clean else self.fn(logits)
         out = torch.as_tensor(out)
         if out.shape != logits.shape[:1]:
-            raise ProbeError(f"Metric {self.name!r} returned shape {tuple(out.shape)} for logits "
-                             f"{tuple(logits.shape)}: it must return one value per row, [batch].")
+            raise ProbeError(
+                f"Metric {self.name!r} returned shape {tuple(out.shape)} for logits "
+                f"{tuple(logits.shape)}: it must return one value per row, [batch]."
+            )
         return out
 
 
@@ -62,7 +65,7 @@ def token_prob(model, tokens: Sequence[str | int], name: str | None = None) -> M
 
 def digits_above(model, threshold: int = 5) -> Metric:
     """Probability of the digits strictly above ``threshold`` (the study: "6"…"9")."""
-    ids = digit_token_ids(model)[threshold + 1:]
+    ids = digit_token_ids(model)[threshold + 1 :]
     if not ids:
         raise ProbeError(f"No digit is above {threshold} among 0–9: pick a threshold from 0 to 8.")
     return token_prob(model, ids, name=f"p(digit > {threshold})")
@@ -78,8 +81,9 @@ def logit_diff(model, token: str, other: str) -> Metric:
     return Metric(f"logit({token}) − logit({other})", fn)
 
 
-def kl_divergence(p_logits: Float[torch.Tensor, "... vocab"], q_logits: Float[torch.Tensor, "... vocab"],
-                  bits: bool = False) -> Float[torch.Tensor, "..."]:
+def kl_divergence(
+    p_logits: Float[torch.Tensor, "... vocab"], q_logits: Float[torch.Tensor, "... vocab"], bits: bool = False
+) -> Float[torch.Tensor, " ..."]:
     """KL(p ‖ q) between the distributions of two logit (or log-probability) tensors, in nats (bits with
     ``bits=True``). The one KL of the workbench: probes, sweeps, the lens and the study all call it."""
     p_logp = p_logits.float().log_softmax(-1)
@@ -93,7 +97,7 @@ def rank_of(model, token: str | int, name: str | None = None) -> Metric:
     index = token if isinstance(token, int) else single_token_id(model, token)
 
     def fn(logits):
-        return (logits > logits[:, index:index + 1]).sum(-1).float()
+        return (logits > logits[:, index : index + 1]).sum(-1).float()
 
     return Metric(name or f"rank({token})", fn)
 
@@ -127,7 +131,9 @@ def resolve_metric(model, spec: str | Metric | MetricFn | None = None) -> Metric
         raise ProbeError(f"Metric {spec!r} has an empty argument: write e.g. prob:6,7 (no stray commas).")
     if kind == "digits_above":
         if len(items) > 1 or (items and not items[0].strip().lstrip("-").isdigit()):
-            raise ProbeError(f"digits_above takes one whole number from 0 to 8, not {arg!r}: write e.g. digits_above:5.")
+            raise ProbeError(
+                f"digits_above takes one whole number from 0 to 8, not {arg!r}: write e.g. digits_above:5."
+            )
         threshold = int(items[0]) if items else 5
         if not 0 <= threshold <= 8:
             raise ProbeError(f"No digit is above {threshold} among 0–9: pick a threshold from 0 to 8.")
@@ -140,5 +146,7 @@ def resolve_metric(model, spec: str | Metric | MetricFn | None = None) -> Metric
         return rank_of(model, items[0])
     if kind == "kl" and not items:
         return kl_to_clean()
-    raise ProbeError(f"Unknown metric {spec!r}: use {METRIC_FORMS}, "
-                     "or pass a callable taking logits [batch, vocab] and returning [batch].")
+    raise ProbeError(
+        f"Unknown metric {spec!r}: use {METRIC_FORMS}, "
+        "or pass a callable taking logits [batch, vocab] and returning [batch]."
+    )

@@ -26,8 +26,15 @@ import torch
 from jaxtyping import Float, Int
 
 from workbench.cache import (  # noqa: F401  (cache_root, cached_models, gguf_cache_dir are re-exported)
-    cache_root, cached_models, discard_entry, entry_problem, gguf_cache_dir, needs_rehash, record_hashes,
-    require_writable_cache, write_cache,
+    cache_root,
+    cached_models,
+    discard_entry,
+    entry_problem,
+    gguf_cache_dir,
+    needs_rehash,
+    record_hashes,
+    require_writable_cache,
+    write_cache,
 )
 from workbench.errors import DeviceError, GGUFError, ModelNotFoundError, ModelSpecError, OfflineError, ProbeError
 from workbench.tiny import TINY_SPECS, build_tiny_model, tiny_description
@@ -121,7 +128,8 @@ class Model:
             raise ProbeError(
                 f"{what} needs the bridge to compute attention itself, but TransformerLens hands {self.facts.name}'s "
                 f"({self.facts.architecture}) attention to transformers whole, so its patterns cannot be read exactly "
-                "or edited: use patching or block replacement on this model, or a family the matrix in docs/models.md marks."
+                "or edited: use patching or block replacement on this model, "
+                "or a family the matrix in docs/models.md marks."
             )
 
     def __repr__(self) -> str:
@@ -171,16 +179,22 @@ class Placement:
                 no_split = list(getattr(hf_model, "_no_split_modules", None) or [])
                 memory = self.max_memory
                 if device_map != "sequential":
-                    memory = get_balanced_memory(hf_model, max_memory=memory, no_split_module_classes=no_split,
-                                                 low_zero=device_map == "balanced_low_0")
+                    memory = get_balanced_memory(
+                        hf_model,
+                        max_memory=memory,
+                        no_split_module_classes=no_split,
+                        low_zero=device_map == "balanced_low_0",
+                    )
                 device_map = infer_auto_device_map(hf_model, max_memory=memory, no_split_module_classes=no_split)
             # Hooks even when every module sits on one device, so a map on the CPU runs the split code path
             # (accelerate's warning that CPU modules are "offloaded" is wrong when the CPU is the main device).
             with _quiet("accelerate.big_modeling"):
                 dispatch_model(hf_model, device_map=dict(device_map), force_hooks=True)
         except (ValueError, KeyError, RuntimeError) as exc:
-            raise ModelSpecError(f"The device map does not fit {name} ({_first_line(exc)}): name every module of the "
-                                 "model (e.g. model.embed_tokens, model.layers.0, …, lm_head) or use device_map='auto'.") from None
+            raise ModelSpecError(
+                f"The device map does not fit {name} ({_first_line(exc)}): name every module of the "
+                "model (e.g. model.embed_tokens, model.layers.0, …, lm_head) or use device_map='auto'."
+            ) from None
         return str(hf_model.get_input_embeddings().weight.device)
 
 
@@ -195,17 +209,21 @@ def placement(device: str | None, device_map, n_devices: int | None, max_memory)
     if n_devices is not None and n_devices > 1:
         found = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if found < n_devices:
-            raise ModelSpecError(f"n_devices={n_devices} splits the model over {n_devices} GPUs, but this machine has "
-                                 f"{found}: pass fewer, or an explicit device_map.")
+            raise ModelSpecError(
+                f"n_devices={n_devices} splits the model over {n_devices} GPUs, but this machine has "
+                f"{found}: pass fewer, or an explicit device_map."
+            )
         if device_map is None:
             device_map = "balanced"
             max_memory = max_memory or {i: torch.cuda.mem_get_info(i)[0] for i in range(n_devices)}
     if isinstance(device_map, str) and device_map not in MAP_STRATEGIES:
-        raise ModelSpecError(f"device_map={device_map!r}: use one of {', '.join(MAP_STRATEGIES)} or a dict from module "
-                             "names to devices.")
+        raise ModelSpecError(
+            f"device_map={device_map!r}: use one of {', '.join(MAP_STRATEGIES)} or a dict from module names to devices."
+        )
     if not isinstance(device_map, (str, dict)) or (isinstance(device_map, dict) and not device_map):
-        raise ModelSpecError(f"device_map={device_map!r}: use one of {', '.join(MAP_STRATEGIES)} or a dict from module "
-                             "names to devices.")
+        raise ModelSpecError(
+            f"device_map={device_map!r}: use one of {', '.join(MAP_STRATEGIES)} or a dict from module names to devices."
+        )
     return Placement(device_map, max_memory)
 
 
@@ -232,13 +250,17 @@ def resolve_device(device: str | torch.device | None) -> str:
     except (RuntimeError, ValueError):
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
-        raise DeviceError(f"Unknown device {str(device)!r}: use cpu, cuda (an NVIDIA GPU), cuda:N or mps (Apple), "
-                          "or leave --device out for the best available.")
+        raise DeviceError(
+            f"Unknown device {str(device)!r}: use cpu, cuda (an NVIDIA GPU), cuda:N or mps (Apple), "
+            "or leave --device out for the best available."
+        )
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise DeviceError(f"--device {text} asks for a GPU, but {why}: use --device cpu, or leave --device out "
-                              "for the best available.")
+            raise DeviceError(
+                f"--device {text} asks for a GPU, but {why}: use --device cpu, or leave --device out "
+                "for the best available."
+            )
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
             raise DeviceError(f"--device {text}: this machine has {count} CUDA GPU(s), cuda:0–cuda:{count - 1}.")
@@ -322,8 +344,9 @@ def load_model(
     )
 
 
-def from_transformers(hf_model, tokenizer, *, name: str, device: str | None = None,
-                      source: str = "built in process") -> Model:
+def from_transformers(
+    hf_model, tokenizer, *, name: str, device: str | None = None, source: str = "built in process"
+) -> Model:
     """Boot a transformers causal LM you already hold (built, edited, or loaded your own way) as a :class:`Model`.
 
     The same boot as every spec: eval mode, the bridge, the facts, and the check that the bridge
@@ -519,14 +542,18 @@ def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
         )
     if n_tensors == 0:
         # transformers would build the architecture's default config (a 7B llama) from random weights.
-        raise GGUFError(f"{path.name} holds no weight tensors, only metadata: the file is incomplete; convert it again.")
+        raise GGUFError(
+            f"{path.name} holds no weight tensors, only metadata: the file is incomplete; convert it again."
+        )
     try:
         hf_model, info = AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, dtype=dtype, output_loading_info=True
         )
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:
-        raise GGUFError(f"transformers could not load {path.name} ({_first_line(exc)}): the file may be corrupt.") from None
+        raise GGUFError(
+            f"transformers could not load {path.name} ({_first_line(exc)}): the file may be corrupt."
+        ) from None
     if missing := sorted(info["missing_keys"]):
         # transformers fills missing weights with random values and only logs it.
         raise GGUFError(

@@ -146,7 +146,9 @@ def resolve(path: str | os.PathLike) -> Path:
     """The absolute target, ``~`` expanded and symlinks followed (a link to a folder writes into it)."""
     target = Path(os.path.realpath(Path(path).expanduser()))
     if target.is_symlink():  # realpath stops at a link it cannot follow
-        raise ExportError(f"Output path {path} is a symlink that leads back to itself: remove it or choose another path.")
+        raise ExportError(
+            f"Output path {path} is a symlink that leads back to itself: remove it or choose another path."
+        )
     return target
 
 
@@ -383,7 +385,8 @@ def check_file(path: str | os.PathLike, formats: tuple[str, ...] | None = None) 
     if formats is not None and suffix not in formats:
         raise ExportError(f"Unknown format {suffix or '(no suffix)'!r} for {shown}: use one of {', '.join(formats)}.")
     if target.is_dir():
-        raise ExportError(f"Output file {shown} is a folder, but a file such as {os.path.join(shown, 'result' + (suffix or '.json'))} is expected.")
+        example = os.path.join(shown, "result" + (suffix or ".json"))
+        raise ExportError(f"Output file {shown} is a folder, but a file such as {example} is expected.")
     if target.exists():
         if suffix not in MARKABLE:
             raise ExportError(
@@ -474,11 +477,11 @@ def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes, int]]:
     """(type, body, offset after the chunk) of each chunk, from the signature on; stops at what is cut off."""
     at = 8
     while at + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
         end = at + 12 + length
         if end > len(data):
             return
-        yield kind, data[at + 8:at + 8 + length], end
+        yield kind, data[at + 8 : at + 8 + length], end
         at = end
 
 

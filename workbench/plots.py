@@ -32,8 +32,12 @@ def wrap(title: str, width: int = 80) -> str:
 
 def style(fig: go.Figure, title: str, *, height: int | None = None, width: int | None = None) -> go.Figure:
     fig.update_layout(
-        title=dict(text=wrap(title), x=0.5, xanchor="center"), template="plotly_white", font=FONT,
-        margin=dict(l=80, r=40, t=80, b=80), height=height, width=width,
+        title=dict(text=wrap(title), x=0.5, xanchor="center"),
+        template="plotly_white",
+        font=FONT,
+        margin=dict(l=80, r=40, t=80, b=80),
+        height=height,
+        width=width,
     )
     return fig
 
@@ -54,18 +58,37 @@ def tick_labels(labels: Sequence, indexed: bool = True) -> list[str]:
 
 
 def heatmap(
-    z, *, x: Sequence, y: Sequence, title: str, x_title: str, y_title: str, colorbar: str = "",
-    text: np.ndarray | None = None, diverging: bool = False, zmin: float | None = None, zmax: float | None = None,
-    height: int | None = None, width: int | None = None,
+    z,
+    *,
+    x: Sequence,
+    y: Sequence,
+    title: str,
+    x_title: str,
+    y_title: str,
+    colorbar: str = "",
+    text: np.ndarray | None = None,
+    diverging: bool = False,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> go.Figure:
     z = np.asarray(z, dtype=float)
     if diverging and zmin is None and zmax is None:
         bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
         zmin, zmax = -bound, bound
     trace = go.Heatmap(
-        z=z, x=list(x), y=list(y), colorscale=DIVERGING if diverging else SEQUENTIAL, zmin=zmin, zmax=zmax,
-        colorbar=dict(title=colorbar), hoverongaps=False,
-        text=text, texttemplate="%{text}" if text is not None else None, textfont=dict(size=10),
+        z=z,
+        x=list(x),
+        y=list(y),
+        colorscale=DIVERGING if diverging else SEQUENTIAL,
+        zmin=zmin,
+        zmax=zmax,
+        colorbar=dict(title=colorbar),
+        hoverongaps=False,
+        text=text,
+        texttemplate="%{text}" if text is not None else None,
+        textfont=dict(size=10),
     )
     fig = go.Figure(trace)
     fig.update_xaxes(title=x_title, tickangle=-45, type="category")
@@ -75,11 +98,17 @@ def heatmap(
 
 
 def bars(
-    groups: dict[str, Sequence[float]], *, labels: Sequence, title: str, x_title: str, y_title: str,
+    groups: dict[str, Sequence[float]],
+    *,
+    labels: Sequence,
+    title: str,
+    x_title: str,
+    y_title: str,
 ) -> go.Figure:
     """Grouped bars, one series per key (e.g. ``before`` / ``after``)."""
-    fig = go.Figure([go.Bar(name=name, x=tick_labels(labels, indexed=False), y=list(values))
-                     for name, values in groups.items()])
+    fig = go.Figure(
+        [go.Bar(name=name, x=tick_labels(labels, indexed=False), y=list(values)) for name, values in groups.items()]
+    )
     fig.update_layout(barmode="group")
     fig.update_xaxes(title=x_title, type="category")
     fig.update_yaxes(title=y_title)
@@ -95,29 +124,55 @@ def auto(array, *, title: str, diverging: bool = False) -> go.Figure:
         values, array = values.reshape(1), array
         return bars({"value": values}, labels=["value"], title=title, x_title="", y_title="value")
     if values.ndim == 1:
-        return bars({array.dims[0]: values}, labels=array.coords[array.dims[0]], title=title,
-                    x_title=array.dims[0], y_title="value")
-    return heatmap(values, x=tick_labels(array.coords[array.dims[1]]), y=tick_labels(array.coords[array.dims[0]]),
-                   title=title, x_title=array.dims[1], y_title=array.dims[0], diverging=diverging)
+        return bars(
+            {array.dims[0]: values},
+            labels=array.coords[array.dims[0]],
+            title=title,
+            x_title=array.dims[0],
+            y_title="value",
+        )
+    return heatmap(
+        values,
+        x=tick_labels(array.coords[array.dims[1]]),
+        y=tick_labels(array.coords[array.dims[0]]),
+        title=title,
+        x_title=array.dims[1],
+        y_title=array.dims[0],
+        diverging=diverging,
+    )
 
 
 def head_grid(
-    patterns: np.ndarray, *, heads: Sequence[int], groups: Sequence[int], query_labels: Sequence[str],
-    key_labels: Sequence[str], title: str, columns: int | None = None, zmax: float | None = None,
+    patterns: np.ndarray,
+    *,
+    heads: Sequence[int],
+    groups: Sequence[int],
+    query_labels: Sequence[str],
+    key_labels: Sequence[str],
+    title: str,
+    columns: int | None = None,
+    zmax: float | None = None,
 ) -> go.Figure:
     """One query × key heatmap per head, titled with the key/value group the head reads."""
     n = len(heads)
     columns = columns or min(n, max(1, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / columns)
-    titles = [f"head {h} · kv group {g}" for h, g in zip(heads, groups)]
+    titles = [f"head {h} · kv group {g}" for h, g in zip(heads, groups, strict=True)]
     fig = make_subplots(rows=rows, cols=columns, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.08)
     zmax = zmax if zmax is not None else float(np.nanmax(patterns)) if np.isfinite(patterns).any() else 1.0
     xs, ys = tick_labels(key_labels), tick_labels(query_labels)
     for i in range(n):
         fig.add_trace(
-            go.Heatmap(z=patterns[i], x=xs, y=ys, coloraxis="coloraxis", hoverongaps=False,
-                       hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.3f}<extra></extra>"),
-            row=i // columns + 1, col=i % columns + 1,
+            go.Heatmap(
+                z=patterns[i],
+                x=xs,
+                y=ys,
+                coloraxis="coloraxis",
+                hoverongaps=False,
+                hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.3f}<extra></extra>",
+            ),
+            row=i // columns + 1,
+            col=i % columns + 1,
         )
     fig.update_xaxes(type="category", tickangle=-60, tickfont=dict(size=9))
     fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=9))

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 
-def load_entry_points(group: str, registry: dict[str, type], errors: dict[str, str],
-                      register: Callable[[type], type], kind: str) -> None:
+def load_entry_points(
+    group: str, registry: dict[str, type], errors: dict[str, str], register: Callable[[type], type], kind: str
+) -> None:
     """Import each plugin of ``group`` not seen yet and ``register`` it into ``registry``. Whatever it does
     at import (raise, ``sys.exit``, ``KeyboardInterrupt``, print, register something else or replace a
     built-in) is contained and reported in ``errors``, never fatal."""

@@ -38,15 +38,19 @@ class Named:
             self.values = np.asarray(self.values)
         self.dims = tuple(self.dims)
         if len(self.dims) != self.values.ndim:
-            raise ResultError(f"{len(self.dims)} dims {self.dims} for an array of shape {tuple(self.values.shape)}: "
-                              "give one name per axis.")
+            raise ResultError(
+                f"{len(self.dims)} dims {self.dims} for an array of shape {tuple(self.values.shape)}: "
+                "give one name per axis."
+            )
         for i, dim in enumerate(self.dims):
             labels = self.coords.get(dim)
             if labels is None:
                 self.coords[dim] = list(range(self.values.shape[i]))
             elif len(labels) != self.values.shape[i]:
-                raise ResultError(f"dim {dim!r} has {self.values.shape[i]} entries but {len(labels)} labels: "
-                                  "give one label per entry.")
+                raise ResultError(
+                    f"dim {dim!r} has {self.values.shape[i]} entries but {len(labels)} labels: "
+                    "give one label per entry."
+                )
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -87,7 +91,9 @@ class Named:
 
         arr = self.numpy()
         grids = np.meshgrid(*[np.arange(n) for n in arr.shape], indexing="ij")
-        columns = {dim: np.asarray(self.coords[dim], dtype=object)[g.ravel()] for dim, g in zip(self.dims, grids)}
+        columns = {
+            dim: np.asarray(self.coords[dim], dtype=object)[g.ravel()] for dim, g in zip(self.dims, grids, strict=True)
+        }
         columns[name] = arr.ravel()
         return pd.DataFrame(columns)
 
@@ -248,8 +254,12 @@ class Result:
         if not deltas:
             raise ResultError(f"The two {self.probe} results share no numeric array of the same shape.")
         return Comparison(
-            probe=f"{self.probe} (delta)", model=self.model, prompts=self.prompts, tokens=self.tokens,
-            arrays=deltas, meta={"minuend": self.meta, "subtrahend": other.meta},
+            probe=f"{self.probe} (delta)",
+            model=self.model,
+            prompts=self.prompts,
+            tokens=self.tokens,
+            arrays=deltas,
+            meta={"minuend": self.meta, "subtrahend": other.meta},
         )
 
     def to_xarray(self):
@@ -271,8 +281,13 @@ class Result:
         for name, array in self.arrays.items():
             variable = array.to_xarray(name)
             variables[name] = variable.rename({d: f"{name}.{d}" for d in array.dims if d in conflicting})
-        attrs = {"probe": self.probe, "model": self.model, "prompts": json.dumps(self.prompts),
-                 "tokens": json.dumps(self.tokens), "meta": json.dumps(to_jsonable(self.meta))}
+        attrs = {
+            "probe": self.probe,
+            "model": self.model,
+            "prompts": json.dumps(self.prompts),
+            "tokens": json.dumps(self.tokens),
+            "meta": json.dumps(to_jsonable(self.meta)),
+        }
         return xr.Dataset(variables, attrs=attrs)
 
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> dict[str, Any]:
@@ -306,9 +321,16 @@ def save_run(run, path: str | Path) -> Path:
     body = {
         "results": {name: result.to_dict() for name, result in run.results.items()},
         "logits": {phase: encode(logits) for phase, logits in run.logits.items()},
-        "context": {"facts": ctx.facts.to_dict(), "prompts": ctx.prompts, "tokens": encode(ctx.tokens),
-                    "str_tokens": ctx.str_tokens, "readout": ctx.readout, "target_ids": ctx.target_ids,
-                    "target_labels": ctx.target_labels, "phase": ctx.phase},
+        "context": {
+            "facts": ctx.facts.to_dict(),
+            "prompts": ctx.prompts,
+            "tokens": encode(ctx.tokens),
+            "str_tokens": ctx.str_tokens,
+            "readout": ctx.readout,
+            "target_ids": ctx.target_ids,
+            "target_labels": ctx.target_labels,
+            "phase": ctx.phase,
+        },
     }
     return write_file(path, dumps("run", body))
 
@@ -324,11 +346,21 @@ def load_run(path: str | Path):
     data = read_json(path, "run")
     ctx = data["context"]
     facts = ModelFacts(**{**ctx["facts"], "head_to_group": tuple(ctx["facts"]["head_to_group"])})
-    context = RunContext(model=Model(bridge=None, facts=facts), prompts=ctx["prompts"], tokens=decode(ctx["tokens"]),
-                         str_tokens=ctx["str_tokens"], readout=ctx["readout"], target_ids=ctx["target_ids"],
-                         target_labels=ctx["target_labels"], phase=ctx["phase"])
-    return RunResult(results={name: result_from_dict(r) for name, r in data["results"].items()},
-                     logits={phase: decode(v) for phase, v in data["logits"].items()}, context=context)
+    context = RunContext(
+        model=Model(bridge=None, facts=facts),
+        prompts=ctx["prompts"],
+        tokens=decode(ctx["tokens"]),
+        str_tokens=ctx["str_tokens"],
+        readout=ctx["readout"],
+        target_ids=ctx["target_ids"],
+        target_labels=ctx["target_labels"],
+        phase=ctx["phase"],
+    )
+    return RunResult(
+        results={name: result_from_dict(r) for name, r in data["results"].items()},
+        logits={phase: decode(v) for phase, v in data["logits"].items()},
+        context=context,
+    )
 
 
 @dataclass(repr=False)

@@ -66,7 +66,9 @@ class RunResult(Mapping):
     def target_probs(self, phase: str | None = None) -> dict[str, float]:
         """Probability of each target token for the first prompt."""
         probs = self.probs(phase)[0]
-        return {label: float(probs[i]) for label, i in zip(self.context.target_labels, self.context.target_ids)}
+        return {
+            label: float(probs[i]) for label, i in zip(self.context.target_labels, self.context.target_ids, strict=True)
+        }
 
 
 def hook_count(model: Model) -> int:
@@ -78,7 +80,9 @@ def hook_count(model: Model) -> int:
     return sum(len(hp._forward_hooks) + len(hp._forward_pre_hooks) + len(hp._backward_hooks) for hp in points)
 
 
-def resolve_targets(model: Model, targets, clean_readout_logits: torch.Tensor | None = None) -> tuple[list[int], list[str]]:
+def resolve_targets(
+    model: Model, targets, clean_readout_logits: torch.Tensor | None = None
+) -> tuple[list[int], list[str]]:
     """The tokens results report on: the named ``targets``, or the clean run's most likely tokens at the
     readout of the first prompt (never a default that only fits one study)."""
     if targets is not None:
@@ -117,9 +121,13 @@ def run(
     tokens = to_tokens(model, prompt_list, truncate=truncate)
     dropped = context_overflow(model, prompt_list) if truncate else [0] * len(prompt_list)
     base = RunContext(
-        model=model, prompts=prompt_list, tokens=tokens,
+        model=model,
+        prompts=prompt_list,
+        tokens=tokens,
         str_tokens=[[model.tokenizer.decode([t]) for t in row] for row in tokens.tolist()],
-        readout=resolve_readout(tokens.shape[-1], readout), target_ids=[], target_labels=[],
+        readout=resolve_readout(tokens.shape[-1], readout),
+        target_ids=[],
+        target_labels=[],
     )
     names = _unique_names(probes)
     contexts, resolved = {}, {}
@@ -128,14 +136,18 @@ def run(
         ctx = replace(base, saved={})
         ctx.plan = probe.prepare(ctx)
         contexts[id(probe)] = ctx
-        resolved[id(probe)] = [resolve(iv, model, prompt_list, tokens, captures=captures)
-                               for iv in probe.interventions(ctx)] \
-            if probe.intervenes else []
+        resolved[id(probe)] = (
+            [resolve(iv, model, prompt_list, tokens, captures=captures) for iv in probe.interventions(ctx)]
+            if probe.intervenes
+            else []
+        )
     interventions = [p for p in probes if p.intervenes]
     descriptions = [_describe(p, contexts[id(p)].plan) for p in interventions]
     if clean_logits is not None and (any(not p.intervenes for p in probes) or clean_logits.shape[:2] != tokens.shape):
-        raise ProbeError("clean_logits can only replace the clean pass of interventions on the same prompts "
-                         f"(logits of shape {tuple(tokens.shape)} + vocab, no observer): drop it or the observers.")
+        raise ProbeError(
+            "clean_logits can only replace the clean pass of interventions on the same prompts "
+            f"(logits of shape {tuple(tokens.shape)} + vocab, no observer): drop it or the observers."
+        )
     if separate and interventions:
         return _run_separate(model, base, probes, names, contexts, resolved, targets, dropped)
     saved: dict[str, dict[str, dict]] = {names[id(p)]: {} for p in probes}
@@ -161,8 +173,14 @@ def run(
     for probe in probes:
         name = names[id(probe)]
         ctx = replace(contexts[id(probe)], target_ids=base.target_ids, target_labels=base.target_labels)
-        record = ProbeRecord(context=ctx, saved=saved[name], logits=logits, interventions=descriptions,
-                             plan=ctx.plan, resolved=resolved[id(probe)])
+        record = ProbeRecord(
+            context=ctx,
+            saved=saved[name],
+            logits=logits,
+            interventions=descriptions,
+            plan=ctx.plan,
+            resolved=resolved[id(probe)],
+        )
         results[name] = _build(probe, name, record, base, dropped)
     return RunResult(results=results, logits=logits, context=base)
 
@@ -173,8 +191,10 @@ def _run_separate(model, base: RunContext, probes, names, contexts, resolved, ta
     observers = [p for p in probes if not p.intervenes]
     legacy = [names[id(p)] for p in interventions if _phase_hooks(p, contexts[id(p)], INTERVENED, {})]
     if legacy:
-        raise ProbeError(f"{', '.join(legacy)} edit through raw hooks, which cannot be given their own rows: "
-                         "describe the edits as interventions, or run with separate=False.")
+        raise ProbeError(
+            f"{', '.join(legacy)} edit through raw hooks, which cannot be given their own rows: "
+            "describe the edits as interventions, or run with separate=False."
+        )
     n_prompts = len(base.prompts)
     blocks = len(interventions) + 1
     tokens = base.tokens.repeat(blocks, 1)
@@ -188,7 +208,7 @@ def _run_separate(model, base: RunContext, probes, names, contexts, resolved, ta
     for probe in observers:
         hooks += _phase_hooks(probe, replace(contexts[id(probe)], tokens=tokens), "batch", saved[names[id(probe)]])
     everything = _forward(model, tokens, hooks)
-    chunk = lambda value, i: value[i * n_prompts:(i + 1) * n_prompts]  # noqa: E731
+    chunk = lambda value, i: value[i * n_prompts : (i + 1) * n_prompts]  # noqa: E731
     clean = chunk(everything, 0)
     base.target_ids, base.target_labels = resolve_targets(model, targets, clean[0, base.readout])
     results, conditions = {}, {}
@@ -198,7 +218,10 @@ def _run_separate(model, base: RunContext, probes, names, contexts, resolved, ta
         for probe in observers:
             name = names[id(probe)]
             ctx = replace(contexts[id(probe)], target_ids=base.target_ids, target_labels=base.target_labels)
-            per_phase = {phase: {k: chunk(v, i) for k, v in saved[name].get("batch", {}).items()} for phase, i in phase_rows.items()}
+            per_phase = {
+                phase: {k: chunk(v, i) for k, v in saved[name].get("batch", {}).items()}
+                for phase, i in phase_rows.items()
+            }
             logits = {phase: chunk(everything, i) for phase, i in phase_rows.items()}
             record = ProbeRecord(context=ctx, saved=per_phase, logits=logits, interventions=[], plan=ctx.plan)
             out[name] = _build(probe, name, record, base, dropped)
@@ -210,11 +233,18 @@ def _run_separate(model, base: RunContext, probes, names, contexts, resolved, ta
         ctx = replace(contexts[id(probe)], target_ids=base.target_ids, target_labels=base.target_labels)
         logits = {CLEAN: clean, INTERVENED: chunk(everything, i)}
         description = _describe(probe, ctx.plan)
-        record = ProbeRecord(context=ctx, saved={CLEAN: {}, INTERVENED: {}}, logits=logits,
-                             interventions=[description], plan=ctx.plan, resolved=resolved[id(probe)])
+        record = ProbeRecord(
+            context=ctx,
+            saved={CLEAN: {}, INTERVENED: {}},
+            logits=logits,
+            interventions=[description],
+            plan=ctx.plan,
+            resolved=resolved[id(probe)],
+        )
         results[name] = _build(probe, name, record, base, dropped)
-        conditions[name] = RunResult(results={name: results[name], **observer_results({CLEAN: 0, INTERVENED: i})},
-                                     logits=logits, context=base)
+        conditions[name] = RunResult(
+            results={name: results[name], **observer_results({CLEAN: 0, INTERVENED: i})}, logits=logits, context=base
+        )
     return RunResult(results=results, logits={CLEAN: clean}, context=base, conditions=conditions)
 
 
@@ -229,7 +259,9 @@ def _as_probes(probes) -> list[Probe]:
         elif isinstance(item, Probe):
             out.append(item)
         else:
-            raise ProbeError(f"{item!r} is neither a Probe nor an Intervention: pass probe objects such as LogitLens().")
+            raise ProbeError(
+                f"{item!r} is neither a Probe nor an Intervention: pass probe objects such as LogitLens()."
+            )
     return out
 
 

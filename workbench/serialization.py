@@ -1,4 +1,5 @@
-"""Exact JSON for results, runs and study records: what :meth:`~workbench.results.Result.save` writes, :func:`load_result` reads.
+"""Exact JSON for results, runs and study records: what :meth:`~workbench.results.Result.save` writes,
+:func:`load_result` reads.
 
 Plain JSON stays plain (numbers, strings, lists, string-keyed dicts), so a saved file is easy to read
 anywhere; what JSON cannot say is tagged with a ``"__workbench__"`` key and restored on load: NaN and
@@ -124,8 +125,10 @@ def encode_array(array: torch.Tensor | np.ndarray) -> dict[str, Any]:
         if bad.any():
             flat = numbers.ravel()
             where = np.flatnonzero(bad.ravel())
-            out["nonfinite"] = {name: [int(i) for i in where if test(flat[i])]
-                                for name, test in (("nan", np.isnan), ("inf", lambda x: x > 0), ("-inf", lambda x: x < 0))}
+            out["nonfinite"] = {
+                name: [int(i) for i in where if test(flat[i])]
+                for name, test in (("nan", np.isnan), ("inf", lambda x: x > 0), ("-inf", lambda x: x < 0))
+            }
             out["nonfinite"] = {k: v for k, v in out["nonfinite"].items() if v}
             numbers = np.where(bad, 0, numbers)
             values = numbers.tolist()
@@ -174,7 +177,9 @@ def decode_array(data: dict[str, Any]) -> torch.Tensor | np.ndarray:
 def _numpy_dtype(data: dict[str, Any]) -> np.dtype:
     dtype = data["dtype"]
     if data["type"] == "tensor":
-        return np.float32 if dtype == "bfloat16" else np.dtype(torch.empty(0, dtype=getattr(torch, dtype)).numpy().dtype)
+        return (
+            np.float32 if dtype == "bfloat16" else np.dtype(torch.empty(0, dtype=getattr(torch, dtype)).numpy().dtype)
+        )
     return np.dtype(dtype)
 
 
@@ -191,8 +196,11 @@ def _flatten(values: Any, ndim: int, blank: Any = float("nan")):
 
 
 def named_to_dict(array) -> dict[str, Any]:
-    return {"dims": list(array.dims), "coords": {d: encode(list(c)) for d, c in array.coords.items()},
-            **encode_array(array.values)}
+    return {
+        "dims": list(array.dims),
+        "coords": {d: encode(list(c)) for d, c in array.coords.items()},
+        **encode_array(array.values),
+    }
 
 
 def named_from_dict(data: dict[str, Any]):
@@ -213,8 +221,11 @@ def result_to_dict(result) -> dict[str, Any]:
         "meta": encode(result.meta),
         "arrays": {name: named_to_dict(array) for name, array in result.arrays.items()},
     }
-    extra = {f.name: encode(getattr(result, f.name)) for f in dataclasses.fields(result)
-             if f.init and f.name not in RESULT_FIELDS}
+    extra = {
+        f.name: encode(getattr(result, f.name))
+        for f in dataclasses.fields(result)
+        if f.init and f.name not in RESULT_FIELDS
+    }
     if extra:
         out["fields"] = extra
     if result.baseline is not None:
@@ -229,9 +240,13 @@ def result_from_dict(data: dict[str, Any]):
     cls = result_class(data["class"])
     baseline = data.get("baseline")
     return cls(
-        probe=data["probe"], model=data["model"], prompts=decode(data["prompts"]), tokens=decode(data["tokens"]),
+        probe=data["probe"],
+        model=data["model"],
+        prompts=decode(data["prompts"]),
+        tokens=decode(data["tokens"]),
         arrays={name: named_from_dict(array) for name, array in data["arrays"].items()},
-        meta=decode(data["meta"]), baseline=None if baseline is None else result_from_dict(baseline),
+        meta=decode(data["meta"]),
+        baseline=None if baseline is None else result_from_dict(baseline),
         **{k: decode(v) for k, v in data.get("fields", {}).items()},
     )
 
@@ -291,8 +306,11 @@ def read_json(path: str | Path, kind: str) -> dict[str, Any]:
         raise ExportError(f"{path} is not valid JSON ({exc}): it is damaged or not a workbench file.") from None
     written = data.get(MARK_KEY, {}) if isinstance(data, dict) else {}
     if not isinstance(written, dict) or written.get("kind") != kind:
-        what = f"a workbench {written['kind']} file" if isinstance(written, dict) and written.get("kind") else \
-            "not written by this version of the workbench"
+        what = (
+            f"a workbench {written['kind']} file"
+            if isinstance(written, dict) and written.get("kind")
+            else "not written by this version of the workbench"
+        )
         raise ExportError(f"{path} is {what}, not a saved {kind}: pass a file written by the matching save.")
     return data
 

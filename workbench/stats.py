@@ -48,8 +48,9 @@ def _mean(x, axis=-1):
     return np.mean(x, axis=axis)
 
 
-def bootstrap_interval(samples: np.ndarray, confidence: float = 0.95, resamples: int = 9999,
-                       rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def bootstrap_interval(
+    samples: np.ndarray, confidence: float = 0.95, resamples: int = 9999, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Bootstrap confidence intervals of the mean of each row of ``samples`` ``[rows, n]``: BCa, the
     percentile interval where BCa is undefined, and the point itself where every value is equal."""
     samples = np.atleast_2d(np.asarray(samples, dtype=float))
@@ -68,16 +69,32 @@ def bootstrap_interval(samples: np.ndarray, confidence: float = 0.95, resamples:
     state = rng.bit_generator.state
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bca = sps.bootstrap((data,), _mean, confidence_level=confidence, n_resamples=resamples, method="BCa",
-                            axis=-1, vectorized=True, random_state=rng).confidence_interval
+        bca = sps.bootstrap(
+            (data,),
+            _mean,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method="BCa",
+            axis=-1,
+            vectorized=True,
+            random_state=rng,
+        ).confidence_interval
     lo, hi = np.asarray(bca.low, float).reshape(-1), np.asarray(bca.high, float).reshape(-1)
     undefined = ~(np.isfinite(lo) & np.isfinite(hi))
     if undefined.any():
         rng.bit_generator.state = state  # the same resamples, read by percentiles
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pct = sps.bootstrap((data[undefined],), _mean, confidence_level=confidence, n_resamples=resamples,
-                                method="percentile", axis=-1, vectorized=True, random_state=rng).confidence_interval
+            pct = sps.bootstrap(
+                (data[undefined],),
+                _mean,
+                confidence_level=confidence,
+                n_resamples=resamples,
+                method="percentile",
+                axis=-1,
+                vectorized=True,
+                random_state=rng,
+            ).confidence_interval
         lo[undefined] = np.asarray(pct.low, float).reshape(-1)
         hi[undefined] = np.asarray(pct.high, float).reshape(-1)
     low[todo], high[todo] = lo, hi
@@ -86,8 +103,9 @@ def bootstrap_interval(samples: np.ndarray, confidence: float = 0.95, resamples:
     return low, high, methods
 
 
-def sign_flip_test(differences: np.ndarray, resamples: int = 9999,
-                   rng: np.random.Generator | None = None) -> np.ndarray:
+def sign_flip_test(
+    differences: np.ndarray, resamples: int = 9999, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Two-sided p-values that the mean of each row of paired ``differences`` ``[rows, n]`` is 0."""
     differences = np.atleast_2d(np.asarray(differences, dtype=float))
     rows, n = differences.shape
@@ -96,9 +114,17 @@ def sign_flip_test(differences: np.ndarray, resamples: int = 9999,
     if n == 0:
         return np.full(rows, np.nan)
     if len(todo):
-        result = sps.permutation_test((differences[todo],), _mean, permutation_type="samples", vectorized=True,
-                                      n_resamples=resamples, alternative="two-sided", axis=-1,
-                                      random_state=rng or np.random.default_rng(0), batch=1000)
+        result = sps.permutation_test(
+            (differences[todo],),
+            _mean,
+            permutation_type="samples",
+            vectorized=True,
+            n_resamples=resamples,
+            alternative="two-sided",
+            axis=-1,
+            random_state=rng or np.random.default_rng(0),
+            batch=1000,
+        )
         p[todo] = np.minimum(1.0, np.asarray(result.pvalue, float).reshape(-1))
     return p
 
@@ -123,8 +149,14 @@ def cohens_dz(differences: np.ndarray) -> np.ndarray:
         return np.where(sd > 0, differences.mean(axis=1) / sd, np.nan)
 
 
-def paired_effects(condition: np.ndarray, clean: np.ndarray, *, confidence: float = 0.95, resamples: int = 9999,
-                   rng: np.random.Generator | None = None) -> list[dict[str, Any]]:
+def paired_effects(
+    condition: np.ndarray,
+    clean: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    resamples: int = 9999,
+    rng: np.random.Generator | None = None,
+) -> list[dict[str, Any]]:
     """Per row of ``condition`` ``[rows, n]`` (paired item by item with ``clean`` ``[n]``): the mean
     effect, its interval, the paired test's p-value and the effect size."""
     condition = np.atleast_2d(np.asarray(condition, dtype=float))
@@ -136,13 +168,19 @@ def paired_effects(condition: np.ndarray, clean: np.ndarray, *, confidence: floa
     dz = cohens_dz(differences)
     out = []
     for r in range(differences.shape[0]):
-        out.append({
-            "mean": _num(differences[r].mean()) if differences.shape[1] else None,
-            "ci_low": _num(low[r]), "ci_high": _num(high[r]), "ci_method": methods[r],
-            "n": int(differences.shape[1]), "p_value": _num(p[r]), "effect_size": _num(dz[r]),
-            "condition_mean": _num(condition[r].mean()) if differences.shape[1] else None,
-            "clean_mean": _num(clean.mean()) if len(clean) else None,
-        })
+        out.append(
+            {
+                "mean": _num(differences[r].mean()) if differences.shape[1] else None,
+                "ci_low": _num(low[r]),
+                "ci_high": _num(high[r]),
+                "ci_method": methods[r],
+                "n": int(differences.shape[1]),
+                "p_value": _num(p[r]),
+                "effect_size": _num(dz[r]),
+                "condition_mean": _num(condition[r].mean()) if differences.shape[1] else None,
+                "clean_mean": _num(clean.mean()) if len(clean) else None,
+            }
+        )
     return out
 
 

@@ -91,38 +91,140 @@ S, F = "s", "f"
 TINY_FAMILIES: dict[str, TinySpec] = {
     "tiny-qwen2": TinySpec("qwen2", 4, 64, 4, 2, 128, tied=True, note="Qwen2 (tied embeddings, no BOS, like Qwen2.5)"),
     "tiny-llama": TinySpec("llama", 3, 48, 6, 3, 96, tokenizer_bos=True, note="Llama (BOS prepended, like SmolLM2)"),
-    "tiny-gpt2": TinySpec("gpt2", 3, 64, 4, 4, 256, tied=True, config=dict(n_positions=1024),
-                          note="GPT-2 (learned positions, fused c_attn, LayerNorm, tied embeddings, 4× MLP)"),
-    "tiny-gpt_neox": TinySpec("gpt_neox", 3, 64, 4, 4, 128, config=dict(use_parallel_residual=True),
-                              note="GPT-NeoX / Pythia (parallel attention + MLP, rotary on 1/4 of each head, fused qkv)"),
-    "tiny-qwen3": TinySpec("qwen3", 3, 64, 4, 2, 128, tied=True, config=dict(head_dim=24),
-                           note="Qwen3 (q/k RMSNorm per head, heads × head_dim ≠ d_model)"),
-    "tiny-gemma2": TinySpec("gemma2", 4, 64, 4, 2, 128, tokenizer_bos=True, tied=True, config=dict(
-        head_dim=16, query_pre_attn_scalar=24, sliding_window=WINDOW, layer_types=_layers(S, F, S, F),
-        attn_logit_softcapping=2.0, final_logit_softcapping=3.0),
-        note=f"Gemma 2 (sliding window {WINDOW} on alternate blocks, soft-capped scores and logits, query scale 24)"),
-    "tiny-gemma3": TinySpec("gemma3_text", 6, 64, 4, 2, 128, tokenizer_bos=True, tied=True, config=dict(
-        head_dim=16, sliding_window=WINDOW),
-        note=f"Gemma 3 text (q/k norms, 5 sliding-window ({WINDOW}) blocks with their own rotary base, then 1 full)"),
-    "tiny-mistral": TinySpec("mistral", 3, 64, 4, 2, 128, tokenizer_bos=True, config=dict(sliding_window=WINDOW),
-                             note=f"Mistral (sliding window {WINDOW})"),
-    "tiny-phi3": TinySpec("phi3", 3, 64, 4, 2, 128,
-                          note="Phi-3 (fused qkv_proj and gate_up_proj, as Phi-3-mini)"),
-    "tiny-olmo2": TinySpec("olmo2", 3, 64, 4, 2, 128,
-                           note="OLMo 2 (norms after attention and MLP, q/k RMSNorm across all heads)"),
+    "tiny-gpt2": TinySpec(
+        "gpt2",
+        3,
+        64,
+        4,
+        4,
+        256,
+        tied=True,
+        config=dict(n_positions=1024),
+        note="GPT-2 (learned positions, fused c_attn, LayerNorm, tied embeddings, 4× MLP)",
+    ),
+    "tiny-gpt_neox": TinySpec(
+        "gpt_neox",
+        3,
+        64,
+        4,
+        4,
+        128,
+        config=dict(use_parallel_residual=True),
+        note="GPT-NeoX / Pythia (parallel attention + MLP, rotary on 1/4 of each head, fused qkv)",
+    ),
+    "tiny-qwen3": TinySpec(
+        "qwen3",
+        3,
+        64,
+        4,
+        2,
+        128,
+        tied=True,
+        config=dict(head_dim=24),
+        note="Qwen3 (q/k RMSNorm per head, heads × head_dim ≠ d_model)",
+    ),
+    "tiny-gemma2": TinySpec(
+        "gemma2",
+        4,
+        64,
+        4,
+        2,
+        128,
+        tokenizer_bos=True,
+        tied=True,
+        config=dict(
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=WINDOW,
+            layer_types=_layers(S, F, S, F),
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+        ),
+        note=f"Gemma 2 (sliding window {WINDOW} on alternate blocks, soft-capped scores and logits, query scale 24)",
+    ),
+    "tiny-gemma3": TinySpec(
+        "gemma3_text",
+        6,
+        64,
+        4,
+        2,
+        128,
+        tokenizer_bos=True,
+        tied=True,
+        config=dict(head_dim=16, sliding_window=WINDOW),
+        note=f"Gemma 3 text (q/k norms, 5 sliding-window ({WINDOW}) blocks with their own rotary base, then 1 full)",
+    ),
+    "tiny-mistral": TinySpec(
+        "mistral",
+        3,
+        64,
+        4,
+        2,
+        128,
+        tokenizer_bos=True,
+        config=dict(sliding_window=WINDOW),
+        note=f"Mistral (sliding window {WINDOW})",
+    ),
+    "tiny-phi3": TinySpec("phi3", 3, 64, 4, 2, 128, note="Phi-3 (fused qkv_proj and gate_up_proj, as Phi-3-mini)"),
+    "tiny-olmo2": TinySpec(
+        "olmo2", 3, 64, 4, 2, 128, note="OLMo 2 (norms after attention and MLP, q/k RMSNorm across all heads)"
+    ),
     # Families the issue does not list; the family matrix (docs/models.md) marks how far each one works.
-    "tiny-gptj": TinySpec("gptj", 3, 64, 4, 4, 128, config=dict(n_inner=128, rotary_dim=8),
-                          note="GPT-J (parallel attention + MLP, interleaved rotary on half of each head)"),
-    "tiny-falcon": TinySpec("falcon", 3, 64, 4, 1, 256, tied=True, config=dict(multi_query=True, parallel_attn=True),
-                            note="Falcon-7B layout (multi-query attention, parallel attention + MLP)"),
+    "tiny-gptj": TinySpec(
+        "gptj",
+        3,
+        64,
+        4,
+        4,
+        128,
+        config=dict(n_inner=128, rotary_dim=8),
+        note="GPT-J (parallel attention + MLP, interleaved rotary on half of each head)",
+    ),
+    "tiny-falcon": TinySpec(
+        "falcon",
+        3,
+        64,
+        4,
+        1,
+        256,
+        tied=True,
+        config=dict(multi_query=True, parallel_attn=True),
+        note="Falcon-7B layout (multi-query attention, parallel attention + MLP)",
+    ),
     "tiny-bloom": TinySpec("bloom", 3, 64, 4, 4, 256, tied=True, note="BLOOM (ALiBi position biases, fused qkv)"),
-    "tiny-starcoder2": TinySpec("starcoder2", 3, 64, 4, 2, 128, tied=True, config=dict(sliding_window=WINDOW),
-                                note=f"StarCoder2 (LayerNorm with biases, sliding window {WINDOW})"),
-    "tiny-opt": TinySpec("opt", 3, 64, 4, 4, 128, tokenizer_bos=True, tied=True, config=dict(ffn_dim=128),
-                         note="OPT (learned positions offset by 2, ReLU MLP)"),
-    "tiny-phi": TinySpec("phi", 3, 64, 4, 4, 128, config=dict(
-        rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)),
-        note="Phi-1/2 (parallel attention + MLP, rotary on half of each head)"),
+    "tiny-starcoder2": TinySpec(
+        "starcoder2",
+        3,
+        64,
+        4,
+        2,
+        128,
+        tied=True,
+        config=dict(sliding_window=WINDOW),
+        note=f"StarCoder2 (LayerNorm with biases, sliding window {WINDOW})",
+    ),
+    "tiny-opt": TinySpec(
+        "opt",
+        3,
+        64,
+        4,
+        4,
+        128,
+        tokenizer_bos=True,
+        tied=True,
+        config=dict(ffn_dim=128),
+        note="OPT (learned positions offset by 2, ReLU MLP)",
+    ),
+    "tiny-phi": TinySpec(
+        "phi",
+        3,
+        64,
+        4,
+        4,
+        128,
+        config=dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)),
+        note="Phi-1/2 (parallel attention + MLP, rotary on half of each head)",
+    ),
 }
 TINY_SPECS = tuple(TINY_FAMILIES)
 
@@ -130,8 +232,10 @@ TINY_SPECS = tuple(TINY_FAMILIES)
 def tiny_description(name: str) -> str:
     """One line for ``workbench models list``."""
     spec = TINY_FAMILIES[name]
-    return (f"{spec.note}; {spec.n_layers} blocks, {spec.n_heads} query / {spec.n_kv_heads} key-value heads, "
-            "built in process")
+    return (
+        f"{spec.note}; {spec.n_layers} blocks, {spec.n_heads} query / {spec.n_kv_heads} key-value heads, "
+        "built in process"
+    )
 
 
 @lru_cache(maxsize=4)

@@ -6,6 +6,7 @@ and Qwen2 does not, so "the 9 of [0, 9]" sits at a different index in each.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -102,7 +103,7 @@ def find_positions(model, prompt: str, text: str, occurrence: int = 0) -> list[i
     except IndexError:
         raise TokenError(f"{text!r} occurs {len(matches)} time(s); occurrence {occurrence} does not exist.") from None
     end, offset = begin + len(text), 0
-    for info, piece in zip(infos, pieces):
+    for info, piece in zip(infos, pieces, strict=True):
         if piece and offset < end and offset + len(piece) > begin:
             starts.append(info.position)
         offset += len(piece)
@@ -156,7 +157,7 @@ def position_indices(n: int, positions: int | list[int] | None) -> list[int]:
     return sorted(out)
 
 
-def resolve_positions(model, prompt: str, n: int, where: list[str | int] | str | int | None) -> list[int]:
+def resolve_positions(model, prompt: str, n: int, where: Sequence[str | int] | str | int | None) -> list[int]:
     """Token positions from text (a ``str``: every token covering it in ``prompt``) or indices (an
     ``int``; negative counts from the end); ``None`` means every position. The text "9" is the token 9,
     never position 9."""
@@ -164,7 +165,9 @@ def resolve_positions(model, prompt: str, n: int, where: list[str | int] | str |
         return list(range(n))
     items = [where] if isinstance(where, (str, int)) else list(where)
     if not items:
-        raise TokenError("The position list is empty, so nothing would be selected: name at least one position or text.")
+        raise TokenError(
+            "The position list is empty, so nothing would be selected: name at least one position or text."
+        )
     found = {q for item in items if isinstance(item, str) for q in find_positions(model, prompt, item)}
     indices = [item for item in items if not isinstance(item, str)]
     return sorted(found | set(position_indices(n, indices) if indices else []))
@@ -207,7 +210,9 @@ def align_prompts(model, target: str, source: str) -> tuple[torch.Tensor, torch.
     s = to_tokens(model, source)
     if t.shape != s.shape:
         t_str, s_str = str_tokens(model, target), str_tokens(model, source)
-        first = next((i for i, (a, b) in enumerate(zip(t_str, s_str)) if a != b), min(len(t_str), len(s_str)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(t_str, s_str, strict=False)) if a != b), min(len(t_str), len(s_str))
+        )
         raise TokenError(
             f"The prompts do not align: target has {t.shape[-1]} tokens, source {s.shape[-1]}; they first "
             f"differ at position {first} ({t_str[first] if first < len(t_str) else 'end'!r} vs "

@@ -44,8 +44,11 @@ def page_path(name: str) -> str:
 def module_page(name: str, module: griffe.Module, modules: list[str]) -> str:
     if not module.is_init_module:
         return f"# `{name}`\n\n::: {name}\n"
-    exported = module.exports if module.exports is not None else [
-        n for n, m in module.members.items() if not n.startswith("_") and not m.is_module]
+    exported = (
+        module.exports
+        if module.exports is not None
+        else [n for n, m in module.members.items() if not n.startswith("_") and not m.is_module]
+    )
     targets = {n: _target(n, module.members[n]) for n in exported if n in module.members}
     # documented here: what the package defines itself, and what it re-exports from a private module
     own = [n for n, t in targets.items() if t is not None and (t.parent is module or _is_private(t))]
@@ -55,7 +58,11 @@ def module_page(name: str, module: griffe.Module, modules: list[str]) -> str:
         lines += ["## Exported names\n", "| name | what |", "| --- | --- |", *rows, ""]
     children = [m for m in modules if m != name and m.rsplit(".", 1)[0] == name]
     if children:
-        lines += ["## Modules\n", *(f"- [`{c}`][{c}]: {_summary(module.modules[c.rsplit('.', 1)[1]])}" for c in children), ""]
+        lines += [
+            "## Modules\n",
+            *(f"- [`{c}`][{c}]: {_summary(module.modules[c.rsplit('.', 1)[1]])}" for c in children),
+            "",
+        ]
     return "\n".join(lines)
 
 

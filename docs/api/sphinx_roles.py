@@ -26,7 +26,9 @@ def to_crossref(match: re.Match) -> str:
 
 def to_code(text: str) -> str:
     """Roles shown as code without links (for text outside a docstring's own scope)."""
-    return ROLE.sub(lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}{m.group(3) or ''}`", text)
+    return ROLE.sub(
+        lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}{m.group(3) or ''}`", text
+    )
 
 
 def is_external(target: str) -> bool:

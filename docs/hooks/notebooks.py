@@ -66,13 +66,21 @@ def executed(notebook: Path, build: Path = BUILD) -> Path:
 
     target = build / notebook.name
     key = cache_key(notebook)
-    if target.is_file() and nbformat.read(target, as_version=4).metadata.get("workbench_execution", {}).get("key") == key:
+    if (
+        target.is_file()
+        and nbformat.read(target, as_version=4).metadata.get("workbench_execution", {}).get("key") == key
+    ):
         return target
     log.info("executing %s (the embedded default model; about a minute)", notebook.relative_to(ROOT))
     book = nbformat.read(notebook, as_version=4)
     with tempfile.TemporaryDirectory() as cwd, _environment(**KERNEL_ENV):
-        NotebookClient(book, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": cwd}},
-                       extra_arguments=[f"--IPKernelApp.exec_lines={KERNEL_STARTUP}"]).execute()
+        NotebookClient(
+            book,
+            timeout=TIMEOUT_S,
+            kernel_name="python3",
+            resources={"metadata": {"path": cwd}},
+            extra_arguments=[f"--IPKernelApp.exec_lines={KERNEL_STARTUP}"],
+        ).execute()
     book.metadata["workbench_execution"] = {"key": key}
     build.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
@@ -88,8 +96,14 @@ def on_files(files, config):
 
     for notebook in notebooks():
         copy = executed(notebook)
-        files.append(File(f"notebooks/{copy.name}", src_dir=str(copy.parent.parent), dest_dir=config.site_dir,
-                          use_directory_urls=config.use_directory_urls))
+        files.append(
+            File(
+                f"notebooks/{copy.name}",
+                src_dir=str(copy.parent.parent),
+                dest_dir=config.site_dir,
+                use_directory_urls=config.use_directory_urls,
+            )
+        )
     return files
 
 

@@ -28,8 +28,11 @@ from .browser import doms, figure_divs
 
 ROOT = Path(__file__).resolve().parents[2]
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
-ILLUSTRATES = {"probes_tour": "probes/index.html", "random_number_study": "study/index.html",
-               "sampling_lab": "sampling/index.html"}
+ILLUSTRATES = {
+    "probes_tour": "probes/index.html",
+    "random_number_study": "study/index.html",
+    "sampling_lab": "sampling/index.html",
+}
 
 _spec = importlib.util.spec_from_file_location("notebook_pages", ROOT / "docs" / "hooks" / "notebooks.py")
 notebook_pages = importlib.util.module_from_spec(_spec)
@@ -38,8 +41,14 @@ _spec.loader.exec_module(notebook_pages)
 
 def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DISABLE_MKDOCS_2_WARNING": "true", "NO_MKDOCS_2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "--site-dir", str(site)],
-                          cwd=config.parent, capture_output=True, text=True, timeout=1800, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "--site-dir", str(site)],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +74,11 @@ def public_modules() -> list[str]:
 
 def defining_module(name: str) -> str:
     """The public module whose source assigns ``name`` at top level."""
-    (home,) = [m for m in public_modules() if re.search(rf"^{name}\s*(:[^=]+)?=", inspect.getsource(importlib.import_module(m)), re.M)]
+    (home,) = [
+        m
+        for m in public_modules()
+        if re.search(rf"^{name}\s*(:[^=]+)?=", inspect.getsource(importlib.import_module(m)), re.M)
+    ]
     return home
 
 
@@ -76,7 +89,12 @@ def api_page(site: Path, module: str) -> str:
 @pytest.mark.real
 def test_every_public_module_has_an_api_page(site):
     modules = public_modules()
-    assert {"workbench.probes.logit_lens", "workbench.sweeps", "workbench.sampling.audit", "workbench.studies.report"} <= set(modules)
+    assert {
+        "workbench.probes.logit_lens",
+        "workbench.sweeps",
+        "workbench.sampling.audit",
+        "workbench.studies.report",
+    } <= set(modules)
     pages = {p.name for p in (site / "api").iterdir() if (p / "index.html").is_file()} - {"SUMMARY"}
     assert pages == set(modules)
     for module in modules:
@@ -114,12 +132,14 @@ def test_notebook_pages_draw_every_figure_offline(site, tmp_path):
     assert {p.stem for p in notebooks} == set(ILLUSTRATES)
     pages = [site / "notebooks" / p.stem / "index.html" for p in notebooks]
     rendered = doms(pages, tmp_path)
-    for notebook, page in zip(notebooks, pages):
+    for notebook, page in zip(notebooks, pages, strict=True):
         executed = nbformat.read(notebook_pages.executed(notebook), as_version=4)
         shown = sum(PLOTLY_MIME in o.get("data", {}) for c in executed.cells for o in c.get("outputs", []))
         drawn = figure_divs(rendered[page])
         assert shown > 0 and len(drawn) == shown, f"{notebook.name}: {shown} figures shown, {len(drawn)} on the page"
-        assert all(drawn.values()), f"{page.relative_to(site)}: figures not drawn: {[k for k, v in drawn.items() if not v]}"
+        assert all(drawn.values()), (
+            f"{page.relative_to(site)}: figures not drawn: {[k for k, v in drawn.items() if not v]}"
+        )
 
 
 @pytest.mark.real
@@ -142,7 +162,9 @@ def test_a_broken_reference_in_a_docstring_fails_the_strict_build(tmp_path):
     sites = []
     for target in ("helper", "missing"):
         (tmp_path / "pkg" / "__init__.py").write_text(
-            f'def helper():\n    """Help."""\n\n\ndef main():\n    """Calls :func:`{target}` and :func:`secrets.randbelow`."""\n')
+            f'def helper():\n    """Help."""\n\n\n'
+            f'def main():\n    """Calls :func:`{target}` and :func:`secrets.randbelow`."""\n'
+        )
         sites.append(tmp_path / f"site-{target}")
         built = mkdocs_build(tmp_path / "mkdocs.yml", sites[-1])
         assert (built.returncode == 0) == (target == "helper"), built.stderr[-2000:]

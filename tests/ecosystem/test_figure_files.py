@@ -25,8 +25,10 @@ def study(tiny_qwen2):
 def reports(study, tmp_path_factory):
     """The same study written with each way of loading plotly.js (HTML figures only)."""
     root = tmp_path_factory.mktemp("reports")
-    return {mode: write_report(study, root / mode, static=False, figures_html=mode).parent
-            for mode in ("inline", "shared", "cdn")}
+    return {
+        mode: write_report(study, root / mode, static=False, figures_html=mode).parent
+        for mode in ("inline", "shared", "cdn")
+    }
 
 
 def folder_size(folder) -> int:

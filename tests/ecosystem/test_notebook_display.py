@@ -21,7 +21,7 @@ PLOTLY_MIME = "application/vnd.plotly.v1+json"
 CELLS = [
     "from workbench import AttentionCapture, LogitLens, load_model, run\n"
     "model = load_model('tiny-qwen2')\n"
-    "out = run(model, \"I'm generating a random number between [0, 9]. The number is \", "
+    'out = run(model, "I\'m generating a random number between [0, 9]. The number is ", '
     "[LogitLens(k=3), AttentionCapture(blocks=[1])])",
     "out['logit_lens']",
     "out['attention']",
@@ -30,14 +30,15 @@ CELLS = [
 ]
 
 
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """The notebook executed in a kernel, saved to disk and read back, as a user's saved notebook would be."""
     folder = tmp_path_factory.mktemp("notebook")
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in CELLS])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
+    ).execute()
     nbformat.write(notebook, folder / "saved.ipynb")
     return folder, nbformat.read(folder / "saved.ipynb", as_version=4)
 
@@ -55,7 +56,8 @@ def test_each_result_carries_plotlys_mimetype_for_jupyterlab_and_vscode(saved):
         assert data[PLOTLY_MIME]["data"] == figure["data"]
         assert data[PLOTLY_MIME]["layout"]["title"] == figure["layout"]["title"]
         assert 'class="plotly-graph-div"' in data["text/html"] and data["text/plain"].startswith(
-            ("LogitLensResult(", "AttentionResult("))
+            ("LogitLensResult(", "AttentionResult(")
+        )
 
 
 @pytest.mark.browser

@@ -28,13 +28,16 @@ def assert_same(variable, array: Named, dims: tuple[str, ...] | None = None) -> 
     expected = array.numpy()
     assert variable.dtype.kind == expected.dtype.kind
     np.testing.assert_array_equal(variable.values, expected)
-    for name, dim in zip(dims, array.dims):
+    for name, dim in zip(dims, array.dims, strict=True):
         assert variable.coords[name].values.tolist() == array.coords[dim]
 
 
 def test_named_to_xarray_keeps_values_dims_and_labels():
-    array = Named(torch.arange(24.0).reshape(2, 3, 4), ("prompt", "layer", "key"),
-                  {"layer": ["embeddings", "after block 0", "final"], "key": ["<s>", "9", "9", "]"]})
+    array = Named(
+        torch.arange(24.0).reshape(2, 3, 4),
+        ("prompt", "layer", "key"),
+        {"layer": ["embeddings", "after block 0", "final"], "key": ["<s>", "9", "9", "]"]},
+    )
     variable = array.to_xarray("lens")
     assert isinstance(variable, xr.DataArray) and variable.name == "lens"
     assert_same(variable, array)

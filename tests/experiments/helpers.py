@@ -16,6 +16,13 @@ def rows(bounds=("9", "8", "7"), source_offset: int = 4, paraphrases=PARAPHRASES
     for i, text in enumerate(paraphrases):
         for bound in bounds:
             source_bound = str(int(bound) - source_offset)
-            out.append({"prompt": text.format(b=bound), "source": text.format(b=source_bound), "bound": bound,
-                        "source_bound": source_bound, "paraphrase": i})
+            out.append(
+                {
+                    "prompt": text.format(b=bound),
+                    "source": text.format(b=source_bound),
+                    "bound": bound,
+                    "source_bound": source_bound,
+                    "paraphrase": i,
+                }
+            )
     return out

@@ -111,9 +111,22 @@ def test_skip_bad_rows_says_how_many_it_skipped(tmp_path, capsys):
 
 
 def test_help_lists_the_options():
-    done = subprocess.run([sys.executable, "-m", "workbench", "experiment", "run", "--help"], capture_output=True,
-                          text=True, env={"PYTHONPATH": str(ROOT), "COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench", "experiment", "run", "--help"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0
-    for option in ("--out", "--executor", "--workers", "--address", "--skip-bad-rows", "--force", "--device-map",
-                   "--n-devices", "--max-memory"):
+    for option in (
+        "--out",
+        "--executor",
+        "--workers",
+        "--address",
+        "--skip-bad-rows",
+        "--force",
+        "--device-map",
+        "--n-devices",
+        "--max-memory",
+    ):
         assert option in done.stdout

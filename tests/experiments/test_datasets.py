@@ -61,8 +61,12 @@ def test_explicit_ids_targets_and_csv_lists(tmp_path):
 
 def test_templates_expand_a_grid_or_a_list():
     grid = from_template("between [0, {bound}] by {who}", {"bound": ["9", "8"], "who": ["me", "you"]})
-    assert [it.prompt for it in grid] == ["between [0, 9] by me", "between [0, 9] by you", "between [0, 8] by me",
-                                          "between [0, 8] by you"]
+    assert [it.prompt for it in grid] == [
+        "between [0, 9] by me",
+        "between [0, 9] by you",
+        "between [0, 8] by me",
+        "between [0, 8] by you",
+    ]
     assert grid[0].fields["bound"] == "9"
     listed = from_template("[0, {b}]", [{"b": 9, "s": 5}], source="[0, {s}]", targets=["{s}"])
     assert listed[0].source == "[0, 5]" and listed[0].targets == ("5",)
@@ -76,23 +80,51 @@ def test_bad_rows_are_reported_by_id(tiny_qwen2):
     data = rows(bounds=("9",))
     data += [
         {"id": "empty", "prompt": "", "bound": "9"},
-        {"id": "misaligned", "prompt": data[0]["prompt"], "source": "Something much longer than the prompt it patches",
-         "bound": "9", "source_bound": "5"},
-        {"id": "two-token-target", "prompt": data[0]["prompt"] + "x", "targets": ["hello world"], "bound": "9",
-         "source_bound": "5", "source": data[0]["source"] + "x"},
+        {
+            "id": "misaligned",
+            "prompt": data[0]["prompt"],
+            "source": "Something much longer than the prompt it patches",
+            "bound": "9",
+            "source_bound": "5",
+        },
+        {
+            "id": "two-token-target",
+            "prompt": data[0]["prompt"] + "x",
+            "targets": ["hello world"],
+            "bound": "9",
+            "source_bound": "5",
+            "source": data[0]["source"] + "x",
+        },
         {"id": "no-field", "prompt": data[1]["prompt"] + " ", "source": data[1]["source"] + " ", "source_bound": "5"},
-        {"id": "not-there", "prompt": data[2]["prompt"] + "!", "source": data[2]["source"] + "!", "bound": "3",
-         "source_bound": "1"},
+        {
+            "id": "not-there",
+            "prompt": data[2]["prompt"] + "!",
+            "source": data[2]["source"] + "!",
+            "bound": "3",
+            "source_bound": "1",
+        },
         {"id": "not-text", "prompt": 42},
-        {"id": "long-bound", "prompt": data[3]["prompt"].replace("[0, 9]", "[0, 99999]"), "bound": "99999",
-         "source_bound": "5"},
+        {
+            "id": "long-bound",
+            "prompt": data[3]["prompt"].replace("[0, 9]", "[0, 99999]"),
+            "bound": "99999",
+            "source_bound": "5",
+        },
     ]
     dataset = from_records(data)
     assert [b.id for b in dataset.bad] == ["empty", "not-text"]
     interventions = [iv.patch("kv", "{source}", blocks=[0], positions="{bound}")]
     bad = check_items(tiny_qwen2, dataset, interventions, ["digits_above:{source_bound}", "prob:{bound}"])
     reasons = {b.id: b.reason for b in bad}
-    assert set(reasons) == {"empty", "misaligned", "two-token-target", "no-field", "not-there", "not-text", "long-bound"}
+    assert set(reasons) == {
+        "empty",
+        "misaligned",
+        "two-token-target",
+        "no-field",
+        "not-there",
+        "not-text",
+        "long-bound",
+    }
     assert "empty prompt" in reasons["empty"]
     assert "do not align" in reasons["misaligned"]
     assert "not one" in reasons["two-token-target"]
@@ -101,25 +133,35 @@ def test_bad_rows_are_reported_by_id(tiny_qwen2):
     assert "not text" in reasons["not-text"]
     assert re.search(r"Target '99999' is \d+ tokens", reasons["long-bound"])
     assert str(bad[0]).startswith(f"row {len(rows(bounds=('9',))) + 1} (id empty): ")
-    exp = Experiment(dataset=dataset, conditions={"patch": interventions}, metrics=["digits_above:{source_bound}"],
-                     model="tiny-qwen2", resamples=999)
-    with pytest.raises(DatasetError, match=r"^7 bad rows: row \d+ \(id empty\): empty prompt.*and 4 more.*--skip-bad-rows"):
+    exp = Experiment(
+        dataset=dataset,
+        conditions={"patch": interventions},
+        metrics=["digits_above:{source_bound}"],
+        model="tiny-qwen2",
+        resamples=999,
+    )
+    with pytest.raises(
+        DatasetError, match=r"^7 bad rows: row \d+ \(id empty\): empty prompt.*and 4 more.*--skip-bad-rows"
+    ):
         run_experiment(exp, model=tiny_qwen2)
     skipped = run_experiment(exp, model=tiny_qwen2, skip_bad_rows=True)
     assert len(skipped.skipped) == 7 and skipped.summary["n_items"] == len(rows(bounds=("9",)))
     assert skipped.manifest["dataset"]["skipped_rows"] == sorted(reasons)
 
 
-@pytest.mark.parametrize(("content", "name", "message"), [
-    (b"\xff\xfe not utf8", "rows.jsonl", "is not UTF-8 text"),
-    (b'{"prompt": "a"}\n{"prompt": ', "rows.jsonl", "line 2 is not JSON"),
-    (b'["a list"]\n', "rows.jsonl", "line 1 is a JSON list, not an object"),
-    (b"text,other\nhello,1\n", "rows.csv", "has no 'prompt' column"),
-    (b"not parquet at all", "rows.parquet", "is not a readable Parquet file"),
-    (b"prompt\n", "rows.csv", "holds no rows"),
-    (b"x", "rows.txt", "not a dataset format"),
-    (b'{"prompt": "a", "value": 1}\n', "rows.jsonl", "a name the results table uses"),
-])
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (b"\xff\xfe not utf8", "rows.jsonl", "is not UTF-8 text"),
+        (b'{"prompt": "a"}\n{"prompt": ', "rows.jsonl", "line 2 is not JSON"),
+        (b'["a list"]\n', "rows.jsonl", "line 1 is a JSON list, not an object"),
+        (b"text,other\nhello,1\n", "rows.csv", "has no 'prompt' column"),
+        (b"not parquet at all", "rows.parquet", "is not a readable Parquet file"),
+        (b"prompt\n", "rows.csv", "holds no rows"),
+        (b"x", "rows.txt", "not a dataset format"),
+        (b'{"prompt": "a", "value": 1}\n', "rows.jsonl", "a name the results table uses"),
+    ],
+)
 def test_unreadable_files_are_one_line_errors(tmp_path, content, name, message):
     path = tmp_path / name
     path.write_bytes(content)

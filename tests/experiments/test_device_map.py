@@ -22,8 +22,13 @@ from .helpers import rows
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 SOURCE = "I'm generating a random number between [0, 5]. The number is "
-CPU_MAP = {"model.embed_tokens": "cpu", **{f"model.layers.{i}": "cpu" for i in range(4)}, "model.norm": "cpu",
-           "model.rotary_emb": "cpu", "lm_head": "cpu"}
+CPU_MAP = {
+    "model.embed_tokens": "cpu",
+    **{f"model.layers.{i}": "cpu" for i in range(4)},
+    "model.norm": "cpu",
+    "model.rotary_emb": "cpu",
+    "lm_head": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,36 +47,56 @@ def test_a_device_map_places_every_module_and_changes_no_logit(mapped, tiny_qwen
 
 def test_probes_and_interventions_agree_with_one_device(mapped, tiny_qwen2):
     def probes():
-        return [LogitLens(k=3), AttentionCapture(blocks=[0, 3]), BlockReplacement(blocks=1),
-                AttentionMask(keys="9", blocks=[2, 3]), ActivationPatch(source=SOURCE, site="kv", blocks=[0, 1])]
+        return [
+            LogitLens(k=3),
+            AttentionCapture(blocks=[0, 3]),
+            BlockReplacement(blocks=1),
+            AttentionMask(keys="9", blocks=[2, 3]),
+            ActivationPatch(source=SOURCE, site="kv", blocks=[0, 1]),
+        ]
 
     split = run(mapped, PROMPT, probes(), separate=True, targets=["5", "9"])
     single = run(tiny_qwen2, PROMPT, probes(), separate=True, targets=["5", "9"])
     for name in ("block_replacement", "attention_mask", "patch"):
-        torch.testing.assert_close(split.conditions[name].logits["intervened"],
-                                   single.conditions[name].logits["intervened"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            split.conditions[name].logits["intervened"], single.conditions[name].logits["intervened"], atol=1e-6, rtol=0
+        )
     for name, array in (("logit_lens", "target_probs"), ("attention", "pattern")):
         torch.testing.assert_close(split[name][array].values, single[name][array].values, atol=1e-6, rtol=0)
     steer = iv.add("resid_pre", torch.ones(mapped.facts.d_model), blocks=2, coefficient=0.5)
-    torch.testing.assert_close(run(mapped, PROMPT, steer).logits["intervened"],
-                               run(tiny_qwen2, PROMPT, steer).logits["intervened"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        run(mapped, PROMPT, steer).logits["intervened"],
+        run(tiny_qwen2, PROMPT, steer).logits["intervened"],
+        atol=1e-6,
+        rtol=0,
+    )
     assert hook_count(mapped) == 0
 
 
 def test_an_experiment_on_a_mapped_model_equals_one_device(mapped, tiny_qwen2):
     def experiment():
-        return Experiment(dataset=rows(bounds=("9",)), model="tiny-qwen2", resamples=999, metrics=["kl", "prob:{bound}"],
-                          conditions={"identity": iv.identity(1),
-                                      "patch": iv.patch("kv", "{source}", blocks=[0], positions="{bound}")})
+        return Experiment(
+            dataset=rows(bounds=("9",)),
+            model="tiny-qwen2",
+            resamples=999,
+            metrics=["kl", "prob:{bound}"],
+            conditions={
+                "identity": iv.identity(1),
+                "patch": iv.patch("kv", "{source}", blocks=[0], positions="{bound}"),
+            },
+        )
 
     a = run_experiment(experiment(), model=mapped).frame()
     b = run_experiment(experiment(), model=tiny_qwen2).frame()
     assert (a["value"] - b["value"]).abs().max() <= 1e-6
     sweep = patch_sweep(mapped, PROMPT, SOURCE, site="resid_pre", metric="kl")
     assert sweep.meta["method"] == "fast"  # one device: the engine runs
-    torch.testing.assert_close(sweep["metric"].values,
-                               patch_sweep(tiny_qwen2, PROMPT, SOURCE, site="resid_pre", metric="kl")["metric"].values,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        sweep["metric"].values,
+        patch_sweep(tiny_qwen2, PROMPT, SOURCE, site="resid_pre", metric="kl")["metric"].values,
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_the_fast_engine_refuses_a_split_model_and_the_sweep_falls_back(tiny_qwen2):
@@ -86,14 +111,17 @@ def test_the_fast_engine_refuses_a_split_model_and_the_sweep_falls_back(tiny_qwe
         intervention_sweep(split, PROMPT, template, over=("block",), metric="kl", method="fast")
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(device="cpu", device_map="auto"), "pass one of them"),
-    (dict(n_devices=2), "this machine has"),
-    (dict(device_map="everywhere"), "use one of auto, balanced"),
-    (dict(max_memory={"cpu": "1GiB"}), "only applies to a split model"),
-    (dict(device_map={"model.embed_tokens": "cpu"}), "does not fit tiny-qwen2"),
-    (dict(device_map={**CPU_MAP, "lm_head": "disk"}), "Disk and meta offload are not supported"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(device="cpu", device_map="auto"), "pass one of them"),
+        (dict(n_devices=2), "this machine has"),
+        (dict(device_map="everywhere"), "use one of auto, balanced"),
+        (dict(max_memory={"cpu": "1GiB"}), "only applies to a split model"),
+        (dict(device_map={"model.embed_tokens": "cpu"}), "does not fit tiny-qwen2"),
+        (dict(device_map={**CPU_MAP, "lm_head": "disk"}), "Disk and meta offload are not supported"),
+    ],
+)
 def test_placement_errors_are_one_line(kwargs, message):
     if kwargs.get("n_devices") and torch.cuda.device_count() >= 2:
         pytest.skip("this machine has the GPUs")

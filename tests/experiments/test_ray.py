@@ -18,9 +18,14 @@ ray = pytest.importorskip("ray")
 def test_two_ray_workers_equal_the_local_executor_even_when_one_dies(tmp_path, tiny_qwen2, monkeypatch):
     monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET", "2M")
     experiment = Experiment(
-        dataset=rows(bounds=("9", "8")), model="tiny-qwen2", metrics=["kl", "prob:{bound}"], resamples=999,
+        dataset=rows(bounds=("9", "8")),
+        model="tiny-qwen2",
+        metrics=["kl", "prob:{bound}"],
+        resamples=999,
         conditions={"identity": iv.identity(1), "patch": iv.patch("kv", "{source}", blocks=[0], positions="{bound}")},
-        grids=[Grid("heads", iv.scale("z", 0.0, positions="{bound}"), over=("block", "head"))], shard_items=2)
+        grids=[Grid("heads", iv.scale("z", 0.0, positions="{bound}"), over=("block", "head"))],
+        shard_items=2,
+    )
     local = run_experiment(experiment, tmp_path / "local", model=tiny_qwen2)
     plan = json.loads((tmp_path / "local" / "plan.json").read_text())
     assert len(plan["shards"]) >= 6

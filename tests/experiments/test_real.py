@@ -18,12 +18,19 @@ pytestmark = pytest.mark.real
 def test_the_bundled_dataset_aligns_on_smollm2(smollm2):
     data = load_dataset(BUNDLED)
     assert len(data) >= 48 and not data.bad
-    assert len({it.fields["paraphrase"] for it in data}) >= 12 and {it.fields["bound"] for it in data} == {"9", "8", "7", "6"}
+    assert len({it.fields["paraphrase"] for it in data}) >= 12 and {it.fields["bound"] for it in data} == {
+        "9",
+        "8",
+        "7",
+        "6",
+    }
     templates = [i for c in headline_conditions(smollm2).values() for i in c]
     assert check_items(smollm2, data, templates, list(METRICS)) == []
     for item in data:  # prompt and source differ in exactly one token: the bound
         prompt, source = align_prompts(smollm2, item.prompt, item.source)
-        assert (prompt != source).nonzero()[:, 1].tolist() == [find_position(smollm2, item.prompt, item.fields["bound"])]
+        assert (prompt != source).nonzero()[:, 1].tolist() == [
+            find_position(smollm2, item.prompt, item.fields["bound"])
+        ]
 
 
 def test_headline_effects_over_the_dataset_match_each_prompt_alone(smollm2, tmp_path):
@@ -35,15 +42,21 @@ def test_headline_effects_over_the_dataset_match_each_prompt_alone(smollm2, tmp_
     n = smollm2.facts.n_layers
     for item in [data[0], data[13], data[42]]:  # three lengths, three bounds
         bound = find_position(smollm2, item.prompt, item.fields["bound"])
-        probes = {"identity_block": BlockReplacement(blocks=[21]),
-                  "mask_bound": AttentionMask(keys=[bound], blocks=list(range(13, n))),
-                  "patch_bound": ActivationPatch(source=item.source, site="kv", blocks=[6, 14], positions=[bound])}
+        probes = {
+            "identity_block": BlockReplacement(blocks=[21]),
+            "mask_bound": AttentionMask(keys=[bound], blocks=list(range(13, n))),
+            "patch_bound": ActivationPatch(source=item.source, site="kv", blocks=[6, 14], positions=[bound]),
+        }
         for name, probe in probes.items():
             out = run(smollm2, item.prompt, probe)
             clean, edited = out.logits["clean"][0, -1].double(), out.logits["intervened"][0, -1].double()
-            above = [smollm2.tokenizer.convert_tokens_to_ids(str(d)) for d in range(int(item.fields["source_bound"]) + 1, 10)]
-            expected = {"digits_above:{source_bound}": float(edited.softmax(-1)[above].sum()),
-                        "kl": float((clean.softmax(-1) * (clean.log_softmax(-1) - edited.log_softmax(-1))).sum())}
+            above = [
+                smollm2.tokenizer.convert_tokens_to_ids(str(d)) for d in range(int(item.fields["source_bound"]) + 1, 10)
+            ]
+            expected = {
+                "digits_above:{source_bound}": float(edited.softmax(-1)[above].sum()),
+                "kl": float((clean.softmax(-1) * (clean.log_softmax(-1) - edited.log_softmax(-1))).sum()),
+            }
             got = frame[(frame["item"] == item.id) & (frame["condition"] == name)].set_index("metric")["value"]
             for metric, value in expected.items():
                 assert got[metric] == pytest.approx(value, abs=1e-5), (item.id, name, metric)

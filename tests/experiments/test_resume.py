@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from workbench.errors import ExperimentError
-from workbench.experiments import Experiment, run_experiment
+from workbench.experiments import run_experiment
 from workbench.experiments.storage import MARKER, SHARDS
 
 from .helpers import rows
@@ -52,7 +52,9 @@ SMALL = SPEC.split("[grids.heads]")[0] + "[stats]\nresamples = 999\n"  # no grid
 
 def make_spec(folder: Path, spec: str = SPEC, data=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (data or rows(bounds=("9", "8", "7", "6")))))
+    (folder / "rows.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in (data or rows(bounds=("9", "8", "7", "6"))))
+    )
     (folder / "spec.toml").write_text(spec)
     return folder / "spec.toml"
 
@@ -68,7 +70,9 @@ def command(spec: Path, out: Path, *extra: str) -> list[str]:
 
 def shards(out: Path) -> dict[str, tuple[int, int]]:
     folder = out / SHARDS
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("*.parquet")} if folder.is_dir() else {}
+    return (
+        {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("*.parquet")} if folder.is_dir() else {}
+    )
 
 
 def test_killed_then_resumed_equals_uninterrupted(tmp_path):
@@ -103,7 +107,10 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path):
     assert a.to_pandas().equals(b.to_pandas())  # row for row, value for value (bitwise)
     keys = a.select(["item", "condition", "metric"]).to_pandas()
     assert not keys.duplicated().any()
-    assert json.loads((whole / "manifest.json").read_text())["sha256"] == json.loads((killed / "manifest.json").read_text())["sha256"]
+    assert (
+        json.loads((whole / "manifest.json").read_text())["sha256"]
+        == json.loads((killed / "manifest.json").read_text())["sha256"]
+    )
     assert (whole / "summary.json").read_text() == (killed / "summary.json").read_text()
 
 
@@ -115,9 +122,12 @@ def test_a_changed_spec_or_dataset_is_refused_naming_the_difference(tmp_path, ti
     again = run_experiment(spec, out, model=tiny_qwen2)
     assert again.computed == 0 and again.reused == first.computed
     (tmp_path / "spec" / "spec.toml").write_text(SMALL.replace('"kl", ', ""))
-    with pytest.raises(ExperimentError, match=r"holds results of a different experiment \(analysis\.metrics: "
-                                              r"\[\"kl\", \"digits_above:\{source_bound\}\"\] → "
-                                              r"\[\"digits_above:\{source_bound\}\"\]\).*--force") as info:
+    with pytest.raises(
+        ExperimentError,
+        match=r"holds results of a different experiment \(analysis\.metrics: "
+        r"\[\"kl\", \"digits_above:\{source_bound\}\"\] → "
+        r"\[\"digits_above:\{source_bound\}\"\]\).*--force",
+    ) as info:
         run_experiment(spec, out)  # refused before a model is even loaded
     assert "\n" not in str(info.value)
     (tmp_path / "spec" / "spec.toml").write_text(SMALL)

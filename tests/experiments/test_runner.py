@@ -24,13 +24,21 @@ def experiment(model, data, **kw) -> Experiment:
         "identity": iv.identity(2),
         "mask_bound": iv.mask_keys("{bound}", blocks=[1, 2]),
         "patch_bound": iv.patch("kv", "{source}", blocks=[0, 1], positions="{bound}"),
-        "patch_and_mask": [iv.patch("kv", "{source}", blocks=[0], positions="{bound}"),
-                           iv.mask_keys("{bound}", blocks=[2])],
+        "patch_and_mask": [
+            iv.patch("kv", "{source}", blocks=[0], positions="{bound}"),
+            iv.mask_keys("{bound}", blocks=[2]),
+        ],
     }
     grids = [Grid("z_zero", iv.zero("z", positions="{bound}"), over=("block", "head"), blocks=(1, 2), heads=(0, 1))]
-    return Experiment(dataset=data, conditions=conditions, grids=grids, model=model.facts.name,
-                      metrics=["kl", "prob:{bound}", "digits_above:{source_bound}", "logit_diff:9,5"],
-                      resamples=999, **kw)
+    return Experiment(
+        dataset=data,
+        conditions=conditions,
+        grids=grids,
+        model=model.facts.name,
+        metrics=["kl", "prob:{bound}", "digits_above:{source_bound}", "logit_diff:9,5"],
+        resamples=999,
+        **kw,
+    )
 
 
 def by_hand(model, row: dict) -> dict[str, list[iv.Intervention]]:
@@ -40,10 +48,15 @@ def by_hand(model, row: dict) -> dict[str, list[iv.Intervention]]:
         "identity": [iv.identity(2)],
         "mask_bound": [iv.mask_keys(row["bound"], blocks=[1, 2])],
         "patch_bound": [iv.patch("kv", row["source"], blocks=[0, 1], positions=row["bound"])],
-        "patch_and_mask": [iv.patch("kv", row["source"], blocks=[0], positions=row["bound"]),
-                           iv.mask_keys(row["bound"], blocks=[2])],
-        **{f"z_zero[block={b},head={h}]": [iv.zero("z", blocks=b, heads=h, positions=row["bound"])]
-           for b in (1, 2) for h in (0, 1)},
+        "patch_and_mask": [
+            iv.patch("kv", row["source"], blocks=[0], positions=row["bound"]),
+            iv.mask_keys(row["bound"], blocks=[2]),
+        ],
+        **{
+            f"z_zero[block={b},head={h}]": [iv.zero("z", blocks=b, heads=h, positions=row["bound"])]
+            for b in (1, 2)
+            for h in (0, 1)
+        },
     }
 
 
@@ -70,7 +83,7 @@ def check_against_alone(model, result, data):
     frame = result.frame()
     ids = list(dict.fromkeys(frame["item"]))
     assert len(ids) == len(data)
-    for item_id, row in zip(ids, data):
+    for item_id, row in zip(ids, data, strict=True):
         clean = alone(model, row["prompt"], [])
         for condition, interventions in by_hand(model, row).items():
             expected = measured(model, row, alone(model, row["prompt"], interventions), clean)
@@ -96,8 +109,9 @@ def test_a_small_memory_budget_cuts_shards_and_changes_no_number(tiny_qwen2, mon
     work = Work.build(tiny_qwen2, exp, exp.load_dataset())
     shards = plan_shards(tiny_qwen2, work, "key")
     assert len(shards) > 8 and any(0 not in s.conditions for s in shards)
-    assert sorted((i, c) for s in shards for i in s.items for c in s.conditions) == \
-        sorted((i, c) for i in range(len(data)) for c in range(len(work.conditions)))  # every pair exactly once
+    assert sorted((i, c) for s in shards for i in s.items for c in s.conditions) == sorted(
+        (i, c) for i in range(len(data)) for c in range(len(work.conditions))
+    )  # every pair exactly once
     small = run_experiment(exp, model=tiny_qwen2)
     a, b = big.frame(), small.frame()
     assert a.drop(columns="value").equals(b.drop(columns="value"))
@@ -107,8 +121,13 @@ def test_a_small_memory_budget_cuts_shards_and_changes_no_number(tiny_qwen2, mon
 def test_noop_edits_are_marked_and_the_clean_run_is_named(tiny_qwen2):
     data = rows(bounds=("9",))
     data[0]["source"] = data[0]["prompt"]  # patching from itself changes nothing
-    exp = Experiment(dataset=data, model="tiny-qwen2", resamples=999, metrics=["kl"],
-                     conditions={"baseline": [], "patch": iv.patch("kv", "{source}", blocks=[0], positions="{bound}")})
+    exp = Experiment(
+        dataset=data,
+        model="tiny-qwen2",
+        resamples=999,
+        metrics=["kl"],
+        conditions={"baseline": [], "patch": iv.patch("kv", "{source}", blocks=[0], positions="{bound}")},
+    )
     result = run_experiment(exp, model=tiny_qwen2)
     frame = result.frame()
     assert set(frame["condition"]) == {"baseline", "patch"}

@@ -17,8 +17,19 @@ from .table import FAMILIES
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 SOURCE = "I'm generating a random number between [0, 5]. The number is "
-COLUMNS = ("facts", "logit lens", "identity block", "self-patch", "masking", "attention", "k/v patch",
-           "naive sweeps", "fast sweeps", "study", "GGUF")
+COLUMNS = (
+    "facts",
+    "logit lens",
+    "identity block",
+    "self-patch",
+    "masking",
+    "attention",
+    "k/v patch",
+    "naive sweeps",
+    "fast sweeps",
+    "study",
+    "GGUF",
+)
 # (family id, column) → every test of that cell: (outcome, mark, note); outcome "passed" | "skipped" | "failed".
 OUTCOMES: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
 

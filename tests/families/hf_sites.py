@@ -36,8 +36,9 @@ def mlp_entry(layer) -> torch.nn.Module:
     return layer.mlp if hasattr(layer, "mlp") else layer.fc1
 
 
-def kv_columns(kv: str, layer, n_heads: int, n_kv: int, d_head: int,
-               keys_before_norm: bool = False) -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
+def kv_columns(
+    kv: str, layer, n_heads: int, n_kv: int, d_head: int, keys_before_norm: bool = False
+) -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
     """``{"k": (module, columns), "v": …}``: ``module``'s output ``[..., columns]`` is ``[..., n_kv, d_head]``.
 
     Keys are read where each key head is itself: after OLMo 2's k_norm, which normalises all heads
@@ -105,13 +106,25 @@ def hf_identity_logits(hf, tokens: torch.Tensor, block: int) -> torch.Tensor:
     return hf_logits(hf, tokens, (hf_layers(hf)[block], identity_hook))
 
 
-def hf_kv_patch_logits(hf, family, facts, target, source, blocks, positions, kv_heads=None,
-                       parts=("k", "v"), keys_before_norm: bool = False) -> torch.Tensor:
-    """Keys and/or values (``parts``) of ``source`` at ``positions`` (and ``kv_heads``) written into ``target``'s run."""
+def hf_kv_patch_logits(
+    hf,
+    family,
+    facts,
+    target,
+    source,
+    blocks,
+    positions,
+    kv_heads=None,
+    parts=("k", "v"),
+    keys_before_norm: bool = False,
+) -> torch.Tensor:
+    """Keys and/or values (``parts``) of ``source`` at ``positions`` (and ``kv_heads``) written into
+    ``target``'s run."""
     sites = []
     for b in blocks:
-        columns = kv_columns(family.kv, hf_layers(hf)[b], facts.n_heads, facts.n_kv_heads, facts.d_head,
-                             keys_before_norm)
+        columns = kv_columns(
+            family.kv, hf_layers(hf)[b], facts.n_heads, facts.n_kv_heads, facts.d_head, keys_before_norm
+        )
         sites += [(b, part, *columns[part]) for part in parts]
     captured = {}
 

@@ -36,22 +36,41 @@ FAMILIES = [
     Family("tiny-gpt_neox", kv="per-head qkv"),
     Family("tiny-llama", kv="separate"),
     Family("tiny-qwen2", kv="separate"),
-    Family("tiny-qwen3", kv="separate", known={
-        "GGUF": "transformers reads no head_dim from it and assumes 128 (every Qwen3's): head_dim 24 fails to load"}),
-    Family("tiny-gemma2", kv="separate", gguf_loses=dict(
-        attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256)),
+    Family(
+        "tiny-qwen3",
+        kv="separate",
+        known={
+            "GGUF": "transformers reads no head_dim from it and assumes 128 (every Qwen3's): head_dim 24 fails to load"
+        },
+    ),
+    Family(
+        "tiny-gemma2",
+        kv="separate",
+        gguf_loses=dict(attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256),
+    ),
     Family("tiny-gemma3", kv="separate"),
     Family("tiny-mistral", kv="separate", gguf_loses=dict(sliding_window=None)),
     Family("tiny-phi3", kv="q|k|v"),
-    Family("tiny-olmo2", kv="separate", known={
-        "k/v patch": "per-head k is patched before OLMo 2's k_norm, which mixes all key heads (kv, v exact)"}),
-    Family("tiny-gptj", kv="separate", listed=False,
-           known={"attention": DELEGATED, "masking": DELEGATED, "study": DELEGATED_STUDY}),
+    Family(
+        "tiny-olmo2",
+        kv="separate",
+        known={"k/v patch": "per-head k is patched before OLMo 2's k_norm, which mixes all key heads (kv, v exact)"},
+    ),
+    Family(
+        "tiny-gptj",
+        kv="separate",
+        listed=False,
+        known={"attention": DELEGATED, "masking": DELEGATED, "study": DELEGATED_STUDY},
+    ),
     Family("tiny-falcon", kv="q|k|v", listed=False),
     Family("tiny-bloom", kv="per-head qkv", listed=False),
     Family("tiny-starcoder2", kv="separate", listed=False, gguf_loses=dict(sliding_window=None)),
-    Family("tiny-opt", kv="separate", listed=False,
-           known={"attention": DELEGATED, "masking": DELEGATED, "study": DELEGATED_STUDY}),
+    Family(
+        "tiny-opt",
+        kv="separate",
+        listed=False,
+        known={"attention": DELEGATED, "masking": DELEGATED, "study": DELEGATED_STUDY},
+    ),
     Family("tiny-phi", kv="separate", listed=False),
 ]
 BY_NAME = {family.name: family for family in FAMILIES}

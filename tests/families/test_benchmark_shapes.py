@@ -35,7 +35,12 @@ def test_shape_parameter_count(name):
 
 def test_gemma_shape_keeps_gemma2_2b_head_geometry_window_and_caps():
     config = shapes.shape_config("shape-gemma2-2b-300m")
-    assert (config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2304, 8, 4, 256)
+    assert (config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (
+        2304,
+        8,
+        4,
+        256,
+    )
     assert (config.sliding_window, config.attn_logit_softcapping, config.final_logit_softcapping) == (4096, 50.0, 30.0)
     assert config.query_pre_attn_scalar == 256
 

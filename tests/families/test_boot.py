@@ -23,15 +23,21 @@ def saved(tmp_path, **config):
 
 def test_a_bridge_that_does_not_reproduce_transformers_is_refused(tmp_path):
     folder = saved(tmp_path, new_decoder_architecture=True, num_kv_heads=2, multi_query=False)
-    with pytest.raises(ModelSpecError, match=r"bridge for falcon-40b-layout \(falcon, FalconForCausalLM\) does not "
-                                             r"reproduce transformers' own logits \(max \|diff\| [0-9.]+"):
+    with pytest.raises(
+        ModelSpecError,
+        match=r"bridge for falcon-40b-layout \(falcon, FalconForCausalLM\) does not "
+        r"reproduce transformers' own logits \(max \|diff\| [0-9.]+",
+    ):
         load_model(folder, device="cpu")
 
 
 def test_a_bridge_that_cannot_boot_is_one_line(tmp_path):
     folder = saved(tmp_path, new_decoder_architecture=True, num_kv_heads=2)
-    with pytest.raises(ModelSpecError, match=r"TransformerLens cannot boot falcon-40b-layout \(falcon, "
-                                             r"FalconForCausalLM\): split_with_sizes") as error:
+    with pytest.raises(
+        ModelSpecError,
+        match=r"TransformerLens cannot boot falcon-40b-layout \(falcon, "
+        r"FalconForCausalLM\): split_with_sizes",
+    ) as error:
         load_model(folder, device="cpu")
     assert "\n" not in str(error.value)
 

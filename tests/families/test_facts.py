@@ -55,6 +55,7 @@ def test_head_to_group_is_which_query_heads_read_each_key_value_head(family, mod
         before = hf(ids, output_attentions=True).attentions[0][0]
         groups = []
         for kv_head in range(facts.n_kv_heads):
+
             def shift(mod, args, kwargs, output, cols=columns[kv_head]):
                 out = output_of(output).clone()
                 out[..., cols] += torch.randn(out[..., cols].shape, generator=torch.Generator().manual_seed(1))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from foundation.gguf_writer import llama_cpp_architecture, write_header_only_gguf, write_tiny_gguf
+
 from workbench.errors import GGUFError
 from workbench.models import load_model, supported_gguf_architectures
 from workbench.tiny import TINY_FAMILIES, build_tiny_model
@@ -51,6 +51,7 @@ def test_gguf_round_trip(family, model, tmp_path, request, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(logits, without(tokens.cpu()).logits, atol=1e-5, rtol=0)
     assert not torch.allclose(logits, model.logits(tokens), atol=1e-3), (
-        f"{family.name}'s GGUF now keeps {list(family.gguf_loses)}: drop its gguf_loses in tests/families/table.py")
+        f"{family.name}'s GGUF now keeps {list(family.gguf_loses)}: drop its gguf_loses in tests/families/table.py"
+    )
     lost = ", ".join(f"{key}={value}" for key, value in family.gguf_loses.items())
     note(request, f"loads, but transformers reads no {', '.join(family.gguf_loses)} from it: {lost} assumed", "◐")

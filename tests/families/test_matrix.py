@@ -50,8 +50,10 @@ def render_matrix(outcomes: dict) -> str:
 def test_the_family_matrix_in_the_docs_is_current():
     missing = [(f.id, c) for f in FAMILIES for c in COLUMNS if (f.id, c) not in OUTCOMES]
     if missing:
-        pytest.skip(f"{len(missing)} matrix cells did not run in this session (first: {missing[0]}): "
-                    "run tests/families whole to check docs/models.md")
+        pytest.skip(
+            f"{len(missing)} matrix cells did not run in this session (first: {missing[0]}): "
+            "run tests/families whole to check docs/models.md"
+        )
     assert {f.name for f in FAMILIES} <= set(TINY_FAMILIES)
     table = render_matrix(OUTCOMES)
     text = DOC.read_text()
@@ -62,4 +64,5 @@ def test_the_family_matrix_in_the_docs_is_current():
         DOC.write_text(f"{before}{START}\n{table}\n{END}{after}")
         return
     assert current.strip() == table.strip(), (
-        f"docs/models.md's family matrix differs from what this run found: regenerate it with `{REGENERATE}`")
+        f"docs/models.md's family matrix differs from what this run found: regenerate it with `{REGENERATE}`"
+    )

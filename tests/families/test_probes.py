@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from probes.helpers import Observe, resid_points
+
 from workbench.errors import ProbeError
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens
 from workbench.probes.patching import PATCH_SITES as SITES
@@ -63,7 +63,11 @@ def test_patching_a_prompt_with_itself_is_an_exact_no_op(model, family, site, re
         # Attention and MLP read the same residual: there is no residual between them.
         with pytest.raises(Exception, match="resid_mid"):
             run(model, PROMPT, probe)
-        note(request, "parallel blocks have no resid_mid (attention and MLP read the same residual): the patch raises", "✓")
+        note(
+            request,
+            "parallel blocks have no resid_mid (attention and MLP read the same residual): the patch raises",
+            "✓",
+        )
         return
     result = run(model, PROMPT, probe)
     assert torch.equal(result.logits["intervened"], result.logits["clean"])
@@ -75,7 +79,9 @@ def refused(model, family, column, probe, request) -> bool:
         assert model.facts.editable_attention
         return False
     assert not model.facts.editable_attention, (
-        f"the bridge now computes {family.name}'s attention itself: drop its '{column}' entry in tests/families/table.py")
+        f"the bridge now computes {family.name}'s attention itself: "
+        f"drop its '{column}' entry in tests/families/table.py"
+    )
     with pytest.raises(ProbeError, match=rf"{model.facts.name}'s \({model.facts.architecture}\) attention"):
         run(model, PROMPT, probe)
     note(request, family.known[column])
@@ -123,11 +129,13 @@ def test_kv_patch_equals_the_same_edit_on_transformers(model, hf, family, site, 
     parts = ("k", "v") if site == "kv" else (site,)
     per_head_key = site == "k" and kv_heads is not None
     if per_head_key and "k/v patch" in family.known:  # the bridge's hook_k sits before an all-heads k_norm
-        expected = hf_kv_patch_logits(hf, family, facts, target, source, blocks, [nine], kv_heads, parts,
-                                      keys_before_norm=True)
+        expected = hf_kv_patch_logits(
+            hf, family, facts, target, source, blocks, [nine], kv_heads, parts, keys_before_norm=True
+        )
         after_norm = hf_kv_patch_logits(hf, family, facts, target, source, blocks, [nine], kv_heads, parts)
         assert not torch.allclose(result.logits["intervened"], after_norm, atol=1e-4), (
-            f"{family.name}'s k site now sits after k_norm: drop its 'k/v patch' entry in tests/families/table.py")
+            f"{family.name}'s k site now sits after k_norm: drop its 'k/v patch' entry in tests/families/table.py"
+        )
         note(request, family.known["k/v patch"], "◐")
     else:
         expected = hf_kv_patch_logits(hf, family, facts, target, source, blocks, [nine], kv_heads, parts)

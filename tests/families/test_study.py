@@ -17,7 +17,7 @@ pytestmark = pytest.mark.column("study")
 
 def digit_probs(model, logits: torch.Tensor) -> dict[str, float]:
     probs = logits[0, -1].float().softmax(-1)
-    return {d: float(probs[i]) for d, i in zip(DIGITS, digit_token_ids(model))}
+    return {d: float(probs[i]) for d, i in zip(DIGITS, digit_token_ids(model), strict=True)}
 
 
 def test_the_study_runs_and_its_numbers_equal_transformers(model, hf, family, request):

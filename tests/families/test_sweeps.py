@@ -27,8 +27,10 @@ def logit_diff(model, logits: torch.Tensor) -> float:
 def test_naive_patch_sweep_equals_transformers_cell_by_cell(model, hf, family):
     sweep = patch_sweep(model, PROMPT, SOURCE, site="resid_pre", metric=METRIC, method="naive")
     target, source = model.to_tokens(PROMPT).cpu(), model.to_tokens(SOURCE).cpu()
-    expected = [[logit_diff(model, hf_resid_pre_patch_logits(hf, target, source, b, p))
-                 for p in range(target.shape[-1])] for b in range(model.facts.n_layers)]
+    expected = [
+        [logit_diff(model, hf_resid_pre_patch_logits(hf, target, source, b, p)) for p in range(target.shape[-1])]
+        for b in range(model.facts.n_layers)
+    ]
     np.testing.assert_allclose(sweep["metric"].numpy(), np.array(expected), atol=ATOL, rtol=0)
     assert np.abs(sweep["delta"].numpy()).max() > 1e-3  # the patch does something
 
@@ -56,7 +58,9 @@ def assert_same(fast, naive, family, request):
     assert fast["metric"].dims == naive["metric"].dims
     if "fast sweeps" in family.known:
         assert not np.allclose(fast["metric"].numpy(), naive["metric"].numpy(), atol=ATOL, rtol=0), (
-            f"the fast engine now equals naive on {family.name}: drop its 'fast sweeps' entry in tests/families/table.py")
+            f"the fast engine now equals naive on {family.name}: "
+            "drop its 'fast sweeps' entry in tests/families/table.py"
+        )
         note(request, family.known["fast sweeps"])
         return
     np.testing.assert_allclose(fast["metric"].numpy(), naive["metric"].numpy(), atol=ATOL, rtol=0)

@@ -23,8 +23,13 @@ import torch
 from workbench.tiny import build_tiny_model
 
 # llama.cpp's architecture for a transformers model_type, where the names differ (OPT: llama.cpp has none).
-LLAMA_CPP_ARCHITECTURES = {"mistral": "llama", "gemma3_text": "gemma3", "gpt_neox": "gptneox", "phi": "phi2",
-                           "opt": None}
+LLAMA_CPP_ARCHITECTURES = {
+    "mistral": "llama",
+    "gemma3_text": "gemma3",
+    "gpt_neox": "gptneox",
+    "phi": "phi2",
+    "opt": None,
+}
 
 
 def llama_cpp_architecture(model_type: str) -> str | None:
@@ -34,7 +39,11 @@ def llama_cpp_architecture(model_type: str) -> str | None:
 def _permute_for_llama_cpp(weight: np.ndarray, n_head: int, n_kv_heads: int) -> np.ndarray:
     """llama.cpp's rotary layout for Q/K rows; transformers undoes it when it loads a llama GGUF."""
     n_head = n_kv_heads if n_head != n_kv_heads else n_head
-    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
 
 
 def _bloom_qkv_for_llama_cpp(tensor: np.ndarray, n_head: int) -> np.ndarray:
@@ -94,7 +103,9 @@ def _llama_cpp_tensor(arch: str, gguf_name: str, tensor: np.ndarray, hp: dict) -
         return _permute_for_llama_cpp(tensor, hp["head_count"], hp["head_count_kv"])
     if arch in ("gemma2", "gemma3") and gguf_name.endswith("norm.weight"):
         return tensor + 1
-    if arch == "gpt2" and gguf_name.endswith(("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")):
+    if arch == "gpt2" and gguf_name.endswith(
+        ("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")
+    ):
         return tensor.T.copy()
     if arch == "bloom" and "attn_qkv" in gguf_name:
         return _bloom_qkv_for_llama_cpp(tensor, hp["head_count"])
@@ -102,9 +113,12 @@ def _llama_cpp_tensor(arch: str, gguf_name: str, tensor: np.ndarray, hp: dict) -
 
 
 def _llama_cpp_name(names, base: str) -> str | None:
-    """llama.cpp's name for a transformers tensor; some converters drop the base model's prefix (BLOOM's ``transformer.``)."""
+    """llama.cpp's name for a transformers tensor; some converters drop the base model's prefix
+    (BLOOM's ``transformer.``)."""
     parts = base.split(".")
-    return next((names.get_name(".".join(parts[i:])) for i in range(len(parts)) if names.get_name(".".join(parts[i:]))), None)
+    return next(
+        (names.get_name(".".join(parts[i:])) for i in range(len(parts)) if names.get_name(".".join(parts[i:]))), None
+    )
 
 
 def write_tiny_gguf(path: Path, name: str = "tiny-llama", drop: frozenset[str] = frozenset()) -> Path:

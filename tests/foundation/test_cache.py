@@ -53,7 +53,7 @@ def test_done_json_records_every_file(converted):
         path = entry / name
         data = path.read_bytes()
         assert record["size"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()
-        ends = data[:ENDS] + (data[max(ENDS, len(data) - ENDS):] if len(data) > ENDS else b"")
+        ends = data[:ENDS] + (data[max(ENDS, len(data) - ENDS) :] if len(data) > ENDS else b"")
         assert record["ends_sha256"] == hashlib.sha256(ends).hexdigest()
         assert record["mtime_ns"] == path.stat().st_mtime_ns
     assert entry_problem(entry) is None
@@ -73,18 +73,27 @@ def _flip(path, offset):
 
 DAMAGE = {
     # name: (what to do to the entry, what the warning must say)
-    "truncated weights": (lambda e: os.truncate(e / "model.safetensors", (e / "model.safetensors").stat().st_size // 2),
-                          "model.safetensors has"),
+    "truncated weights": (
+        lambda e: os.truncate(e / "model.safetensors", (e / "model.safetensors").stat().st_size // 2),
+        "model.safetensors has",
+    ),
     "empty weights": (lambda e: (e / "model.safetensors").write_bytes(b""), "model.safetensors has 0 bytes"),
-    "weights header overwritten, mtime kept": (lambda e: _keep_mtime(e / "model.safetensors", lambda p: _flip(p, 10)),
-                                               "the first or last MiB of model.safetensors changed"),
+    "weights header overwritten, mtime kept": (
+        lambda e: _keep_mtime(e / "model.safetensors", lambda p: _flip(p, 10)),
+        "the first or last MiB of model.safetensors changed",
+    ),
     "config deleted": (lambda e: (e / "config.json").unlink(), "config.json is missing"),
-    "config garbled, same size": (lambda e: (e / "config.json").write_text("x" * (e / "config.json").stat().st_size),
-                                  "config.json"),
+    "config garbled, same size": (
+        lambda e: (e / "config.json").write_text("x" * (e / "config.json").stat().st_size),
+        "config.json",
+    ),
     "tokenizer truncated": (lambda e: os.truncate(e / "tokenizer.json", 10), "tokenizer.json has 10 bytes"),
     "metadata unreadable": (lambda e: (e / DONE).write_text("{not json"), "done.json is missing or unreadable"),
     "metadata missing": (lambda e: (e / DONE).unlink(), "done.json is missing or unreadable"),
-    "metadata lists nothing": (lambda e: (e / DONE).write_text('{"source": "x", "files": {}}'), "done.json lists no files"),
+    "metadata lists nothing": (
+        lambda e: (e / DONE).write_text('{"source": "x", "files": {}}'),
+        "done.json lists no files",
+    ),
 }
 
 
@@ -109,8 +118,9 @@ def test_a_damaged_entry_is_rebuilt_with_one_warning(converted, from_pretrained_
     assert "warning:" not in capfd.readouterr().err
 
 
-def test_a_file_rewritten_in_the_middle_is_caught_by_the_full_hash(tiny_llama_gguf, workbench_cache, monkeypatch,
-                                                                    from_pretrained_calls, capfd):
+def test_a_file_rewritten_in_the_middle_is_caught_by_the_full_hash(
+    tiny_llama_gguf, workbench_cache, monkeypatch, from_pretrained_calls, capfd
+):
     """Beyond the hashed ends, a rewrite changes the mtime, which triggers the full SHA-256."""
     import workbench.cache
 
@@ -136,8 +146,9 @@ def test_an_entry_from_before_hashes_loads_and_gets_them(converted, from_pretrai
     assert set(json.loads((entry / DONE).read_text())["files"]) >= {"model.safetensors", "config.json"}
 
 
-def test_a_copied_cache_verifies_by_hash_without_converting(converted, from_pretrained_calls, workbench_cache, tmp_path,
-                                                           monkeypatch):
+def test_a_copied_cache_verifies_by_hash_without_converting(
+    converted, from_pretrained_calls, workbench_cache, tmp_path, monkeypatch
+):
     entry, gguf, _ = converted
     copy = tmp_path / "copied-cache"
     shutil.copytree(workbench_cache, copy)  # new mtimes, same bytes
@@ -154,7 +165,10 @@ def test_a_cache_that_is_a_file_fails_before_converting(tiny_llama_gguf, tmp_pat
     blocker = tmp_path / "cache-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("WORKBENCH_CACHE", str(blocker))
-    with pytest.raises(ExportError, match=r"The model cache \(WORKBENCH_CACHE\) .* cannot be created: .* is not a folder; set WORKBENCH_CACHE"):
+    with pytest.raises(
+        ExportError,
+        match=r"The model cache \(WORKBENCH_CACHE\) .* cannot be created: .* is not a folder; set WORKBENCH_CACHE",
+    ):
         load_model(tiny_llama_gguf)
     assert gguf_loads(from_pretrained_calls) == [] and blocker.read_text() == "not a folder"
     model = load_model(tiny_llama_gguf, cache=False)  # the fix the message names
@@ -171,7 +185,9 @@ def test_two_processes_converting_at_once_leave_one_good_entry(tiny_llama_gguf, 
     env = os.environ | {"WORKBENCH_CACHE": str(workbench_cache), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "workbench", "models", "info", str(tiny_llama_gguf), "--json"]
     with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(lambda _: subprocess.run(command, capture_output=True, text=True, env=env, timeout=300), range(2)))
+        runs = list(
+            pool.map(lambda _: subprocess.run(command, capture_output=True, text=True, env=env, timeout=300), range(2))
+        )
     for run in runs:
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout)["n_layers"] == 3
@@ -192,8 +208,13 @@ def test_a_truncated_smollm2_cache_repairs_itself_from_the_cli(smollm2_converted
     weights = entry / "model.safetensors"
     os.truncate(weights, weights.stat().st_size - 4096)
 
-    run = subprocess.run([sys.executable, "-m", "workbench", "models", "info", "smollm2", "--json"],
-                         capture_output=True, text=True, env=env, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-m", "workbench", "models", "info", "smollm2", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     warnings = [line for line in run.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "model.safetensors has" in warnings[0] and "rebuilding it" in warnings[0]

@@ -56,7 +56,12 @@ ERRORS = {
     # name: (arguments, extra environment, expected error type, text the message must contain)
     "missing path": (["/no/such/model.gguf"], {}, ModelNotFoundError, "No model file or folder at /no/such/model.gguf"),
     "corrupt gguf": (["{corrupt}"], {}, GGUFError, "x.gguf is not a valid GGUF file"),
-    "unsupported architecture": (["{foo}"], {}, GGUFError, "architecture 'foo', which transformers cannot de-quantize; supported: "),
+    "unsupported architecture": (
+        ["{foo}"],
+        {},
+        GGUFError,
+        "architecture 'foo', which transformers cannot de-quantize; supported: ",
+    ),
     "unknown spec": (["not-a-model"], {}, ModelSpecError, "Unknown model spec 'not-a-model'"),
     "hub id offline": (
         ["Qwen/Qwen2.5-0.5B-Instruct"],
@@ -73,7 +78,10 @@ def runs(files, tmp_path_factory) -> dict[str, tuple[Run, Path]]:
     """Every error run of this module, three at a time, keyed by name, with its cache folder."""
     jobs = {}
     for name, (args, env, _, _) in ERRORS.items():
-        jobs[name] = (["models", "info", *(a.format(**files) for a in args)], {k: v.format(**files) for k, v in env.items()})
+        jobs[name] = (
+            ["models", "info", *(a.format(**files) for a in args)],
+            {k: v.format(**files) for k, v in env.items()},
+        )
     caches = {name: tmp_path_factory.mktemp("cli-cache") for name in jobs}
     with ThreadPoolExecutor(max_workers=3) as pool:
         futures = {name: pool.submit(run_cli, args, caches[name], **env) for name, (args, env) in jobs.items()}
@@ -123,7 +131,12 @@ def test_models_info_on_a_gguf_fills_the_cache(files, workbench_cache, from_pret
     assert result.exit_code == 0, result.output
     facts = json.loads(result.stdout)
     assert (facts["name"], facts["architecture"], facts["source"]) == ("tiny-llama", "llama", f"gguf:{files['tiny']}")
-    assert (facts["n_layers"], facts["n_heads"], facts["n_kv_heads"], facts["head_to_group"]) == (3, 6, 3, [0, 0, 1, 1, 2, 2])
+    assert (facts["n_layers"], facts["n_heads"], facts["n_kv_heads"], facts["head_to_group"]) == (
+        3,
+        6,
+        3,
+        [0, 0, 1, 1, 2, 2],
+    )
     converted = [folder for folder in (workbench_cache / "gguf").iterdir() if (folder / "done.json").is_file()]
     assert len(converted) == 1
 
@@ -153,7 +166,12 @@ def test_models_info_table(workbench_cache):
     assert result.exit_code == 0, result.output
     rows = dict(line.strip("│ ").split("│")[:2] for line in result.stdout.splitlines() if line.startswith("│"))
     rows = {key.strip(): value.strip() for key, value in rows.items()}
-    assert (rows["n_layers"], rows["n_heads"], rows["n_kv_heads"], rows["head_to_group"]) == ("4", "4", "2", "[0, 0, 1, 1]")
+    assert (rows["n_layers"], rows["n_heads"], rows["n_kv_heads"], rows["head_to_group"]) == (
+        "4",
+        "4",
+        "2",
+        "[0, 0, 1, 1]",
+    )
 
 
 @pytest.mark.real

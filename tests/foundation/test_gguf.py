@@ -36,7 +36,16 @@ def test_tiny_gguf_equals_the_model_it_was_written_from(name, tiny_gguf_dir, wor
 
     model = load_model(path, cache=False)
     assert model.facts.source == f"gguf:{path}"
-    for key in ("architecture", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_vocab", "prepend_bos", "head_to_group"):
+    for key in (
+        "architecture",
+        "n_layers",
+        "n_heads",
+        "n_kv_heads",
+        "d_model",
+        "d_vocab",
+        "prepend_bos",
+        "head_to_group",
+    ):
         assert getattr(model.facts, key) == getattr(built.facts, key), key
     # The GGUF tokenizer (rebuilt by transformers from metadata) splits the study prompt the same way.
     assert model.str_tokens(PROMPT) == built.str_tokens(PROMPT)

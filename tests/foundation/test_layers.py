@@ -60,13 +60,18 @@ def test_resolve_blocks(tiny_qwen2):
     assert resolve_blocks(facts, None, default=[1, 2]) == [1, 2]
     assert resolve_blocks(facts, 2) == [2]
     assert resolve_blocks(facts, -1) == [3]
-    assert resolve_blocks(facts, [0, -4, 3]) == [0, 3]  # -4 is block 0: named twice, edited once (a scale would compound)
+    assert resolve_blocks(facts, [0, -4, 3]) == [
+        0,
+        3,
+    ]  # -4 is block 0: named twice, edited once (a scale would compound)
     assert resolve_blocks(facts, range(2)) == [0, 1]
 
 
 @pytest.mark.parametrize("block", [4, 21, -5])
 def test_a_block_that_does_not_exist(tiny_qwen2, block):
-    with pytest.raises(LayerError, match=rf"Block {block} does not exist: tiny-qwen2 has blocks 0–3 \(counted from 0\)"):
+    with pytest.raises(
+        LayerError, match=rf"Block {block} does not exist: tiny-qwen2 has blocks 0–3 \(counted from 0\)"
+    ):
         resolve_blocks(tiny_qwen2.facts, block)
     with pytest.raises(IndexError):  # LayerError is also an IndexError, for code that catches that
         resolve_blocks(tiny_qwen2.facts, [0, block])

@@ -17,12 +17,26 @@ PROMPTS = [PROMPT, PROMPT.replace("9", "5")]
 
 TINY_FACTS = {
     "tiny-qwen2": dict(
-        architecture="qwen2", n_layers=4, n_heads=4, n_kv_heads=2, d_model=64, d_head=16, d_vocab=512,
-        prepend_bos=False, head_to_group=(0, 0, 1, 1),
+        architecture="qwen2",
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        d_model=64,
+        d_head=16,
+        d_vocab=512,
+        prepend_bos=False,
+        head_to_group=(0, 0, 1, 1),
     ),
     "tiny-llama": dict(
-        architecture="llama", n_layers=3, n_heads=6, n_kv_heads=3, d_model=48, d_head=8, d_vocab=512,
-        prepend_bos=True, head_to_group=(0, 0, 1, 1, 2, 2),
+        architecture="llama",
+        n_layers=3,
+        n_heads=6,
+        n_kv_heads=3,
+        d_model=48,
+        d_head=8,
+        d_vocab=512,
+        prepend_bos=True,
+        head_to_group=(0, 0, 1, 1, 2, 2),
     ),
 }
 
@@ -188,9 +202,20 @@ def test_smollm2_from_the_wheel(smollm2):
     assert_facts(
         smollm2.facts,
         dict(
-            name="SmolLM2-135M-Instruct", architecture="llama", n_layers=30, n_heads=9, n_kv_heads=3,
-            d_model=576, d_head=64, d_vocab=49152, prepend_bos=True, dtype="float32",
-            head_to_group=(0, 0, 0, 1, 1, 1, 2, 2, 2), n_ctx=8192, tied_embeddings=True, parallel_blocks=False,
+            name="SmolLM2-135M-Instruct",
+            architecture="llama",
+            n_layers=30,
+            n_heads=9,
+            n_kv_heads=3,
+            d_model=576,
+            d_head=64,
+            d_vocab=49152,
+            prepend_bos=True,
+            dtype="float32",
+            head_to_group=(0, 0, 0, 1, 1, 1, 2, 2, 2),
+            n_ctx=8192,
+            tied_embeddings=True,
+            parallel_blocks=False,
             editable_attention=True,
         ),
     )

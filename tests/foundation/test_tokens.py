@@ -26,8 +26,25 @@ PROMPT_5 = PROMPT.replace("[0, 9]", "[0, 5]")
 PROMPT_10 = PROMPT.replace("[0, 9]", "[0, 10]")  # one token longer: every tokenizer here splits digits
 
 # The mission's 17-token split of the study prompt (Qwen2.5's tokenizer); SmolLM2 gives the same after its BOS.
-STUDY_SPLIT = ["I", "'m", " generating", " a", " random", " number", " between", " [", "0", ",", " ", "9", "].",
-               " The", " number", " is", " "]
+STUDY_SPLIT = [
+    "I",
+    "'m",
+    " generating",
+    " a",
+    " random",
+    " number",
+    " between",
+    " [",
+    "0",
+    ",",
+    " ",
+    "9",
+    "].",
+    " The",
+    " number",
+    " is",
+    " ",
+]
 # The tiny tokenizer has no " generating" in its small vocabulary.
 TINY_SPLIT = STUDY_SPLIT[:2] + [" generat", "ing"] + STUDY_SPLIT[3:]
 

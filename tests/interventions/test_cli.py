@@ -15,7 +15,11 @@ import pytest
 
 from workbench.cli.options import parse_options, probe_options
 from workbench.errors import (
-    InterventionError, LayerError, ProbeError, SweepError, TokenError,
+    InterventionError,
+    LayerError,
+    ProbeError,
+    SweepError,
+    TokenError,
 )
 from workbench.probes import AttentionMask, BlockReplacement, LogitLens, Probe
 
@@ -32,27 +36,42 @@ class TextProbe(Probe):
 
 
 def test_text_fields_keep_text_and_typed_fields_parse():
-    assert parse_options(TextProbe, "text_probe", ["label=5", "scale=2", "loud=yes", "words=5,6"]) == \
-        {"label": "5", "scale": 2.0, "loud": True, "words": ["5", "6"]}
+    assert parse_options(TextProbe, "text_probe", ["label=5", "scale=2", "loud=yes", "words=5,6"]) == {
+        "label": "5",
+        "scale": 2.0,
+        "loud": True,
+        "words": ["5", "6"],
+    }
     assert parse_options(TextProbe, "text_probe", ['words=["a, b", "c"]']) == {"words": ["a, b", "c"]}
-    assert parse_options(AttentionMask, "attention_mask", ["keys=9", "blocks=1,2", "queries=3"]) == \
-        {"keys": "9", "blocks": [1, 2], "queries": [3]}
-    assert parse_options(AttentionMask, "attention_mask", ["keys=9,@12", "heads=none"]) == {"keys": ["9", 12], "heads": None}
-    assert parse_options(BlockReplacement, "block_replacement", ["blocks=-1", "mode=zero_mlp"]) == \
-        {"blocks": -1, "mode": "zero_mlp"}
+    assert parse_options(AttentionMask, "attention_mask", ["keys=9", "blocks=1,2", "queries=3"]) == {
+        "keys": "9",
+        "blocks": [1, 2],
+        "queries": [3],
+    }
+    assert parse_options(AttentionMask, "attention_mask", ["keys=9,@12", "heads=none"]) == {
+        "keys": ["9", 12],
+        "heads": None,
+    }
+    assert parse_options(BlockReplacement, "block_replacement", ["blocks=-1", "mode=zero_mlp"]) == {
+        "blocks": -1,
+        "mode": "zero_mlp",
+    }
     assert parse_options(BlockReplacement, "block_replacement", ["blocks="]) == {"blocks": []}
     assert parse_options(LogitLens, "logit_lens", ["k=3", "positions=[0, -1]"]) == {"k": 3, "positions": [0, -1]}
     assert set(probe_options(TextProbe)) == {"label", "scale", "loud", "words"}
 
 
-@pytest.mark.parametrize(("option", "message"), [
-    ("blocks=abc", "'abc' is not a whole number"),
-    ("blocks=1.5", "'1.5' is not a whole number"),
-    ("blocks=[1,", "not a JSON list"),
-    ('blocks=["a"]', "is not int"),
-    ("mode", "not key=value"),
-    ("depth=3", "has no option 'depth'"),
-])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("blocks=abc", "'abc' is not a whole number"),
+        ("blocks=1.5", "'1.5' is not a whole number"),
+        ("blocks=[1,", "not a JSON list"),
+        ('blocks=["a"]', "is not int"),
+        ("mode", "not key=value"),
+        ("depth=3", "has no option 'depth'"),
+    ],
+)
 def test_bad_options_name_the_option_and_the_fix(option, message):
     with pytest.raises(ProbeError, match=message):
         parse_options(BlockReplacement, "block_replacement", [option])
@@ -64,32 +83,58 @@ def test_bad_options_name_the_option_and_the_fix(option, message):
 
 def workbench(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "workbench", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 CASES = [
     (LayerError, ["probe", "block_replacement", "--model", "tiny-qwen2", "-o", "blocks=99"], "Block 99 does not exist"),
     (LayerError, ["probe", "block_replacement", "--model", "tiny-qwen2", "-o", "blocks="], "block list is empty"),
-    (LayerError, ["probe", "patch", "--model", "tiny-qwen2", "-o", "site=k", "-o", "heads=2",
-                  "-o", "source=I'm generating a random number between [0, 5]. The number is "], "key/value heads 0–1"),
-    (TokenError, ["probe", "attention_mask", "--model", "tiny-qwen2", "-o", "keys=zebra"], "'zebra' is not in the prompt"),
+    (
+        LayerError,
+        [
+            "probe",
+            "patch",
+            "--model",
+            "tiny-qwen2",
+            "-o",
+            "site=k",
+            "-o",
+            "heads=2",
+            "-o",
+            "source=I'm generating a random number between [0, 5]. The number is ",
+        ],
+        "key/value heads 0–1",
+    ),
+    (
+        TokenError,
+        ["probe", "attention_mask", "--model", "tiny-qwen2", "-o", "keys=zebra"],
+        "'zebra' is not in the prompt",
+    ),
     (TokenError, ["probe", "logit_lens", "--model", "tiny-qwen2", "--readout", "99"], "Readout position 99"),
     (ProbeError, ["probe", "block_replacement", "--model", "tiny-qwen2", "-o", "blocks=abc"], "not a whole number"),
     (ProbeError, ["probe", "logit_lens", "--model", "tiny-qwen2", "-o", "k=100000"], "vocabulary size"),
     (ProbeError, ["probe", "attention_mask", "--model", "tiny-qwen2"], "needs the keys"),
     (SweepError, ["sweep", "patch", "--model", "tiny-qwen2", "--site", "resid"], "Unknown sweep site 'resid'"),
     (SweepError, ["sweep", "intervention", "--model", "tiny-qwen2", "--template", "{oops"], "--template is not JSON"),
-    (InterventionError, ["sweep", "intervention", "--model", "tiny-qwen2", "--template",
-                         '{"site": "resid_pre", "op": "mask"}'], "cannot edit site 'resid_pre'"),
-    (InterventionError, ["probe", "intervention", "--model", "tiny-qwen2", "-o",
-                         'edits=[{"site": "z", "op": {"name": "nudge"}}]'], "Unknown operation 'nudge'"),
+    (
+        InterventionError,
+        ["sweep", "intervention", "--model", "tiny-qwen2", "--template", '{"site": "resid_pre", "op": "mask"}'],
+        "cannot edit site 'resid_pre'",
+    ),
+    (
+        InterventionError,
+        ["probe", "intervention", "--model", "tiny-qwen2", "-o", 'edits=[{"site": "z", "op": {"name": "nudge"}}]'],
+        "Unknown operation 'nudge'",
+    ),
 ]
 
 
 def test_every_error_domain_ends_the_cli_with_one_line():
     with ThreadPoolExecutor(max_workers=3) as pool:
         runs = list(pool.map(lambda case: workbench(*case[1]), CASES))
-    for (error, args, message), done in zip(CASES, runs):
+    for (error, args, message), done in zip(CASES, runs, strict=True):
         assert done.returncode == error.exit_code, (args, done.stderr)
         assert "Traceback" not in done.stderr, args
         lines = [line for line in done.stderr.splitlines() if line.strip()]

@@ -147,7 +147,7 @@ def test_patch_takes_one_source_per_prompt_and_locates_text_per_prompt(tiny_qwen
     """Two prompts, two sources: each row gets its own source's values at "]."."""
     prompts, sources = [PROMPT, OTHER], [SOURCE, SOURCE.replace("5]", "3]")]
     together = edited(tiny_qwen2, [iv.patch("resid_pre", sources, blocks=1, positions="].")], prompts)
-    for i, (prompt, source) in enumerate(zip(prompts, sources)):
+    for i, (prompt, source) in enumerate(zip(prompts, sources, strict=True)):
         alone = edited(tiny_qwen2, [iv.patch("resid_pre", source, blocks=1, positions="].")], prompt)
         torch.testing.assert_close(together[i], alone[0], atol=1e-5, rtol=0)
     with pytest.raises(InterventionError, match="2 source prompts for 1 prompts"):
@@ -192,7 +192,7 @@ def test_templates_give_each_prompt_its_own_positions_keys_and_source(tiny_qwen2
     resolved = resolve(template, tiny_qwen2, prompts, tokens, fields=rows)
     with torch.no_grad(), tiny_qwen2.bridge.hooks(fwd_hooks=compile_hooks([resolved])):
         together = tiny_qwen2.bridge(tokens)
-    for i, (prompt, row) in enumerate(zip(prompts, rows)):
+    for i, (prompt, row) in enumerate(zip(prompts, rows, strict=True)):
         alone = edited(tiny_qwen2, [iv.patch("kv", row["source"], blocks=[0, 1], positions=row["bound"])], prompt)
         torch.testing.assert_close(together[i], alone[0], atol=1e-5, rtol=0)
     masked = resolve(iv.mask_keys("{bound}", blocks=1), tiny_qwen2, prompts, tokens, fields=rows)

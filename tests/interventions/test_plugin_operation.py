@@ -11,16 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from plugin_wheel import install_plugin
 
 from workbench.interventions import Intervention, operations
 from workbench.run import hook_count, run
 from workbench.sweeps import block_sweep, patch_sweep
 
-from plugin_wheel import install_plugin
-
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
-PYPROJECT = '''
+PYPROJECT = """
 [build-system]
 requires = ["setuptools>=61"]
 build-backend = "setuptools.build_meta"
@@ -35,7 +34,7 @@ steer_to_token = "wb_steer:SteerToToken"
 
 [tool.setuptools]
 py-modules = ["wb_steer"]
-'''
+"""
 
 
 def plugin_source() -> str:
@@ -63,16 +62,23 @@ def installed(plugin_site, monkeypatch, request):
 
 
 def steer(blocks=(1,), positions=(-1,), token="9", coefficient=6.0) -> Intervention:
-    data = {"site": "resid_pre", "op": {"name": "steer_to_token", "token": token, "coefficient": coefficient},
-            "blocks": list(blocks)}
+    data = {
+        "site": "resid_pre",
+        "op": {"name": "steer_to_token", "token": token, "coefficient": coefficient},
+        "blocks": list(blocks),
+    }
     if positions is not None:
         data["positions"] = list(positions)
     return Intervention.from_dict(data)
 
 
 def by_hand(model, block, position, token="9", coefficient=6.0, tokens=None):
-    direction = model.bridge.original_model.get_output_embeddings().weight[
-        model.tokenizer.encode(token, add_special_tokens=False)[0]].detach().float()
+    direction = (
+        model.bridge.original_model.get_output_embeddings()
+        .weight[model.tokenizer.encode(token, add_special_tokens=False)[0]]
+        .detach()
+        .float()
+    )
     direction = direction / direction.norm()
 
     def add(resid, hook):
@@ -81,8 +87,9 @@ def by_hand(model, block, position, token="9", coefficient=6.0, tokens=None):
         return resid
 
     with torch.no_grad():
-        return model.bridge.run_with_hooks(model.to_tokens(PROMPT) if tokens is None else tokens,
-                                           fwd_hooks=[(f"blocks.{block}.hook_resid_pre", add)])
+        return model.bridge.run_with_hooks(
+            model.to_tokens(PROMPT) if tokens is None else tokens, fwd_hooks=[(f"blocks.{block}.hook_resid_pre", add)]
+        )
 
 
 def test_the_entry_point_finds_the_operation(installed):
@@ -98,8 +105,12 @@ def test_run_applies_the_plugin_operation(installed, tiny_model):
     nine = result["intervention"]
     assert "steer_to_token" in nine.meta["description"] and nine.meta["edits"][0]["op"]["name"] == "steer_to_token"
     separate = run(tiny_model, PROMPT, [steer(), steer(blocks=(0,), token="5")], separate=True)
-    torch.testing.assert_close(separate.conditions["intervention_1"].logits["intervened"],
-                               by_hand(tiny_model, 0, -1, token="5"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        separate.conditions["intervention_1"].logits["intervened"],
+        by_hand(tiny_model, 0, -1, token="5"),
+        atol=1e-5,
+        rtol=0,
+    )
     assert hook_count(tiny_model) == 0
 
 
@@ -109,8 +120,12 @@ def test_sweeps_run_the_plugin_operation_on_the_fast_engine(installed, tiny_mode
     naive = block_sweep(tiny_model, PROMPT, modes=[template], metric="prob:9", method="naive")
     assert fast.meta["method"] == "fast"
     np.testing.assert_allclose(fast["metric"].numpy(), naive["metric"].numpy(), atol=1e-6, rtol=0)
-    probs = [float(by_hand(tiny_model, b, -1)[0, -1].softmax(-1)[tiny_model.tokenizer.encode("9", add_special_tokens=False)[0]])
-             for b in range(tiny_model.facts.n_layers)]
+    probs = [
+        float(
+            by_hand(tiny_model, b, -1)[0, -1].softmax(-1)[tiny_model.tokenizer.encode("9", add_special_tokens=False)[0]]
+        )
+        for b in range(tiny_model.facts.n_layers)
+    ]
     np.testing.assert_allclose(fast["metric"].numpy()[0], probs, atol=1e-6, rtol=0)
     grid = patch_sweep(tiny_model, PROMPT, operation=template.op, metric="prob:9", method="fast")
     grid_naive = patch_sweep(tiny_model, PROMPT, operation=template.op, metric="prob:9", method="naive")
@@ -130,6 +145,7 @@ def test_generation_and_beam_search_run_the_plugin_operation(installed, tiny_qwe
     plain = beam_search(tiny_qwen2, PROMPT, width=2, max_new_tokens=3)
     assert [b.tokens for b in beams.beams] != [b.tokens for b in plain.beams]
     for beam in beams.beams:
-        assert beam.logprob == pytest.approx(sequence_logprob(tiny_qwen2, PROMPT, beam.tokens, interventions=[everywhere]),
-                                             abs=1e-3)
+        assert beam.logprob == pytest.approx(
+            sequence_logprob(tiny_qwen2, PROMPT, beam.tokens, interventions=[everywhere]), abs=1e-3
+        )
     assert hook_count(tiny_qwen2) == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench import interventions as iv
 from workbench.errors import ProbeError
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens, Probe
 from workbench.run import hook_count, run
@@ -18,8 +17,11 @@ TOL = dict(atol=1e-5, rtol=0)
 
 
 def three():
-    return [BlockReplacement(blocks=1), AttentionMask(keys=" [", blocks=[1, 2]),
-            ActivationPatch(source=SOURCE, site="kv", blocks=[0, 1])]
+    return [
+        BlockReplacement(blocks=1),
+        AttentionMask(keys=" [", blocks=[1, 2]),
+        ActivationPatch(source=SOURCE, site="kv", blocks=[0, 1]),
+    ]
 
 
 @pytest.mark.parametrize("prompts", [PROMPT, [PROMPT, OTHER]], ids=["one prompt", "a batch"])
@@ -28,7 +30,9 @@ def test_separate_equals_each_intervention_alone(tiny_model, prompts):
     together = run(tiny_model, prompts, [*three(), *observers], separate=True, targets=["0", "5", "9"])
     assert sorted(together.conditions) == ["attention_mask", "block_replacement", "patch"]
     for probe in three():
-        alone = run(tiny_model, prompts, [probe, LogitLens(k=3), AttentionCapture(blocks=[0, 2])], targets=["0", "5", "9"])
+        alone = run(
+            tiny_model, prompts, [probe, LogitLens(k=3), AttentionCapture(blocks=[0, 2])], targets=["0", "5", "9"]
+        )
         name = probe.name
         mine = together.conditions[name]
         torch.testing.assert_close(mine.logits["intervened"], alone.logits["intervened"], **TOL)
@@ -37,11 +41,15 @@ def test_separate_equals_each_intervention_alone(tiny_model, prompts):
             torch.testing.assert_close(together[name][array].values, alone[name][array].values, **TOL)
         for observer, array in (("logit_lens", "top_probs"), ("attention", "pattern")):
             torch.testing.assert_close(mine[observer][array].values, alone[observer][array].values, **TOL)
-            torch.testing.assert_close(mine[observer].baseline[array].values, alone[observer].baseline[array].values, **TOL)
+            torch.testing.assert_close(
+                mine[observer].baseline[array].values, alone[observer].baseline[array].values, **TOL
+            )
         assert together[name].meta["description"] == alone[name].meta["description"]
     # The top level holds each intervention's result and the observers' clean results.
     clean = run(tiny_model, prompts, observers, targets=["0", "5", "9"])
-    torch.testing.assert_close(together["logit_lens"]["top_probs"].values, clean["logit_lens"]["top_probs"].values, **TOL)
+    torch.testing.assert_close(
+        together["logit_lens"]["top_probs"].values, clean["logit_lens"]["top_probs"].values, **TOL
+    )
     assert hook_count(tiny_model) == 0
 
 
@@ -80,9 +88,18 @@ def test_separate_refuses_edits_made_through_raw_hooks(tiny_qwen2):
 def test_core_probes_work_on_a_prompt_without_digits(tiny_model):
     """Nothing in the core probes assumes the random-number prompt: no digit, no "9", named options."""
     prompt, source = "The quick brown fox jumps over the lazy dog.", "The quick brown dog jumps over the lazy fox."
-    out = run(tiny_model, prompt, [LogitLens(k=3), AttentionCapture(), BlockReplacement(blocks=1),
-                                   AttentionMask(keys=" fox", blocks=[1, 2]), ActivationPatch(source=source)],
-              separate=True)
+    out = run(
+        tiny_model,
+        prompt,
+        [
+            LogitLens(k=3),
+            AttentionCapture(),
+            BlockReplacement(blocks=1),
+            AttentionMask(keys=" fox", blocks=[1, 2]),
+            ActivationPatch(source=source),
+        ],
+        separate=True,
+    )
     lens = out["logit_lens"]
     assert lens["target_probs"].coords["target"] == out.context.target_labels  # the clean run's top tokens
     assert len(out.context.target_labels) == 10

@@ -11,9 +11,74 @@ from workbench.lenses import corpus_from_text, fit_lens
 from workbench.run import hook_count
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
-WORDS = ("the of and to in is was for on that with as by at from his her it an are were this which be or had not "
-         "but have one all their they there been has new more two also who when would after first into other time "
-         "only its can about over these may some out than most number random between seven nine three five").split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "his",
+    "her",
+    "it",
+    "an",
+    "are",
+    "were",
+    "this",
+    "which",
+    "be",
+    "or",
+    "had",
+    "not",
+    "but",
+    "have",
+    "one",
+    "all",
+    "their",
+    "they",
+    "there",
+    "been",
+    "has",
+    "new",
+    "more",
+    "two",
+    "also",
+    "who",
+    "when",
+    "would",
+    "after",
+    "first",
+    "into",
+    "other",
+    "time",
+    "only",
+    "its",
+    "can",
+    "about",
+    "over",
+    "these",
+    "may",
+    "some",
+    "out",
+    "than",
+    "most",
+    "number",
+    "random",
+    "between",
+    "seven",
+    "nine",
+    "three",
+    "five",
+]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
@@ -57,11 +122,13 @@ def tiny_linear(tiny_corpus):
 @pytest.fixture(autouse=True)
 def model_left_clean(request):
     """Every test leaves its models without hooks and with their parameters' requires_grad as before."""
-    models = [request.getfixturevalue(name) for name in ("tiny_model", "tiny_qwen2", "tiny_llama", "smollm2")
-              if name in request.fixturenames]
+    models = [
+        request.getfixturevalue(name)
+        for name in ("tiny_model", "tiny_qwen2", "tiny_llama", "smollm2")
+        if name in request.fixturenames
+    ]
     before = [[p.requires_grad for p in m.bridge.parameters()] for m in models]
     yield
-    for model, flags in zip(models, before):
+    for model, flags in zip(models, before, strict=True):
         assert hook_count(model) == 0, f"hooks left on {model.facts.name} after {request.node.name}"
         assert [p.requires_grad for p in model.bridge.parameters()] == flags, "requires_grad changed"
-

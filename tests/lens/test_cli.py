@@ -19,8 +19,22 @@ def run(argv, capsys):
 
 def test_fit_info_compare(tmp_path, words_file, capsys):
     lens_path = tmp_path / "tiny.lens"
-    code, out, err = run(["lens", "fit", "--model", "tiny-llama", "--out", str(lens_path), "--corpus", str(words_file),
-                          "--tokens", "2048", "--json"], capsys)
+    code, out, err = run(
+        [
+            "lens",
+            "fit",
+            "--model",
+            "tiny-llama",
+            "--out",
+            str(lens_path),
+            "--corpus",
+            str(words_file),
+            "--tokens",
+            "2048",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     header = json.loads(out)
     assert header["method"] == "linear" and header["model"]["spec"] == "tiny-llama"
@@ -33,7 +47,9 @@ def test_fit_info_compare(tmp_path, words_file, capsys):
     assert code == 0 and "after block 1" in out and "linear lens KL" in out
 
     figure = tmp_path / "comparison.html"
-    code, out, err = run(["lens", "compare", str(lens_path), "--model", "tiny-llama", "--out", str(figure), "--json"], capsys)
+    code, out, err = run(
+        ["lens", "compare", str(lens_path), "--model", "tiny-llama", "--out", str(figure), "--json"], capsys
+    )
     assert code == 0, err
     data = json.loads(out)
     assert data["layers"][0] == "embeddings" and set(data["kl"]) == {"logit lens", "linear lens"}
@@ -49,8 +65,22 @@ def test_fit_info_compare(tmp_path, words_file, capsys):
     assert notes.read_text() == "<p>mine</p>"
 
     # Refitting over its own lens file is allowed; a lens for another model is refused in one line.
-    code, _, err = run(["lens", "fit", "--model", "tiny-llama", "--out", str(lens_path), "--corpus", str(words_file),
-                        "--tokens", "2048", "--json"], capsys)
+    code, _, err = run(
+        [
+            "lens",
+            "fit",
+            "--model",
+            "tiny-llama",
+            "--out",
+            str(lens_path),
+            "--corpus",
+            str(words_file),
+            "--tokens",
+            "2048",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     code, _, err = run(["lens", "compare", str(lens_path), "--model", "tiny-qwen2"], capsys)
     assert code == 16 and "fitted on tiny-llama" in err and err.count("\n") == 1 and "Traceback" not in err
@@ -61,11 +91,26 @@ def test_fit_refuses_before_any_work(tmp_path, words_file, capsys):
     precious.write_text("keep me")
     code, _, err = run(["lens", "fit", "--model", "no-such-model", "--out", str(precious)], capsys)
     assert code == 16 and "never overwritten" in err and precious.read_text() == "keep me"
-    code, _, err = run(["lens", "fit", "--model", "no-such-model", "--out", str(tmp_path / "a.lens"),
-                        "--corpus", str(tmp_path / "missing.txt")], capsys)
+    code, _, err = run(
+        [
+            "lens",
+            "fit",
+            "--model",
+            "no-such-model",
+            "--out",
+            str(tmp_path / "a.lens"),
+            "--corpus",
+            str(tmp_path / "missing.txt"),
+        ],
+        capsys,
+    )
     assert code == 16 and "No corpus file" in err
-    code, _, err = run(["lens", "fit", "--model", "tiny-llama", "--out", str(tmp_path / "a.lens"), "--method", "exact"], capsys)
+    code, _, err = run(
+        ["lens", "fit", "--model", "tiny-llama", "--out", str(tmp_path / "a.lens"), "--method", "exact"], capsys
+    )
     assert code == 16 and "linear or tuned" in err
-    code, _, err = run(["lens", "fit", "--model", "tiny-llama", "--out", str(tmp_path), "--corpus", str(words_file)], capsys)
+    code, _, err = run(
+        ["lens", "fit", "--model", "tiny-llama", "--out", str(tmp_path), "--corpus", str(words_file)], capsys
+    )
     assert code == 16 and "is a folder" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

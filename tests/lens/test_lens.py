@@ -39,7 +39,11 @@ def test_zero_lens_is_the_logit_lens(tiny_model):
 
 def test_zero_lens_is_the_logit_lens_under_an_intervention(tiny_qwen2):
     patch = ActivationPatch(source=PROMPT.replace("9]", "5]"), site="resid_pre", blocks=[1])
-    out = run(tiny_qwen2, PROMPT, [LogitLens(positions=[-1]), TunedLens(lens=Lens.identity(tiny_qwen2), positions=[-1]), patch])
+    out = run(
+        tiny_qwen2,
+        PROMPT,
+        [LogitLens(positions=[-1]), TunedLens(lens=Lens.identity(tiny_qwen2), positions=[-1]), patch],
+    )
     assert_same_arrays(out["logit_lens"], out["tuned_lens"])
     assert_same_arrays(out["logit_lens"].baseline, out["tuned_lens"].baseline)
 
@@ -91,7 +95,9 @@ def test_closed_form_equals_a_direct_least_squares_solve(tiny_qwen2, tiny_corpus
         n, d = x.shape
         lam = lens.header["ridge"]["alpha"][layer] * np.trace(np.cov(x.T, bias=True)) / d
         # rows [x, 1] Θ ≈ y − x, plus sqrt(n λ)·[I, 0] Θ ≈ 0 (the ridge on A only, towards the identity).
-        design = np.vstack([np.hstack([x, np.ones((n, 1))]), np.sqrt(n * lam) * np.hstack([np.eye(d), np.zeros((d, 1))])])
+        design = np.vstack(
+            [np.hstack([x, np.ones((n, 1))]), np.sqrt(n * lam) * np.hstack([np.eye(d), np.zeros((d, 1))])]
+        )
         target = np.vstack([y - x, np.zeros((d, d))])
         theta = scipy.linalg.lstsq(design, target)[0]
         np.testing.assert_allclose(lens.weight[layer].double().numpy(), theta[:d].T, rtol=1e-3, atol=1e-5)

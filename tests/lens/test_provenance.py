@@ -51,5 +51,8 @@ def test_gguf_models_are_fingerprinted_by_their_file(smollm2):
 
     fingerprint = model_fingerprint(smollm2)
     path = smollm2_gguf_path()
-    assert fingerprint == {"kind": "file", "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                           "source": f"gguf:{path}"}
+    assert fingerprint == {
+        "kind": "file",
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "source": f"gguf:{path}",
+    }

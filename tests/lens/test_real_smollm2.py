@@ -45,7 +45,9 @@ def test_study_prompt_through_the_fitted_lens(smollm2, smollm2_lens, tiny_qwen2,
     assert kl["logit lens"][-1] == pytest.approx(0, abs=1e-4) and kl["linear lens"][-1] == pytest.approx(0, abs=1e-4)
     assert kl["linear lens"].mean() < kl["logit lens"].mean()
     first = comparison.first_in_top_k()
-    assert set(first) == {"logit lens", "linear lens"} and all(v is None or v in comparison.layers for v in first.values())
+    assert set(first) == {"logit lens", "linear lens"} and all(
+        v is None or v in comparison.layers for v in first.values()
+    )
     assert "first in the top-10" in comparison.sentence()
     assert result.figure("comparison").layout.title.text.startswith("Logit lens vs linear lens")
     with pytest.raises(LensError, match="fitted on SmolLM2"):

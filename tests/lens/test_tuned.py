@@ -24,10 +24,12 @@ def stop_at(step: int):
 
 
 def test_tuned_training_lowers_the_heldout_kl_of_its_linear_start(tiny_qwen2, tiny_corpus):
-    lens = fit_lens(tiny_qwen2, tiny_corpus(tiny_qwen2), method="tuned", tuned=TunedSettings(steps=20, tokens_per_step=256))
+    lens = fit_lens(
+        tiny_qwen2, tiny_corpus(tiny_qwen2), method="tuned", tuned=TunedSettings(steps=20, tokens_per_step=256)
+    )
     linear, tuned = lens.header["linear_heldout_kl"], lens.header["heldout_kl"]["lens"]
     assert sum(tuned) < sum(linear)
-    assert all(t <= lin + 1e-3 for t, lin in zip(tuned, linear))
+    assert all(t <= lin + 1e-3 for t, lin in zip(tuned, linear, strict=True))
     assert lens.header["tuned"]["improved"] is True
     train = lens.header["tuned"]["train_kl"]
     assert len(train) == 20 and all(0 < kl < 10 for kl in train)  # per-batch KL: noisy, so only sane
@@ -45,8 +47,14 @@ def test_resume_equals_an_uninterrupted_run(tiny_llama, tiny_corpus, tmp_path):
     with pytest.raises(LensError, match="checkpoint already exists"):
         fit_lens(tiny_llama, corpus, method="tuned", tuned=SETTINGS, out=out)
     with pytest.raises(LensError, match="other settings"):
-        fit_lens(tiny_llama, None, method="tuned", tuned=TunedSettings(steps=7, tokens_per_step=128,
-                                                                        checkpoint_every=2), out=out, resume=True)
+        fit_lens(
+            tiny_llama,
+            None,
+            method="tuned",
+            tuned=TunedSettings(steps=7, tokens_per_step=128, checkpoint_every=2),
+            out=out,
+            resume=True,
+        )
     resumed = fit_lens(tiny_llama, None, method="tuned", tuned=SETTINGS, out=out, resume=True)
     assert torch.equal(resumed.weight, whole.weight) and torch.equal(resumed.bias, whole.bias)
     assert resumed.header["tuned"]["train_kl"] == whole.header["tuned"]["train_kl"]

@@ -57,8 +57,9 @@ def test_group_means_and_sink_share(tiny_model, hf_twins):
     per_group = n_heads // n_kv
     for group in range(n_kv):
         members = list(range(group * per_group, (group + 1) * per_group))  # HF's repeat_kv layout
-        torch.testing.assert_close(result["group_mean"].sel(group=group).values, attn[:, :, members].mean(2),
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            result["group_mean"].sel(group=group).values, attn[:, :, members].mean(2), atol=1e-6, rtol=0
+        )
         assert all(result.meta["head_to_group"][h] == group for h in members)
     sink = torch.stack([attn[..., q, 0] for q in range(1, attn.shape[-2])], -1).mean(-1)
     torch.testing.assert_close(result["sink_share"].values, sink, atol=1e-6, rtol=0)
@@ -87,9 +88,9 @@ def test_display_options(tiny_qwen2):
     rows = np.nansum(shown[:, 1:], axis=-1)
     np.testing.assert_allclose(rows, 1.0, atol=1e-6)
     for q in range(1, n):
-        visible = raw[:, q, 1:q + 1]
-        np.testing.assert_allclose(shown[:, q, 1:q + 1], visible / visible.sum(-1, keepdims=True), atol=1e-6)
-        assert np.isnan(shown[:, q, q + 1:]).all()
+        visible = raw[:, q, 1 : q + 1]
+        np.testing.assert_allclose(shown[:, q, 1 : q + 1], visible / visible.sum(-1, keepdims=True), atol=1e-6)
+        assert np.isnan(shown[:, q, q + 1 :]).all()
     no_diag = display_pattern(raw, hide_diagonal=True)
     assert np.isnan(no_diag[:, np.arange(n), np.arange(n)]).all()
     off = ~np.eye(n, dtype=bool)

@@ -12,7 +12,6 @@ from workbench.run import run
 from .helpers import NINE_POSITION, PROMPT
 
 
-
 def manual_mask_logits(model, blocks, key, heads=None, queries=None):
     """The edit written by hand: −∞ on the scores toward ``key`` with a direct ``run_with_hooks``."""
     heads = list(range(model.facts.n_heads)) if heads is None else heads
@@ -47,13 +46,14 @@ def check_mask(model, probe, blocks, key, heads=None):
     # p'(q, k) = p(q, k) / (1 − p(q, key)) for every other key.
     first = blocks[0]
     p = clean[first][heads]
-    expected = p / (1 - p[..., key:key + 1])
+    expected = p / (1 - p[..., key : key + 1])
     expected[..., key] = 0
     torch.testing.assert_close(edited[first][heads], expected, atol=1e-5, rtol=1e-5)
     if others:
         assert torch.equal(edited[first][others], clean[first][others])
-    torch.testing.assert_close(result.logits["intervened"], manual_mask_logits(model, blocks, key, heads),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        result.logits["intervened"], manual_mask_logits(model, blocks, key, heads), atol=1e-5, rtol=1e-5
+    )
     grid = masked["masked"].values
     assert grid.sum() == len(blocks) and all(grid[b, key] == 1 for b in blocks)
     return result
@@ -64,7 +64,9 @@ def test_keys_are_required_and_blocks_default_to_every_block(tiny_model):
     with pytest.raises(ProbeError, match="needs the keys"):
         run(tiny_model, PROMPT, AttentionMask())
     name = tiny_model.facts.name
-    result = check_mask(tiny_model, AttentionMask(keys="9"), list(range(tiny_model.facts.n_layers)), NINE_POSITION[name])
+    result = check_mask(
+        tiny_model, AttentionMask(keys="9"), list(range(tiny_model.facts.n_layers)), NINE_POSITION[name]
+    )
     assert not torch.equal(result.logits["intervened"], result.logits["clean"])
 
 
@@ -102,7 +104,9 @@ def test_first_token_for_every_query_is_refused(tiny_model):
 def test_first_token_from_query_one_on(tiny_model):
     n = len(tiny_model.str_tokens(PROMPT))
     blocks = [0, tiny_model.facts.n_layers - 1]
-    result = run(tiny_model, PROMPT, [AttentionCapture(), AttentionMask(keys=[0], blocks=blocks, queries=range(1, n))])
+    result = run(
+        tiny_model, PROMPT, [AttentionCapture(), AttentionMask(keys=[0], blocks=blocks, queries=list(range(1, n)))]
+    )
     edited, clean = result["attention"]["pattern"].values[0], result["attention"].baseline["pattern"].values[0]
     for b in blocks:
         assert (edited[b][:, 1:, 0] == 0).all()
@@ -134,5 +138,9 @@ def test_key_position_out_of_range_raises(tiny_qwen2):
 
 @pytest.mark.real
 def test_smollm2_mask_nine_from_block_13(smollm2):
-    check_mask(smollm2, AttentionMask(keys="9", blocks=list(range(13, 30))), list(range(13, 30)),
-               NINE_POSITION["SmolLM2-135M-Instruct"])
+    check_mask(
+        smollm2,
+        AttentionMask(keys="9", blocks=list(range(13, 30))),
+        list(range(13, 30)),
+        NINE_POSITION["SmolLM2-135M-Instruct"],
+    )

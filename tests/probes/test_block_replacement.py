@@ -43,8 +43,9 @@ def check_identity(model, hf, block, probe=None):
     result = observed["block_replacement"]
     probs = expected[0, -1].float().softmax(-1)
     digits = [model.tokenizer.encode(str(d), add_special_tokens=False)[0] for d in range(10)]
-    torch.testing.assert_close(result["target_probs"].sel(phase="intervened", prompt=0).values, probs[digits],
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        result["target_probs"].sel(phase="intervened", prompt=0).values, probs[digits], atol=1e-6, rtol=0
+    )
     assert result["replaced"].values.tolist() == [float(b == block) for b in range(model.facts.n_layers)]
     return result
 
@@ -108,7 +109,9 @@ def test_distribution_arrays_are_consistent(tiny_qwen2):
     clean, edited = result.probs("clean")[0], result.probs("intervened")[0]
     kl = (clean * (clean.log() - edited.log())).sum()
     assert float(probe["kl"].values[0]) == pytest.approx(float(kl), abs=1e-6)
-    assert float(probe["total_variation"].values[0]) == pytest.approx(float(0.5 * (clean - edited).abs().sum()), abs=1e-6)
+    assert float(probe["total_variation"].values[0]) == pytest.approx(
+        float(0.5 * (clean - edited).abs().sum()), abs=1e-6
+    )
     top = edited.topk(10)
     torch.testing.assert_close(probe["top_probs"].sel(phase="intervened", prompt=0).values, top.values)
     assert [t for t, _ in probe.top_k("intervened")] == [tiny_qwen2.tokenizer.decode([int(i)]) for i in top.indices]

@@ -24,8 +24,9 @@ def check_final_equals_output(model, result):
     torch.testing.assert_close(lensed, own, atol=1e-5, rtol=0)
     last, final = f"after block {n - 1}", "final"
     for array in ("top_probs", "target_probs"):
-        torch.testing.assert_close(result[array].sel(layer=last).values, result[array].sel(layer=final).values,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            result[array].sel(layer=last).values, result[array].sel(layer=final).values, atol=1e-5, rtol=0
+        )
     assert (result["top_tokens"].sel(layer=last).numpy() == result["top_tokens"].sel(layer=final).numpy()).all()
     assert result["kl_to_final"].sel(layer=last).values.abs().max() <= 1e-5
     own_top = own.topk(result.meta["k"], dim=-1)
@@ -49,8 +50,9 @@ def check_against_hf(model, hf, result, layers=None):
         ours = result["top_tokens"].sel(layer=labels[row]).numpy().tolist()
         assert ours == decoded, labels[row]
         targets = torch.tensor([model.tokenizer.encode(str(d), add_special_tokens=False)[0] for d in range(10)])
-        torch.testing.assert_close(result["target_probs"].sel(layer=labels[row]).values, probs[..., targets],
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            result["target_probs"].sel(layer=labels[row]).values, probs[..., targets], atol=1e-5, rtol=0
+        )
         # Rank: how many tokens have a larger logit, counted by sorting instead of comparing.
         order = torch.sort(logits, dim=-1, descending=True, stable=True).indices
         ranks = order.argsort(-1)[..., targets]

@@ -113,8 +113,9 @@ def test_site_matches_plain_hf(tiny_model, hf_twins, site):
     blocks, nine = [0, n - 1], NINE_POSITION[name]
     result = run(tiny_model, PROMPT, ActivationPatch(source=SOURCE, site=site, blocks=blocks))
     assert result["patch"].meta["positions"] == [nine]
-    expected = hf_patched_logits(hf_twins(tiny_model), tiny_model.to_tokens(PROMPT), tiny_model.to_tokens(SOURCE),
-                                 site, blocks, [nine])
+    expected = hf_patched_logits(
+        hf_twins(tiny_model), tiny_model.to_tokens(PROMPT), tiny_model.to_tokens(SOURCE), site, blocks, [nine]
+    )
     torch.testing.assert_close(result.logits["intervened"], expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(result.logits["intervened"], result.logits["clean"], atol=1e-4)
 
@@ -124,8 +125,15 @@ def test_per_head_patch_matches_plain_hf(tiny_model, hf_twins, site, heads):
     nine = NINE_POSITION[tiny_model.facts.name]
     result = run(tiny_model, PROMPT, ActivationPatch(source=SOURCE, site=site, blocks=[0, 1], heads=heads))
     assert result["patch"].meta["heads"] == heads
-    expected = hf_patched_logits(hf_twins(tiny_model), tiny_model.to_tokens(PROMPT), tiny_model.to_tokens(SOURCE),
-                                 site, [0, 1], [nine], heads=heads)
+    expected = hf_patched_logits(
+        hf_twins(tiny_model),
+        tiny_model.to_tokens(PROMPT),
+        tiny_model.to_tokens(SOURCE),
+        site,
+        [0, 1],
+        [nine],
+        heads=heads,
+    )
     torch.testing.assert_close(result.logits["intervened"], expected, atol=1e-5, rtol=1e-5)
     everything = run(tiny_model, PROMPT, ActivationPatch(source=SOURCE, site=site, blocks=[0, 1]))
     assert not torch.allclose(result.logits["intervened"], everything.logits["intervened"], atol=1e-6)
@@ -208,8 +216,9 @@ def test_smollm2_study_patch_and_self_patch(smollm2, hf_twins):
     nine = NINE_POSITION["SmolLM2-135M-Instruct"]
     result = run(smollm2, PROMPT, ActivationPatch(source=SOURCE, blocks=[6, 14]))
     assert result["patch"].meta["blocks"] == [6, 14] and result["patch"].meta["positions"] == [nine]
-    expected = hf_patched_logits(hf_twins(smollm2), smollm2.to_tokens(PROMPT), smollm2.to_tokens(SOURCE),
-                                 "kv", [6, 14], [nine])
+    expected = hf_patched_logits(
+        hf_twins(smollm2), smollm2.to_tokens(PROMPT), smollm2.to_tokens(SOURCE), "kv", [6, 14], [nine]
+    )
     torch.testing.assert_close(result.logits["intervened"], expected, atol=1e-4, rtol=1e-4)
     # Every site patched from the prompt itself, all composed in one pass: still bit-identical.
     blocks = [0, 6, 14, 21, 29]

@@ -12,13 +12,12 @@ from typing import ClassVar
 
 import pytest
 import torch
+from plugin_wheel import install_plugin
 
 from workbench.errors import ProbeError
 from workbench.probes import Probe, available_probes, get_probe, register_probe, registry
 from workbench.results import Named, Result
 from workbench.run import run
-
-from plugin_wheel import install_plugin
 
 from .helpers import PROMPT
 
@@ -41,7 +40,10 @@ class ResidNorm(Probe):
         def save(resid, hook, block):
             ctx.save(f"block {block}", resid.norm(dim=-1))
 
-        return [(f"blocks.{b}.hook_resid_post", lambda resid, hook, b=b: save(resid, hook, b)) for b in range(ctx.facts.n_layers)]
+        return [
+            (f"blocks.{b}.hook_resid_post", lambda resid, hook, b=b: save(resid, hook, b))
+            for b in range(ctx.facts.n_layers)
+        ]
 
     def result(self, record):
         import torch
@@ -53,7 +55,7 @@ class ResidNorm(Probe):
                       arrays={"norm": array})
 '''
 
-PYPROJECT = '''
+PYPROJECT = """
 [build-system]
 requires = ["setuptools>=61"]
 build-backend = "setuptools.build_meta"
@@ -69,7 +71,7 @@ broken_plugin = "wb_resid_norm:DoesNotExist"
 
 [tool.setuptools]
 py-modules = ["wb_resid_norm"]
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +148,13 @@ def test_register_probe_decorator(clean_registry, tiny_llama):
         def result(self, record):
             ctx = record.context
             norm = record.saved[record.last_phase]["resid"]
-            return Result(probe=self.name, model=ctx.facts.name, prompts=ctx.prompts, tokens=ctx.str_tokens,
-                          arrays={"norm": Named(norm, ("prompt", "position"))})
+            return Result(
+                probe=self.name,
+                model=ctx.facts.name,
+                prompts=ctx.prompts,
+                tokens=ctx.str_tokens,
+                arrays={"norm": Named(norm, ("prompt", "position"))},
+            )
 
     assert get_probe("final_norm") is FinalNorm and available_probes()["final_norm"] is FinalNorm
     result = run(tiny_llama, PROMPT, get_probe("final_norm")())["final_norm"]

@@ -26,9 +26,18 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def study(tiny_qwen2):
     """Every built-in probe in one run on the study prompt (observers then carry a clean baseline)."""
-    return run(tiny_qwen2, PROMPT, [LogitLens(k=3), AttentionCapture(blocks=[0, 2]), BlockReplacement(blocks=3),
-                                    AttentionMask(keys="9", blocks=[2, 3]), ActivationPatch(source=SOURCE, blocks=[1, 2])],
-               targets=DIGITS)
+    return run(
+        tiny_qwen2,
+        PROMPT,
+        [
+            LogitLens(k=3),
+            AttentionCapture(blocks=[0, 2]),
+            BlockReplacement(blocks=3),
+            AttentionMask(keys="9", blocks=[2, 3]),
+            ActivationPatch(source=SOURCE, blocks=[1, 2]),
+        ],
+        targets=DIGITS,
+    )
 
 
 def png_size(path) -> tuple[int, int]:
@@ -41,8 +50,11 @@ def png_size(path) -> tuple[int, int]:
 
 
 def test_named_selects_by_label_or_position():
-    array = Named(torch.arange(24.0).reshape(2, 3, 4), ("prompt", "layer", "key"),
-                  {"layer": ["embeddings", "after block 0", "final"]})
+    array = Named(
+        torch.arange(24.0).reshape(2, 3, 4),
+        ("prompt", "layer", "key"),
+        {"layer": ["embeddings", "after block 0", "final"]},
+    )
     assert array.coords["prompt"] == [0, 1] and array.coords["key"] == [0, 1, 2, 3]
     assert array.sel(layer="final").dims == ("prompt", "key")
     assert torch.equal(array.sel(layer="final", prompt=1).values, torch.tensor([20.0, 21, 22, 23]))
@@ -66,13 +78,20 @@ def test_named_checks_dims_and_labels():
 
 
 def test_named_to_dataframe_is_long_format():
-    array = Named(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), ("layer", "key"),
-                  {"layer": ["a", "b"], "key": ["x", "y", "x"]})
+    array = Named(
+        torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
+        ("layer", "key"),
+        {"layer": ["a", "b"], "key": ["x", "y", "x"]},
+    )
     frame = array.to_dataframe("p")
     assert list(frame.columns) == ["layer", "key", "p"]
     assert frame.to_dict("records") == [
-        {"layer": "a", "key": "x", "p": 1.0}, {"layer": "a", "key": "y", "p": 2.0}, {"layer": "a", "key": "x", "p": 3.0},
-        {"layer": "b", "key": "x", "p": 4.0}, {"layer": "b", "key": "y", "p": 5.0}, {"layer": "b", "key": "x", "p": 6.0},
+        {"layer": "a", "key": "x", "p": 1.0},
+        {"layer": "a", "key": "y", "p": 2.0},
+        {"layer": "a", "key": "x", "p": 3.0},
+        {"layer": "b", "key": "x", "p": 4.0},
+        {"layer": "b", "key": "y", "p": 5.0},
+        {"layer": "b", "key": "x", "p": 6.0},
     ]
 
 

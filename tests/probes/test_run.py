@@ -54,14 +54,21 @@ def test_observers_see_the_intervention_and_keep_a_baseline(tiny_model):
     lens, alone = result["logit_lens"], run(tiny_model, PROMPT, LogitLens(k=3))["logit_lens"]
     assert torch.equal(lens.baseline["top_probs"].values, alone["top_probs"].values)
     # The last block is the identity: its output row is the row before, and the output is that row's lens.
-    assert torch.equal(lens["top_probs"].sel(layer=f"after block {last}").values,
-                       lens["top_probs"].sel(layer=f"after block {last - 1}").values)
-    torch.testing.assert_close(lens["top_probs"].sel(layer="final").values,
-                               lens["top_probs"].sel(layer=f"after block {last - 1}").values, atol=1e-6, rtol=0)
+    assert torch.equal(
+        lens["top_probs"].sel(layer=f"after block {last}").values,
+        lens["top_probs"].sel(layer=f"after block {last - 1}").values,
+    )
+    torch.testing.assert_close(
+        lens["top_probs"].sel(layer="final").values,
+        lens["top_probs"].sel(layer=f"after block {last - 1}").values,
+        atol=1e-6,
+        rtol=0,
+    )
     replaced = result["block_replacement"]
     assert torch.equal(replaced["top_probs"].sel(phase="intervened").values, result.probs("intervened").topk(10).values)
     assert float(replaced["top_probs"].sel(phase="intervened", prompt=0, rank=0).values) == pytest.approx(
-        float(lens["top_probs"].sel(prompt=0, layer="final", position=-1, rank=0).values), abs=1e-6)
+        float(lens["top_probs"].sel(prompt=0, layer="final", position=-1, rank=0).values), abs=1e-6
+    )
     # Attention before the replaced block is untouched; the clean pass equals a plain forward.
     assert torch.equal(result["attention"]["pattern"].values, result["attention"].baseline["pattern"].values)
     assert torch.equal(result.logits["clean"], logits_of(tiny_model))
@@ -117,23 +124,39 @@ def test_errors_before_the_pass_leave_no_hook_behind(tiny_model):
 def test_every_probe_together_leaves_the_model_clean(tiny_model):
     before = logits_of(tiny_model)
     n = tiny_model.facts.n_layers
-    run(tiny_model, PROMPT, [Observe(resid_points(n)), LogitLens(), AttentionCapture(), BlockReplacement(blocks=n - 1),
-                             AttentionMask(keys="9"), ActivationPatch(source=SOURCE, site="resid_mid")])
+    run(
+        tiny_model,
+        PROMPT,
+        [
+            Observe(resid_points(n)),
+            LogitLens(),
+            AttentionCapture(),
+            BlockReplacement(blocks=n - 1),
+            AttentionMask(keys="9"),
+            ActivationPatch(source=SOURCE, site="resid_mid"),
+        ],
+    )
     assert hook_count(tiny_model) == 0
     assert torch.equal(logits_of(tiny_model), before)
 
 
 def test_batch_equals_each_prompt_alone(tiny_model):
-    probes = lambda: [LogitLens(k=4), AttentionCapture(), BlockReplacement(blocks=0),  # noqa: E731
-                      AttentionMask(keys=" [", blocks=[1])]
+    def probes():
+        return [LogitLens(k=4), AttentionCapture(), BlockReplacement(blocks=0), AttentionMask(keys=" [", blocks=[1])]
+
     batch = run(tiny_model, [PROMPT, OTHER], probes(), targets=DIGITS)
     for i, prompt in enumerate([PROMPT, OTHER]):
         alone = run(tiny_model, prompt, probes(), targets=DIGITS)
         torch.testing.assert_close(batch.logits["intervened"][i], alone.logits["intervened"][0], atol=1e-5, rtol=0)
         torch.testing.assert_close(batch.logits["clean"][i], alone.logits["clean"][0], atol=1e-5, rtol=0)
-        for name, array in [("logit_lens", "top_probs"), ("logit_lens", "target_probs"), ("attention", "pattern"),
-                            ("attention", "sink_share"), ("block_replacement", "target_probs"),
-                            ("attention_mask", "target_probs")]:
+        for name, array in [
+            ("logit_lens", "top_probs"),
+            ("logit_lens", "target_probs"),
+            ("attention", "pattern"),
+            ("attention", "sink_share"),
+            ("block_replacement", "target_probs"),
+            ("attention_mask", "target_probs"),
+        ]:
             ours, theirs = batch[name][array], alone[name][array]
             axis = ours.dims.index("prompt")
             torch.testing.assert_close(ours.values.select(axis, i), theirs.values.select(axis, 0), atol=1e-5, rtol=0)
@@ -157,7 +180,9 @@ def test_readout_targets_and_errors(tiny_qwen2):
     assert result.context.readout == 3
     probs = logits_of(tiny_qwen2)[0, 3].softmax(-1)
     ids = [tiny_qwen2.tokenizer.encode(t, add_special_tokens=False)[0] for t in ("0", " number")]
-    assert result.target_probs() == pytest.approx({"0": float(probs[ids[0]]), " number": float(probs[ids[1]])}, abs=1e-7)
+    assert result.target_probs() == pytest.approx(
+        {"0": float(probs[ids[0]]), " number": float(probs[ids[1]])}, abs=1e-7
+    )
     assert result["logit_lens"]["target_probs"].coords["target"] == ["0", " number"]
     with pytest.raises(TokenError, match="Readout position"):
         run(tiny_qwen2, PROMPT, LogitLens(), readout=40)
@@ -173,6 +198,10 @@ def test_readout_targets_and_errors(tiny_qwen2):
 def test_smollm2_raising_hook_leaves_the_model_clean(smollm2):
     before = logits_of(smollm2)
     with pytest.raises(RuntimeError, match="boom from a hook"):
-        run(smollm2, PROMPT, [AttentionCapture(blocks=[0]), BlockReplacement(blocks=21), Boom("blocks.21.hook_resid_post", True)])
+        run(
+            smollm2,
+            PROMPT,
+            [AttentionCapture(blocks=[0]), BlockReplacement(blocks=21), Boom("blocks.21.hook_resid_post", True)],
+        )
     assert hook_count(smollm2) == 0
     assert torch.equal(logits_of(smollm2), before)

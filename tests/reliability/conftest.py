@@ -26,7 +26,9 @@ class Run:
 
     @property
     def error_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.startswith(("error:", "internal error:", "interrupted"))]
+        return [
+            line for line in self.stderr.splitlines() if line.startswith(("error:", "internal error:", "interrupted"))
+        ]
 
 
 def _drop_dac_override() -> None:
@@ -48,7 +50,9 @@ def permissions_apply() -> bool:
         return False
 
 
-needs_permissions = pytest.mark.skipif(not permissions_apply(), reason="root without CAP_SETPCAP: permissions do not apply")
+needs_permissions = pytest.mark.skipif(
+    not permissions_apply(), reason="root without CAP_SETPCAP: permissions do not apply"
+)
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -60,12 +64,26 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def workbench(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 300,
-              permissions: bool = False, stdin: str | None = None) -> Run:
+def workbench(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: int = 300,
+    permissions: bool = False,
+    stdin: str | None = None,
+) -> Run:
     """``python -m workbench ARGS``; ``permissions=True`` makes file permissions bind even for root."""
     preexec = _drop_dac_override if permissions and os.geteuid() == 0 else None
-    done = subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env or cli_env(), timeout=timeout, preexec_fn=preexec, input=stdin)
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env or cli_env(),
+        timeout=timeout,
+        preexec_fn=preexec,
+        input=stdin,
+    )
     return Run(list(args), done.returncode, done.stdout, done.stderr)
 
 

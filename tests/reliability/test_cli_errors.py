@@ -24,27 +24,66 @@ DEVICE, EXPORT, SAMPLING, USAGE = DeviceError.exit_code, ExportError.exit_code, 
 
 CASES = {
     # name: (arguments, exit code, text of the one error line)
-    "device tpu": (["models", "info", "tiny-qwen2", "--device", "tpu"], DEVICE,
-                   "error: Unknown device 'tpu': use cpu, cuda (an NVIDIA GPU), cuda:N or mps (Apple), or leave --device out"),
-    "device cuda:99": (["probe", "logit_lens", "--model", "tiny-qwen2", "--device", "cuda:99"], DEVICE, "error: --device cuda:99"),
-    "device meta": (["study", "random-number", "--model", "tiny-qwen2", "--device", "meta", "--out", "{tmp}/r"], DEVICE,
-                    "error: Unknown device 'meta'"),
-    "probe --out an existing file": (["probe", "logit_lens", "--model", "tiny-qwen2", "--out", "{tmp}/notes.txt"], EXPORT,
-                                     "error: Output folder {tmp}/notes.txt is a file, not a folder: choose a new or empty folder."),
-    "study --out an existing file": (["study", "random-number", "--model", "tiny-qwen2", "--out", "{tmp}/notes.txt"], EXPORT,
-                                     "error: Output folder {tmp}/notes.txt is a file, not a folder"),
-    "sweep --out a folder": (["sweep", "blocks", "--model", "tiny-qwen2", "--out", "{tmp}/folder.html"], EXPORT,
-                             "error: Output file {tmp}/folder.html is a folder, but a file"),
-    "sample next --top -1": (["sample", "next", "--model", "tiny-qwen2", "--top", "-1"], SAMPLING,
-                             "error: --top is -1: pass a whole number ≥ 1."),
-    "sample next --top 0": (["sample", "next", "--model", "tiny-qwen2", "--top", "0"], SAMPLING, "error: --top is 0: pass a whole number ≥ 1."),
-    "sample anomalous --top -5": (["sample", "anomalous", "--model", "tiny-qwen2", "--top", "-5"], SAMPLING,
-                                  "error: --top is -5: pass a whole number ≥ 1."),
-    "a value of the wrong type": (["sample", "next", "--model", "tiny-qwen2", "--top", "ten"], USAGE,
-                                  "error: Invalid value for '--top'"),
-    "an unknown option": (["probe", "logit_lens", "--no-such-option"], USAGE, "error: No such option: --no-such-option"),
-    "prompt file not UTF-8": (["study", "random-number", "--model", "tiny-qwen2", "--prompts", "{tmp}/latin1.txt",
-                               "--out", "{tmp}/r2"], WorkbenchError.exit_code, "error: Prompt file {tmp}/latin1.txt is not UTF-8 text (byte 12): save it as UTF-8."),
+    "device tpu": (
+        ["models", "info", "tiny-qwen2", "--device", "tpu"],
+        DEVICE,
+        "error: Unknown device 'tpu': use cpu, cuda (an NVIDIA GPU), cuda:N or mps (Apple), or leave --device out",
+    ),
+    "device cuda:99": (
+        ["probe", "logit_lens", "--model", "tiny-qwen2", "--device", "cuda:99"],
+        DEVICE,
+        "error: --device cuda:99",
+    ),
+    "device meta": (
+        ["study", "random-number", "--model", "tiny-qwen2", "--device", "meta", "--out", "{tmp}/r"],
+        DEVICE,
+        "error: Unknown device 'meta'",
+    ),
+    "probe --out an existing file": (
+        ["probe", "logit_lens", "--model", "tiny-qwen2", "--out", "{tmp}/notes.txt"],
+        EXPORT,
+        "error: Output folder {tmp}/notes.txt is a file, not a folder: choose a new or empty folder.",
+    ),
+    "study --out an existing file": (
+        ["study", "random-number", "--model", "tiny-qwen2", "--out", "{tmp}/notes.txt"],
+        EXPORT,
+        "error: Output folder {tmp}/notes.txt is a file, not a folder",
+    ),
+    "sweep --out a folder": (
+        ["sweep", "blocks", "--model", "tiny-qwen2", "--out", "{tmp}/folder.html"],
+        EXPORT,
+        "error: Output file {tmp}/folder.html is a folder, but a file",
+    ),
+    "sample next --top -1": (
+        ["sample", "next", "--model", "tiny-qwen2", "--top", "-1"],
+        SAMPLING,
+        "error: --top is -1: pass a whole number ≥ 1.",
+    ),
+    "sample next --top 0": (
+        ["sample", "next", "--model", "tiny-qwen2", "--top", "0"],
+        SAMPLING,
+        "error: --top is 0: pass a whole number ≥ 1.",
+    ),
+    "sample anomalous --top -5": (
+        ["sample", "anomalous", "--model", "tiny-qwen2", "--top", "-5"],
+        SAMPLING,
+        "error: --top is -5: pass a whole number ≥ 1.",
+    ),
+    "a value of the wrong type": (
+        ["sample", "next", "--model", "tiny-qwen2", "--top", "ten"],
+        USAGE,
+        "error: Invalid value for '--top'",
+    ),
+    "an unknown option": (
+        ["probe", "logit_lens", "--no-such-option"],
+        USAGE,
+        "error: No such option: --no-such-option",
+    ),
+    "prompt file not UTF-8": (
+        ["study", "random-number", "--model", "tiny-qwen2", "--prompts", "{tmp}/latin1.txt", "--out", "{tmp}/r2"],
+        WorkbenchError.exit_code,
+        "error: Prompt file {tmp}/latin1.txt is not UTF-8 text (byte 12): save it as UTF-8.",
+    ),
 }
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -58,8 +97,10 @@ def runs(tmp_path_factory):
     (tmp / "latin1.txt").write_bytes("# prompts\nnaïve number: ".encode("latin-1"))
     before = snapshot(tmp)
     with ThreadPoolExecutor(3) as pool:
-        futures = {name: pool.submit(workbench, *(a.format(tmp=tmp) for a in args), cwd=tmp)
-                   for name, (args, _, _) in CASES.items()}
+        futures = {
+            name: pool.submit(workbench, *(a.format(tmp=tmp) for a in args), cwd=tmp)
+            for name, (args, _, _) in CASES.items()
+        }
         done = {name: future.result() for name, future in futures.items()}
     assert snapshot(tmp) == before  # no case wrote, deleted or changed anything
     return tmp, done
@@ -99,14 +140,15 @@ def test_a_read_only_cache_fails_before_converting(tmp_path):
         "set WORKBENCH_CACHE to a writable folder, or pass --no-cache (cache=False) to convert in memory."
     ]
     assert "Converting" not in run.stderr  # refused before the de-quantizer ran
-    fixed = workbench("models", "info", str(gguf), "--json", "--no-cache", env=cli_env(WORKBENCH_CACHE=str(cache)),
-                      permissions=True)
+    fixed = workbench(
+        "models", "info", str(gguf), "--json", "--no-cache", env=cli_env(WORKBENCH_CACHE=str(cache)), permissions=True
+    )
     assert fixed.returncode == 0 and json.loads(fixed.stdout)["n_layers"] == 3
 
 
 # --- the last guard ------------------------------------------------------------------------------------
 
-BUGGY = textwrap.dedent('''
+BUGGY = textwrap.dedent("""
     import sys
     import workbench.models
 
@@ -116,7 +158,7 @@ BUGGY = textwrap.dedent('''
     workbench.models.load_model = load_model
     from workbench.cli import main
     main(sys.argv[1:])
-''')
+""")
 
 
 @pytest.mark.parametrize("debug", ["", "--debug", "WORKBENCH_DEBUG=1"])
@@ -126,7 +168,9 @@ def test_an_unexpected_exception_is_one_line_unless_debugging(debug):
     run = subprocess.run([sys.executable, "-c", BUGGY, *args], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 1
     lines = [line for line in run.stderr.splitlines() if line.startswith("internal error:")]
-    assert lines == ["internal error: ZeroDivisionError: a bug spread over two lines, rerun with `--debug` for the traceback."]
+    assert lines == [
+        "internal error: ZeroDivisionError: a bug spread over two lines, rerun with `--debug` for the traceback."
+    ]
     assert ("Traceback" in run.stderr) == bool(debug)
 
 
@@ -138,8 +182,11 @@ def test_exit_codes_are_unique_and_documented():
 
     import workbench.errors as errors
 
-    types = {c.__name__: c.exit_code for _, c in inspect.getmembers(errors, inspect.isclass)
-             if issubclass(c, errors.WorkbenchError)}
+    types = {
+        c.__name__: c.exit_code
+        for _, c in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(c, errors.WorkbenchError)
+    }
     assert len(set(types.values())) == len(types), types
     page = (Path(__file__).parents[2] / "docs" / "reliability.md").read_text()
     documented = {name: int(code) for code, name in re.findall(r"^\| (\d+) \| `(\w+)` \|", page, re.M)}

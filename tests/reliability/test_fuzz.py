@@ -45,26 +45,54 @@ class Case:
 T = "tiny-qwen2"
 CASES = {
     # --- outputs: never over a user's file, never where it cannot be written -------------------------------
-    "study --out a file": Case(["study", "random-number", "-m", T, "--out", "thesis.tex"], says="is a file, not a folder"),
-    "study --out a user's folder": Case(["study", "random-number", "-m", T, "--out", "data"], says="which the workbench did not write"),
-    "study --out a probe output": Case(["study", "random-number", "-m", T, "--out", "prev"], says="holds a workbench probe output"),
+    "study --out a file": Case(
+        ["study", "random-number", "-m", T, "--out", "thesis.tex"], says="is a file, not a folder"
+    ),
+    "study --out a user's folder": Case(
+        ["study", "random-number", "-m", T, "--out", "data"], says="which the workbench did not write"
+    ),
+    "study --out a probe output": Case(
+        ["study", "random-number", "-m", T, "--out", "prev"], says="holds a workbench probe output"
+    ),
     "study --out .": Case(["study", "random-number", "-m", T, "--out", "."], says="is the current folder"),
-    "study --out ..": Case(["study", "random-number", "-m", T, "--out", ".."], says="is a folder above the current one"),
+    "study --out ..": Case(
+        ["study", "random-number", "-m", T, "--out", ".."], says="is a folder above the current one"
+    ),
     "study --out ~": Case(["study", "random-number", "-m", T, "--out", "~"], says="is your home folder"),
     "study --out ''": Case(["study", "random-number", "-m", T, "--out", ""], says="is the current folder"),
     "study --out read-only": Case(["study", "random-number", "-m", T, "--out", "ro/report"], says="is not writable"),
-    "study --out below a file": Case(["study", "random-number", "-m", T, "--out", "thesis.tex/report"], says="is not a folder"),
-    "study --out a symlink loop": Case(["study", "random-number", "-m", T, "--out", "loop"], says="leads back to itself"),
-    "probe --out a user's folder": Case(["probe", "logit_lens", "-m", T, "--out", "data"], says="which the workbench did not write"),
+    "study --out below a file": Case(
+        ["study", "random-number", "-m", T, "--out", "thesis.tex/report"], says="is not a folder"
+    ),
+    "study --out a symlink loop": Case(
+        ["study", "random-number", "-m", T, "--out", "loop"], says="leads back to itself"
+    ),
+    "probe --out a user's folder": Case(
+        ["probe", "logit_lens", "-m", T, "--out", "data"], says="which the workbench did not write"
+    ),
     "probe --out read-only": Case(["probe", "logit_lens", "-m", T, "--out", "ro/probe"], says="is not writable"),
-    "probe --out a read-only folder of the user's": Case(["probe", "logit_lens", "-m", T, "--out", "ro"], says="holds kept.txt"),
+    "probe --out a read-only folder of the user's": Case(
+        ["probe", "logit_lens", "-m", T, "--out", "ro"], says="holds kept.txt"
+    ),
     "probe --out a file": Case(["probe", "logit_lens", "-m", T, "--out", "mine.html"], says="is a file, not a folder"),
-    "explore --out a user's folder": Case(["sample", "explore", "-m", T, "--out", "data"], says="which the workbench did not write"),
-    "audit --out a probe output": Case(["sample", "audit", "-m", T, "--out", "prev"], says="holds a workbench probe output"),
-    "anomalous --out a file": Case(["sample", "anomalous", "-m", T, "--out", "thesis.tex"], says="is a file, not a folder"),
-    "sweep --out a user's html": Case(["sweep", "blocks", "--model", T, "--out", "mine.html"], says="exists and was not written by the workbench"),
-    "sweep --out a user's json": Case(["sweep", "blocks", "--model", T, "--out", "mine.json"], says="exists and was not written by the workbench"),
-    "sweep --out a user's pdf": Case(["sweep", "blocks", "--model", T, "--out", "mine.pdf"], says="cannot carry the workbench's mark"),
+    "explore --out a user's folder": Case(
+        ["sample", "explore", "-m", T, "--out", "data"], says="which the workbench did not write"
+    ),
+    "audit --out a probe output": Case(
+        ["sample", "audit", "-m", T, "--out", "prev"], says="holds a workbench probe output"
+    ),
+    "anomalous --out a file": Case(
+        ["sample", "anomalous", "-m", T, "--out", "thesis.tex"], says="is a file, not a folder"
+    ),
+    "sweep --out a user's html": Case(
+        ["sweep", "blocks", "--model", T, "--out", "mine.html"], says="exists and was not written by the workbench"
+    ),
+    "sweep --out a user's json": Case(
+        ["sweep", "blocks", "--model", T, "--out", "mine.json"], says="exists and was not written by the workbench"
+    ),
+    "sweep --out a user's pdf": Case(
+        ["sweep", "blocks", "--model", T, "--out", "mine.pdf"], says="cannot carry the workbench's mark"
+    ),
     "sweep --out a folder": Case(["sweep", "blocks", "--model", T, "--out", "data"], says="Unknown figure format"),
     "sweep --out .txt": Case(["sweep", "blocks", "--model", T, "--out", "x.txt"], says="Unknown figure format '.txt'"),
     "sweep --out read-only": Case(["sweep", "mask", "--model", T, "--out", "ro/x.html"], says="is not writable"),
@@ -81,8 +109,9 @@ CASES = {
     "model: a text file": Case(["models", "info", "thesis.tex"], says="is a file but not a .gguf"),
     "model: a user's folder": Case(["models", "info", "data"], says="holds neither a config.json"),
     "model: an unknown name": Case(["probe", "logit_lens", "-m", "gpt-17"], says="Unknown model spec"),
-    "model: a hub id offline": Case(["models", "info", "nobody/nothing"], says="is not in the local Hugging Face cache",
-                                    env={"HF_HUB_OFFLINE": "1"}),
+    "model: a hub id offline": Case(
+        ["models", "info", "nobody/nothing"], says="is not in the local Hugging Face cache", env={"HF_HUB_OFFLINE": "1"}
+    ),
     "device tpu": Case(["models", "info", T, "--device", "tpu"], says="Unknown device 'tpu'"),
     "device cuda": Case(["models", "info", T, "--device", "cuda"], says="asks for a GPU", gpu=True),
     "device cuda:-1": Case(["models", "info", T, "--device", "cuda:-1"], says="Unknown device"),
@@ -97,17 +126,34 @@ CASES = {
     "top as a float": Case(["sample", "next", "-m", T, "--top", "1e3"], says="Invalid value for '--top'"),
     "top as words": Case(["sample", "next", "-m", T, "--top", "ten"], says="Invalid value for '--top'"),
     "top empty": Case(["sample", "next", "-m", T, "--top", ""], says="Invalid value for '--top'"),
-    "anomalous top -5": Case(["sample", "anomalous", "-m", T, "--top", "-5"], says="--top is -5: pass a whole number ≥ 1."),
-    "block 99": Case(["study", "random-number", "-m", T, "--block", "99", "--out", "r"], says="Block 99 does not exist"),
-    "block -100": Case(["study", "random-number", "-m", T, "--block", "-100", "--out", "r"], says="Block -100 does not exist"),
-    "block huge": Case(["study", "random-number", "-m", T, "--block", "99999999999999999999", "--out", "r"], says="does not exist"),
-    "block as text": Case(["study", "random-number", "-m", T, "--block", "six", "--out", "r"], says="Invalid value for '--block'"),
-    "patch blocks as text": Case(["study", "random-number", "-m", T, "--patch-blocks", "a,b", "--out", "r"],
-                                 says="is not a comma list of block numbers"),
-    "patch blocks out of range": Case(["study", "random-number", "-m", T, "--patch-blocks", "1,40", "--out", "r"],
-                                      says="Block 40 does not exist"),
-    "mask from 50": Case(["study", "random-number", "-m", T, "--mask-from", "50", "--out", "r"], says="Block 50 does not exist"),
-    "bound not in the prompt": Case(["study", "random-number", "-m", T, "--bound", "7", "--out", "r"], says="cannot be located"),
+    "anomalous top -5": Case(
+        ["sample", "anomalous", "-m", T, "--top", "-5"], says="--top is -5: pass a whole number ≥ 1."
+    ),
+    "block 99": Case(
+        ["study", "random-number", "-m", T, "--block", "99", "--out", "r"], says="Block 99 does not exist"
+    ),
+    "block -100": Case(
+        ["study", "random-number", "-m", T, "--block", "-100", "--out", "r"], says="Block -100 does not exist"
+    ),
+    "block huge": Case(
+        ["study", "random-number", "-m", T, "--block", "99999999999999999999", "--out", "r"], says="does not exist"
+    ),
+    "block as text": Case(
+        ["study", "random-number", "-m", T, "--block", "six", "--out", "r"], says="Invalid value for '--block'"
+    ),
+    "patch blocks as text": Case(
+        ["study", "random-number", "-m", T, "--patch-blocks", "a,b", "--out", "r"],
+        says="is not a comma list of block numbers",
+    ),
+    "patch blocks out of range": Case(
+        ["study", "random-number", "-m", T, "--patch-blocks", "1,40", "--out", "r"], says="Block 40 does not exist"
+    ),
+    "mask from 50": Case(
+        ["study", "random-number", "-m", T, "--mask-from", "50", "--out", "r"], says="Block 50 does not exist"
+    ),
+    "bound not in the prompt": Case(
+        ["study", "random-number", "-m", T, "--bound", "7", "--out", "r"], says="cannot be located"
+    ),
     "readout 999": Case(["probe", "logit_lens", "-m", T, "--readout", "999"], says="Readout position 999"),
     "readout -999": Case(["probe", "logit_lens", "-m", T, "--readout", "-999"], says="Readout position -999"),
     "a target of several tokens": Case(["probe", "logit_lens", "-m", T, "--targets", "not one token"], says="token"),
@@ -119,23 +165,51 @@ CASES = {
     "an unknown flag": Case(["study", "random-number", "--fast"], says="No such option: --fast"),
     # --- the -o parser (from each probe's field types) and unified validation -----------------------------
     "-o blocks=[1,": Case(["probe", "block_replacement", "-m", T, "-o", "blocks=[1,"], says="not a JSON list"),
-    "-o blocks=abc": Case(["probe", "block_replacement", "-m", T, "-o", "blocks=abc"], says="'abc' is not a whole number"),
-    "-o blocks=1.5": Case(["probe", "block_replacement", "-m", T, "-o", "blocks=1.5"], says="'1.5' is not a whole number"),
+    "-o blocks=abc": Case(
+        ["probe", "block_replacement", "-m", T, "-o", "blocks=abc"], says="'abc' is not a whole number"
+    ),
+    "-o blocks=1.5": Case(
+        ["probe", "block_replacement", "-m", T, "-o", "blocks=1.5"], says="'1.5' is not a whole number"
+    ),
     "-o blocks= (empty)": Case(["probe", "block_replacement", "-m", T, "-o", "blocks="], says="block list is empty"),
     "-o blocks=99": Case(["probe", "block_replacement", "-m", T, "-o", "blocks=99"], says="Block 99 does not exist"),
     "-o k=100000": Case(["probe", "logit_lens", "-m", T, "-o", "k=100000"], says="vocabulary size"),
     "-o k=-1": Case(["probe", "logit_lens", "-m", T, "-o", "k=-1"], says="whole number from 1"),
-    "-o heads=9 (a kv head)": Case(["probe", "patch", "-m", T, "-o", "site=k", "-o", "heads=9", "-o",
-                                    "source=I'm generating a random number between [0, 5]. The number is "],
-                                   says="key/value heads 0–1"),
-    "-o keys=zebra": Case(["probe", "attention_mask", "-m", T, "-o", "keys=zebra"], says="'zebra' is not in the prompt"),
+    "-o heads=9 (a kv head)": Case(
+        [
+            "probe",
+            "patch",
+            "-m",
+            T,
+            "-o",
+            "site=k",
+            "-o",
+            "heads=9",
+            "-o",
+            "source=I'm generating a random number between [0, 5]. The number is ",
+        ],
+        says="key/value heads 0–1",
+    ),
+    "-o keys=zebra": Case(
+        ["probe", "attention_mask", "-m", T, "-o", "keys=zebra"], says="'zebra' is not in the prompt"
+    ),
     "mask without keys": Case(["probe", "attention_mask", "-m", T], says="needs the keys"),
     # --- files: unreadable, not UTF-8, empty, binary, a folder ----------------------------------------------
-    "prompts: not UTF-8": Case(["study", "random-number", "-m", T, "--prompts", "latin1.txt", "--out", "r"], says="is not UTF-8 text"),
-    "prompts: random bytes": Case(["study", "random-number", "-m", T, "--prompts", "random.gguf", "--out", "r"], says="is not UTF-8 text"),
-    "prompts: empty": Case(["study", "random-number", "-m", T, "--prompts", "empty.gguf", "--out", "r"], says="holds no prompt"),
-    "prompts: unreadable": Case(["study", "random-number", "-m", T, "--prompts", "secret.txt", "--out", "r"], says="is not readable"),
-    "prompts: a folder": Case(["study", "random-number", "-m", T, "--prompts", "data", "--out", "r"], says="does not exist"),
+    "prompts: not UTF-8": Case(
+        ["study", "random-number", "-m", T, "--prompts", "latin1.txt", "--out", "r"], says="is not UTF-8 text"
+    ),
+    "prompts: random bytes": Case(
+        ["study", "random-number", "-m", T, "--prompts", "random.gguf", "--out", "r"], says="is not UTF-8 text"
+    ),
+    "prompts: empty": Case(
+        ["study", "random-number", "-m", T, "--prompts", "empty.gguf", "--out", "r"], says="holds no prompt"
+    ),
+    "prompts: unreadable": Case(
+        ["study", "random-number", "-m", T, "--prompts", "secret.txt", "--out", "r"], says="is not readable"
+    ),
+    "prompts: a folder": Case(
+        ["study", "random-number", "-m", T, "--prompts", "data", "--out", "r"], says="does not exist"
+    ),
     "bigram: a missing corpus": Case(["sample", "next", "-m", "bigram:missing.txt"], says="No corpus file"),
     "bigram: a non-UTF-8 corpus": Case(["sample", "next", "-m", "bigram:latin1.txt", "--prompt", "naïve"], expect=ANY),
 }
@@ -245,12 +319,16 @@ def assert_clean_ending(code: int, err: str) -> None:
     assert (code == 0 and not lines) or (code != 0 and len(lines) == 1), (code, err)
 
 
-FUZZ = settings(max_examples=12, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @FUZZ
-@given(top=st.one_of(st.integers(-10**6, 10**6), st.sampled_from([0, 1, -1, 2**31, 2**63 - 1, -(2**63)])))
+@given(top=st.one_of(st.integers(-(10**6), 10**6), st.sampled_from([0, 1, -1, 2**31, 2**63 - 1, -(2**63)])))
 def test_any_top_count(top):
     code, _, err = main_in_process(["sample", "next", "--model", T, "--top", str(top)])
     assert_clean_ending(code, err)
@@ -258,9 +336,32 @@ def test_any_top_count(top):
 
 
 @FUZZ
-@given(device=st.one_of(st.sampled_from(["cpu", "CPU", "cuda", "cuda:0", "cuda:7", "mps", "meta", "xla", "cpu:1", "cpu:0",
-                                         "auto", "", " ", "gpu", "cuda:x", "cuda:-1", ":0"]),
-                        st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)))
+@given(
+    device=st.one_of(
+        st.sampled_from(
+            [
+                "cpu",
+                "CPU",
+                "cuda",
+                "cuda:0",
+                "cuda:7",
+                "mps",
+                "meta",
+                "xla",
+                "cpu:1",
+                "cpu:0",
+                "auto",
+                "",
+                " ",
+                "gpu",
+                "cuda:x",
+                "cuda:-1",
+                ":0",
+            ]
+        ),
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+    )
+)
 def test_any_device_text(device):
     code, out, err = main_in_process(["models", "info", T, "--device", device, "--json"])
     assert_clean_ending(code, err)
@@ -269,11 +370,40 @@ def test_any_device_text(device):
 
 
 @FUZZ
-@given(path=st.one_of(
-    st.sampled_from([".", "..", "./", "~", "~/", "/", "data", "data/", "data/raw", "thesis.tex", "ro", "ro/x", "loop", "prev",
-                     "new", "new/deeper/still", "a b", "ünïcode", "-", "--", ".hidden"]),
-    st.text(alphabet=st.characters(whitelist_categories=("Ll", "Lu", "Nd", "Zs", "Po"), blacklist_characters="\x00"),
-            min_size=1, max_size=16)))
+@given(
+    path=st.one_of(
+        st.sampled_from(
+            [
+                ".",
+                "..",
+                "./",
+                "~",
+                "~/",
+                "/",
+                "data",
+                "data/",
+                "data/raw",
+                "thesis.tex",
+                "ro",
+                "ro/x",
+                "loop",
+                "prev",
+                "new",
+                "new/deeper/still",
+                "a b",
+                "ünïcode",
+                "-",
+                "--",
+                ".hidden",
+            ]
+        ),
+        st.text(
+            alphabet=st.characters(whitelist_categories=("Ll", "Lu", "Nd", "Zs", "Po"), blacklist_characters="\x00"),
+            min_size=1,
+            max_size=16,
+        ),
+    )
+)
 def test_any_out_path_leaves_the_users_files(tmp_path_factory, monkeypatch, path):
     sandbox = make_sandbox(tmp_path_factory.mktemp("prop") / "s")
     try:
@@ -305,9 +435,13 @@ def test_any_prompt_text(prompt):
 
 
 @FUZZ
-@given(low=st.floats(allow_nan=True, allow_infinity=True, width=32), high=st.floats(allow_nan=True, allow_infinity=True, width=32),
-       steps=st.integers(-5, 60))
+@given(
+    low=st.floats(allow_nan=True, allow_infinity=True, width=32),
+    high=st.floats(allow_nan=True, allow_infinity=True, width=32),
+    steps=st.integers(-5, 60),
+)
 def test_any_temperature_range(low, high, steps):
-    code, _, err = main_in_process(["sample", "explore", "--model", T, "--from", repr(low), "--to", repr(high),
-                                    "--steps", str(steps), "--json"])
+    code, _, err = main_in_process(
+        ["sample", "explore", "--model", T, "--from", repr(low), "--to", repr(high), "--steps", str(steps), "--json"]
+    )
     assert_clean_ending(code, err)

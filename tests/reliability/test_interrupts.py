@@ -23,7 +23,7 @@ from workbench.studies.report import write_report
 
 from .conftest import cli_env, leftovers, snapshot, workbench
 
-PAUSE = textwrap.dedent('''
+PAUSE = textwrap.dedent("""
     import sys, time
     import {module} as target
 
@@ -37,7 +37,7 @@ PAUSE = textwrap.dedent('''
     target.{function} = paused
     from workbench.cli import main
     main(sys.argv[1:])
-''')
+""")
 
 MOMENTS = {
     "measuring": ("workbench.studies.random_number", "prompt_sweep"),
@@ -60,9 +60,24 @@ def test_a_signal_during_a_study_leaves_the_earlier_report(earlier_report, tmp_p
     before = snapshot(tmp_path)
     module, function = MOMENTS[moment]
     child = subprocess.Popen(
-        [sys.executable, "-c", PAUSE.format(module=module, function=function), "study", "random-number",
-         "--model", "tiny-qwen2", "--out", str(report), "--no-static"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=tmp_path)
+        [
+            sys.executable,
+            "-c",
+            PAUSE.format(module=module, function=function),
+            "study",
+            "random-number",
+            "--model",
+            "tiny-qwen2",
+            "--out",
+            str(report),
+            "--no-static",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+    )
     while (line := child.stdout.readline()) and "PAUSED" not in line:
         pass
     assert "PAUSED" in line, child.stderr.read()
@@ -73,20 +88,39 @@ def test_a_signal_during_a_study_leaves_the_earlier_report(earlier_report, tmp_p
     assert child.returncode == 128 + signum
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.startswith("interrupted")]
-    assert lines == [f"interrupted by {signal.Signals(signum).name}: stopped before the end; no half-written output "
-                     "was left and earlier outputs are as they were."]
+    assert lines == [
+        f"interrupted by {signal.Signals(signum).name}: stopped before the end; no half-written output "
+        "was left and earlier outputs are as they were."
+    ]
     assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
 
 
 def test_writers_to_one_folder_at_once_leave_one_complete_output(tmp_path):
     out = tmp_path / "probe"
     with ThreadPoolExecutor(3) as pool:
-        runs = list(pool.map(lambda i: workbench("probe", "logit_lens", "--model", "tiny-qwen2", "--no-static",
-                                                 "--prompt", f"Writer {i} says", "--out", str(out), cwd=tmp_path), range(3)))
+        runs = list(
+            pool.map(
+                lambda i: workbench(
+                    "probe",
+                    "logit_lens",
+                    "--model",
+                    "tiny-qwen2",
+                    "--no-static",
+                    "--prompt",
+                    f"Writer {i} says",
+                    "--out",
+                    str(out),
+                    cwd=tmp_path,
+                ),
+                range(3),
+            )
+        )
     for run in runs:
         assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     marker = read_marker(out)
-    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != ".workbench-output.json")
+    on_disk = sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != ".workbench-output.json"
+    )
     assert sorted(marker["files"]) == on_disk
     prompts = json.loads((out / "logit_lens.json").read_text())["prompts"]
     assert prompts in ([f"Writer {i} says"] for i in range(3))  # one writer's output, whole

@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 
 from workbench.errors import ExportError
-from workbench.outputs import MARKER, PROBE, STUDY, check_file, check_folder, is_marked, output_folder, read_marker, write_file
+from workbench.outputs import (
+    MARKER,
+    PROBE,
+    STUDY,
+    check_file,
+    check_folder,
+    is_marked,
+    output_folder,
+    read_marker,
+    write_file,
+)
 
 from .conftest import cli_env, leftovers, needs_permissions, snapshot, user_folder, workbench
 
@@ -36,11 +46,15 @@ def write_output(path: Path, files: dict[str, str], kind: str = PROBE) -> None:
 def test_the_issue_reproduction_keeps_every_user_file(tmp_path):
     folder = user_folder(tmp_path / "d")
     before = snapshot(folder)
-    run = workbench("study", "random-number", "--model", "tiny-qwen2", "--out", str(folder), "--no-static", cwd=tmp_path)
+    run = workbench(
+        "study", "random-number", "--model", "tiny-qwen2", "--out", str(folder), "--no-static", cwd=tmp_path
+    )
     assert run.returncode != 0
     assert "Traceback" not in run.stderr
-    assert run.error_lines == [f"error: Output folder {folder} holds results.json, which the workbench did not write: "
-                               "choose a new or empty folder (nothing was changed)."]
+    assert run.error_lines == [
+        f"error: Output folder {folder} holds results.json, which the workbench did not write: "
+        "choose a new or empty folder (nothing was changed)."
+    ]
     assert snapshot(folder) == before
     assert (folder / "thesis.tex").read_text() == "keep\n" and (folder / "sub" / "data.csv").read_text() == "x\n"
     assert leftovers(tmp_path) == []
@@ -60,7 +74,12 @@ def test_the_same_folder_through_the_api(tmp_path):
 def test_new_empty_and_own_folders_are_written_and_replaced(tmp_path):
     target = tmp_path / "out"
     write_output(target, {"a.json": "1", "figures/b.html": "<html>"})
-    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == [MARKER, "a.json", "figures", "figures/b.html"]
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == [
+        MARKER,
+        "a.json",
+        "figures",
+        "figures/b.html",
+    ]
     marker = read_marker(target)
     assert marker["kind"] == PROBE and sorted(marker["files"]) == ["a.json", "figures/b.html"]
     assert marker["files"]["a.json"]["size"] == 1
@@ -173,7 +192,12 @@ def test_new_folders_follow_the_umask(tmp_path):
         write_output(tmp_path / "a" / "b" / "out", {"f/x.json": "1"})
     finally:
         os.umask(old)
-    for folder in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "out", tmp_path / "a" / "b" / "out" / "f"):
+    for folder in (
+        tmp_path / "a",
+        tmp_path / "a" / "b",
+        tmp_path / "a" / "b" / "out",
+        tmp_path / "a" / "b" / "out" / "f",
+    ):
         assert folder.stat().st_mode & 0o777 == 0o750, folder
     assert (tmp_path / "a" / "b" / "out" / "f" / "x.json").stat().st_mode & 0o777 == 0o640
 
@@ -182,10 +206,9 @@ def test_a_failure_while_writing_leaves_the_previous_output(tmp_path):
     target = tmp_path / "out"
     write_output(target, {"a.json": "old"})
     before = snapshot(target)
-    with pytest.raises(RuntimeError):
-        with output_folder(target, PROBE) as tmp:
-            (tmp / "a.json").write_text("half")
-            raise RuntimeError("the renderer crashed")
+    with pytest.raises(RuntimeError), output_folder(target, PROBE) as tmp:
+        (tmp / "a.json").write_text("half")
+        raise RuntimeError("the renderer crashed")
     assert snapshot(target) == before and leftovers(tmp_path) == []
 
 
@@ -217,7 +240,7 @@ def test_concurrent_writers_leave_one_complete_output(tmp_path):
     assert leftovers(tmp_path) == []
 
 
-SLOW_WRITER = textwrap.dedent('''
+SLOW_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from workbench.outputs import output_folder
@@ -225,7 +248,7 @@ SLOW_WRITER = textwrap.dedent('''
         (tmp / "a.json").write_text("new")
         print("writing", flush=True)
         time.sleep(60)
-''')
+""")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -233,8 +256,13 @@ def test_a_signal_while_writing_removes_the_temporary_copy(tmp_path, signum):
     target = tmp_path / "out"
     write_output(target, {"a.json": "old"})
     before = snapshot(target)
-    child = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=cli_env())
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(target)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
     assert child.stdout.readline() == "writing\n"
     assert len(leftovers(tmp_path)) == 1  # the temporary sibling exists while writing
     child.send_signal(signum)
@@ -255,19 +283,26 @@ def tiny_png() -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0\xff\0\0\xff"))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0\xff\0\0\xff"))
+        + chunk(b"IEND", b"")
+    )
 
 
 PNG = tiny_png()
 
 
-@pytest.mark.parametrize("name, data", [
-    ("x.html", b"<html><head></head><body>hi</body></html>"),
-    ("x.json", b'{"a": 1}'),
-    ("x.svg", b'<svg xmlns="http://www.w3.org/2000/svg"></svg>'),
-    ("x.png", PNG),
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("x.html", b"<html><head></head><body>hi</body></html>"),
+        ("x.json", b'{"a": 1}'),
+        ("x.svg", b'<svg xmlns="http://www.w3.org/2000/svg"></svg>'),
+        ("x.png", PNG),
+    ],
+)
 def test_single_files_carry_a_mark_and_replace_only_marked_files(tmp_path, name, data):
     path = tmp_path / name
     write_file(path, data)
@@ -296,9 +331,9 @@ def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     chunks, at = [], 8
     while at < len(data):
-        length, kind = struct.unpack(">I4s", data[at:at + 8])
-        body = data[at + 8:at + 8 + length]
-        assert struct.unpack(">I", data[at + 8 + length:at + 12 + length])[0] == zlib.crc32(kind + body)
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        body = data[at + 8 : at + 8 + length]
+        assert struct.unpack(">I", data[at + 8 + length : at + 12 + length])[0] == zlib.crc32(kind + body)
         chunks.append((kind, body))
         at += 12 + length
     return chunks
@@ -322,12 +357,15 @@ def test_a_folder_where_a_file_is_expected(tmp_path):
 
 
 @needs_permissions
-@pytest.mark.parametrize("args", [
-    ["study", "random-number", "--model", "/no/such/model.gguf", "--out", "{ro}/report"],
-    ["probe", "logit_lens", "--model", "/no/such/model.gguf", "--out", "{ro}/probe"],
-    ["sample", "explore", "--model", "/no/such/model.gguf", "--out", "{ro}/explore"],
-    ["sweep", "blocks", "--model", "/no/such/model.gguf", "--out", "{ro}/sweep.html"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["study", "random-number", "--model", "/no/such/model.gguf", "--out", "{ro}/report"],
+        ["probe", "logit_lens", "--model", "/no/such/model.gguf", "--out", "{ro}/probe"],
+        ["sample", "explore", "--model", "/no/such/model.gguf", "--out", "{ro}/explore"],
+        ["sweep", "blocks", "--model", "/no/such/model.gguf", "--out", "{ro}/sweep.html"],
+    ],
+)
 def test_a_read_only_out_fails_before_the_model_loads(tmp_path, args):
     readonly = tmp_path / "ro"
     readonly.mkdir()

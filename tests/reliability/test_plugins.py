@@ -32,7 +32,10 @@ class FinalNorm(Probe):
     name: ClassVar[str] = "final_norm"
 
     def hooks(self, ctx):
-        return [(f"blocks.{ctx.facts.n_layers - 1}.hook_resid_post", lambda resid, hook: ctx.save("n", resid.norm(dim=-1)))]
+        def save(resid, hook):
+            return ctx.save("n", resid.norm(dim=-1))
+
+        return [(f"blocks.{ctx.facts.n_layers - 1}.hook_resid_post", save)]
 
     def result(self, record):
         ctx = record.context
@@ -95,7 +98,9 @@ def test_probes_list_survives_every_bad_plugin(site):
     run = workbench("probes", "list", "--json", env=env_with(site))
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     data = json.loads(run.stdout)  # nothing a plugin printed reached stdout
-    assert {"logit_lens", "attention", "block_replacement", "attention_mask", "patch", "final_norm"} <= set(data["probes"])
+    assert {"logit_lens", "attention", "block_replacement", "attention_mask", "patch", "final_norm"} <= set(
+        data["probes"]
+    )
     assert data["probes"]["logit_lens"]["class"] == "workbench.probes.logit_lens.LogitLens"  # the impostor was undone
     errors = data["plugin_errors"]
     assert set(errors) == set(BAD)
@@ -129,4 +134,6 @@ def test_good_plugins_and_built_ins_still_run(site):
 def test_a_broken_plugin_asked_for_by_name_is_one_line(site):
     run = workbench("probe", "raises", "--model", "tiny-qwen2", env=env_with(site))
     assert run.returncode == 8 and "Traceback" not in run.stderr
-    assert len(run.error_lines) == 1 and run.error_lines[0].startswith("error: The probe plugin 'raises' failed to load (RuntimeError")
+    assert len(run.error_lines) == 1 and run.error_lines[0].startswith(
+        "error: The probe plugin 'raises' failed to load (RuntimeError"
+    )

@@ -33,7 +33,7 @@ def assert_same_value(a, b, where="value"):
         assert (math.isnan(a) and math.isnan(b)) or a == b, where
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_value(x, y, f"{where}[{i}]")
     elif isinstance(a, dict):
         assert list(a) == list(b), where
@@ -69,8 +69,17 @@ def assert_same_result(a: Result, b: Result, where: str = "result") -> None:
 @pytest.fixture(scope="module")
 def every_probe(tiny_qwen2):
     """Every built-in probe in one run (observers carry a clean baseline; interventions their before/after)."""
-    return run(tiny_qwen2, PROMPT, [LogitLens(k=3), AttentionCapture(blocks=[0, 2]), BlockReplacement(blocks=[1]),
-                                    AttentionMask(keys="9", blocks=[2, 3]), ActivationPatch(source=SOURCE, blocks=[1])])
+    return run(
+        tiny_qwen2,
+        PROMPT,
+        [
+            LogitLens(k=3),
+            AttentionCapture(blocks=[0, 2]),
+            BlockReplacement(blocks=[1]),
+            AttentionMask(keys="9", blocks=[2, 3]),
+            ActivationPatch(source=SOURCE, blocks=[1]),
+        ],
+    )
 
 
 @pytest.mark.parametrize("probe", PROBES)
@@ -123,9 +132,18 @@ def test_every_kind_of_array_and_metadata(tmp_path):
         "scalar": Named(torch.tensor(2.5), ()),
         "empty": Named(torch.zeros(0, 3), ("a", "b")),
     }
-    meta = {"tuple": (1, "two", (3.0,)), "int keys": {0: "a", 5: [1, 2]}, "nan": math.nan, "none": None,
-            "numpy": np.float32(0.25), "tensor": torch.arange(3, dtype=torch.int32), "bf16": torch.tensor([1.5], dtype=torch.bfloat16),
-            "nested": {"list": [{"__workbench__": "a user's own key"}]}, "bool": True, "text": "ok"}
+    meta = {
+        "tuple": (1, "two", (3.0,)),
+        "int keys": {0: "a", 5: [1, 2]},
+        "nan": math.nan,
+        "none": None,
+        "numpy": np.float32(0.25),
+        "tensor": torch.arange(3, dtype=torch.int32),
+        "bf16": torch.tensor([1.5], dtype=torch.bfloat16),
+        "nested": {"list": [{"__workbench__": "a user's own key"}]},
+        "bool": True,
+        "text": "ok",
+    }
     result = Result(probe="custom", model="m", prompts=["p"], tokens=[["p"]], arrays=arrays, meta=meta)
     path = result.save(tmp_path / "custom.json")
     assert "data" in json.loads(path.read_text())["arrays"]["big with NaN"]  # base64 above INLINE_LIMIT
@@ -153,8 +171,9 @@ class NotebookResult(Result):
 
 
 def test_a_subclass_with_its_own_field(tmp_path):
-    result = NotebookResult(probe="nb", model="m", prompts=["p"], tokens=[["p"]],
-                            arrays={"x": Named(torch.ones(2), ("i",))}, note="kept")
+    result = NotebookResult(
+        probe="nb", model="m", prompts=["p"], tokens=[["p"]], arrays={"x": Named(torch.ones(2), ("i",))}, note="kept"
+    )
     loaded = load_result(result.save(tmp_path / "nb.json"))
     assert type(loaded) is NotebookResult and loaded.note == "kept"
 
@@ -208,9 +227,17 @@ def test_a_whole_run_round_trips(every_probe, tmp_path):
 
 @pytest.mark.real
 def test_every_result_of_smollm2_round_trips(smollm2, tmp_path):
-    out = run(smollm2, PROMPT, [LogitLens(), AttentionCapture(), BlockReplacement(blocks=[21]),
-                                AttentionMask(keys="9", blocks=list(range(13, 30))),
-                                ActivationPatch(source=SOURCE, blocks=[6, 14], positions="9")])
+    out = run(
+        smollm2,
+        PROMPT,
+        [
+            LogitLens(),
+            AttentionCapture(),
+            BlockReplacement(blocks=[21]),
+            AttentionMask(keys="9", blocks=list(range(13, 30))),
+            ActivationPatch(source=SOURCE, blocks=[6, 14], positions="9"),
+        ],
+    )
     loaded = load_run(save_run(out, tmp_path / "run.json"))
     for name in out:
         assert_same_result(out[name], loaded[name], name)

@@ -95,14 +95,18 @@ def test_first_token_and_generation_agree_when_digits_end_the_answer():
     bigram = BigramModel.from_text("=7;=7;=3;=5;")
     first = randomness_audit(bigram, 500, prompt="=", method="first-token", seed=0)
     generated = randomness_audit(bigram, 500, prompt="=", method="generate", seed=0)
-    torch.testing.assert_close(torch.tensor(first.model_exact), torch.tensor(generated.model_exact), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(first.model_exact), torch.tensor(generated.model_exact), atol=1e-6, rtol=1e-6
+    )
 
 
 def test_exact_multi_token_law_on_a_transformer_matches_a_hand_product(tiny_qwen2):
     prompt = "Pick a number from 1 to 10. The answer is "
     exact, valid = exact_number_distribution(tiny_qwen2, prompt, range(0, 13))
     tok = lambda s: tiny_qwen2.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-    digit_start = torch.tensor([tiny_qwen2.tokenizer.decode([i])[:1].isdigit() for i in range(tiny_qwen2.facts.d_vocab)])
+    digit_start = torch.tensor(
+        [tiny_qwen2.tokenizer.decode([i])[:1].isdigit() for i in range(tiny_qwen2.facts.d_vocab)]
+    )
 
     def next_probs(text_ids):
         ids = torch.cat([tiny_qwen2.to_tokens(prompt), torch.tensor([text_ids], dtype=torch.long)], dim=1)

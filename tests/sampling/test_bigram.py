@@ -38,7 +38,7 @@ def test_bigram_on_a_model_tokenizer_counts_its_tokens(tiny_qwen2):
     assert model.d_vocab == tiny_qwen2.facts.d_vocab
     ids = tiny_qwen2.tokenizer.encode(text, add_special_tokens=False)
     last = ids[ids.index(tiny_qwen2.tokenizer.encode(" is", add_special_tokens=False)[0]) + 1]
-    followers = [b for a, b in zip(ids, ids[1:]) if a == last]
+    followers = [b for a, b in zip(ids, ids[1:], strict=False) if a == last]
     seven = tiny_qwen2.tokenizer.encode("7", add_special_tokens=False)[0]
     probs = model.next_token_logits(torch.tensor([[last]])).softmax(-1)[0]
     assert float(probs[seven]) == pytest.approx(followers.count(seven) / len(followers))

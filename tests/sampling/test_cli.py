@@ -19,8 +19,22 @@ def run(argv, capsys):
 
 def test_audit_json_and_out_folder(tmp_path, capsys):
     code, out, _ = run(
-        ["sample", "audit", "--model", "tiny-qwen2", "--samples", "300", "-s", "t=1", "-s", "greedy",
-         "--json", "--out", str(tmp_path), "--no-png"],
+        [
+            "sample",
+            "audit",
+            "--model",
+            "tiny-qwen2",
+            "--samples",
+            "300",
+            "-s",
+            "t=1",
+            "-s",
+            "greedy",
+            "--json",
+            "--out",
+            str(tmp_path),
+            "--no-png",
+        ],
         capsys,
     )
     assert code == 0
@@ -49,10 +63,14 @@ def test_study_randomness_is_registered_on_a_given_group(tmp_path):
 def test_bigram_model_spec(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("=7;=7;=3;")
-    code, out, _ = run(["sample", "audit", "--model", f"bigram:{corpus}", "--prompt", "=", "--samples", "90", "--json"], capsys)
+    code, out, _ = run(
+        ["sample", "audit", "--model", f"bigram:{corpus}", "--prompt", "=", "--samples", "90", "--json"], capsys
+    )
     data = json.loads(out)
     assert code == 0 and data["model_exact"][7] == pytest.approx(2 / 3)
-    code, out, _ = run(["sample", "generate", "--model", f"bigram:{corpus}", "--prompt", "=", "--max-new-tokens", "2"], capsys)
+    code, out, _ = run(
+        ["sample", "generate", "--model", f"bigram:{corpus}", "--prompt", "=", "--max-new-tokens", "2"], capsys
+    )
     assert out.strip() == "[0] =7;"
 
 
@@ -60,11 +78,17 @@ def test_next_generate_beam_explore_anomalous(tmp_path, capsys):
     code, out, _ = run(["sample", "next", "-m", "tiny-qwen2", "-s", "t=0.5,top_k=3", "--json"], capsys)
     top = json.loads(out)["samplers"][0]["top"]
     assert code == 0 and len(top) == 3 and sum(t["prob"] for t in top) == pytest.approx(1.0, abs=1e-5)
-    code, out, _ = run(["sample", "generate", "-m", "tiny-qwen2", "--identity-block", "1", "--max-new-tokens", "3", "--json"], capsys)
-    assert code == 0 and json.loads(out)["interventions"] == [{"site": "block", "op": {"name": "identity"}, "blocks": [1]}]
+    code, out, _ = run(
+        ["sample", "generate", "-m", "tiny-qwen2", "--identity-block", "1", "--max-new-tokens", "3", "--json"], capsys
+    )
+    assert code == 0 and json.loads(out)["interventions"] == [
+        {"site": "block", "op": {"name": "identity"}, "blocks": [1]}
+    ]
     code, out, _ = run(["sample", "beam", "-m", "tiny-qwen2", "-k", "2", "--max-new-tokens", "3", "--json"], capsys)
     assert code == 0 and len(json.loads(out)["beams"]) == 2
-    code, out, _ = run(["sample", "explore", "-m", "tiny-qwen2", "--steps", "5", "--out", str(tmp_path), "--json"], capsys)
+    code, out, _ = run(
+        ["sample", "explore", "-m", "tiny-qwen2", "--steps", "5", "--out", str(tmp_path), "--json"], capsys
+    )
     assert code == 0 and json.loads(out)["temperatures"] == [-2.0, -1.0, 0.0, 1.0, 2.0]
     assert (tmp_path / "temperature.html").is_file()
     code, out, _ = run(["sample", "anomalous", "-m", "tiny-qwen2", "--max-new-tokens", "2", "--json"], capsys)
@@ -115,7 +139,11 @@ def test_bad_input_is_one_line_and_an_exit_code(argv, message, capsys):
         (["beam", "--max-new-tokens", "0"], "--max-new-tokens is 0", 10),
         (["beam", "--length-penalty", "inf"], "--length-penalty is inf: pass a finite number", 10),
         (["beam", "--early-stopping", "sometimes"], "--early-stopping is 'sometimes': pass true, false", 10),
-        (["beam", "-k", "2", "--num-return-sequences", "3"], "--num-return-sequences is 3: pass a whole number from 1 to 2", 10),
+        (
+            ["beam", "-k", "2", "--num-return-sequences", "3"],
+            "--num-return-sequences is 3: pass a whole number from 1 to 2",
+            10,
+        ),
         (["beam", "--max-new-tokens", "300"], "context of 256 tokens", 10),
         (["generate", "--max-new-tokens", "-3"], "--max-new-tokens is -3: pass a whole number ≥ 1", 10),
         (["generate", "--n", "0"], "--n is 0", 10),
@@ -145,7 +173,8 @@ def test_every_numeric_option_is_checked_in_one_line(argv, message, exit_code, c
     ],
 )
 def test_bad_options_as_a_user_types_them(argv, message):
-    """``python -m workbench sample ...`` in a fresh process: one line on stderr, exit code 10, before any model loads."""
+    """``python -m workbench sample ...`` in a fresh process: one line on stderr, exit code 10, before any
+    model loads."""
     import os
     import subprocess
     import sys
@@ -153,8 +182,13 @@ def test_bad_options_as_a_user_types_them(argv, message):
 
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "workbench", "sample", *argv, "--model", "no-such-model"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "workbench", "sample", *argv, "--model", "no-such-model"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 10 and result.stdout == ""  # 10: SamplingError, not 2: the model spec was never read
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

@@ -4,7 +4,15 @@ both numbers and the fix, never silently cut (tiny-qwen2: n_ctx = 256, every dig
 import pytest
 
 from workbench.errors import SamplingError
-from workbench.sampling import as_next_token_model, beam_search, find_anomalous_tokens, generate, greedy, randomness_audit, temperature_sweep
+from workbench.sampling import (
+    as_next_token_model,
+    beam_search,
+    find_anomalous_tokens,
+    generate,
+    greedy,
+    randomness_audit,
+    temperature_sweep,
+)
 
 from .test_cli import run
 
@@ -46,12 +54,16 @@ def test_readouts_of_an_overlong_prompt_are_refused(tiny_qwen2):
         temperature_sweep(tiny_qwen2, digits(257))
     with pytest.raises(SamplingError, match="256 tokens and 1 new tokens would make 257"):
         randomness_audit(tiny_qwen2, samples=5, prompt=digits(256))  # first-token: reads one more token
-    with pytest.raises(SamplingError, match="251 tokens and 6 new tokens would make 257"):  # 5 digits and an end, before the exact law
+    with pytest.raises(
+        SamplingError, match="251 tokens and 6 new tokens would make 257"
+    ):  # 5 digits and an end, before the exact law
         randomness_audit(tiny_qwen2, samples=5, prompt=digits(251), low=0, high=20000, max_contexts=30000)
 
 
 def test_the_cli_says_it_in_one_line(capsys):
     code, _, err = run(["sample", "next", "-m", "tiny-qwen2", "-p", digits(300)], capsys)
-    assert code == 10 and "300 tokens, more than tiny-qwen2's context of 256" in err and len(err.strip().splitlines()) == 1
+    assert (
+        code == 10 and "300 tokens, more than tiny-qwen2's context of 256" in err and len(err.strip().splitlines()) == 1
+    )
     code, _, err = run(["sample", "generate", "-m", "tiny-qwen2", "-p", digits(200), "--max-new-tokens", "100"], capsys)
     assert code == 10 and "at most 56 new tokens" in err and len(err.strip().splitlines()) == 1

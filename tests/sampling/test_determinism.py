@@ -28,7 +28,9 @@ def test_generation_does_not_depend_on_the_batch_size(name, request):
 def test_sample_i_is_drawn_from_its_own_stream(tiny_qwen2):
     """A hand loop per sample with torch.Generator(sample_seed(seed, i)) gives the same tokens."""
     seed, steps = 5, 4
-    result = generate(tiny_qwen2, PROMPT, make_sampler(**SAMPLER, seed=seed), steps, n=3, batch_size=2, stop_at_eos=False)
+    result = generate(
+        tiny_qwen2, PROMPT, make_sampler(**SAMPLER, seed=seed), steps, n=3, batch_size=2, stop_at_eos=False
+    )
     for i in range(3):
         generator = torch.Generator().manual_seed(sample_seed(seed, i))
         tokens = tiny_qwen2.to_tokens(PROMPT)
@@ -47,20 +49,28 @@ def test_prompts_times_n_keep_their_sample_indices(tiny_llama):
     runs = [generate(tiny_llama, prompts, make_sampler(**SAMPLER, seed=2), 4, n=3, batch_size=b) for b in (1, 4, None)]
     for run in runs[1:]:
         assert torch.equal(run.tokens, runs[0].tokens)
-    assert runs[0].prompt_tokens[:3].unique(dim=0).shape[0] == 1 and not torch.equal(runs[0].prompt_tokens[0], runs[0].prompt_tokens[3])
+    assert runs[0].prompt_tokens[:3].unique(dim=0).shape[0] == 1 and not torch.equal(
+        runs[0].prompt_tokens[0], runs[0].prompt_tokens[3]
+    )
 
 
 def test_audit_does_not_depend_on_the_batch_size(tiny_qwen2):
     """Multi-token answers (0–12) by generation: the histograms are identical for batch sizes 1, 3, 7, all."""
     audits = {
-        size: randomness_audit(tiny_qwen2, samples=40, samplers=["t=1.5", "t=2,top_k=100"], low=0, high=12, seed=3, batch_size=size)
+        size: randomness_audit(
+            tiny_qwen2, samples=40, samplers=["t=1.5", "t=2,top_k=100"], low=0, high=12, seed=3, batch_size=size
+        )
         for size in (1, 3, 7, 40)
     }
     reference = audits[40]
     assert reference.method == "generate"
     for size, audit in audits.items():
-        for ours, theirs in zip(audit.samplers, reference.samplers):
-            assert (ours.counts, ours.failed, ours.failed_examples) == (theirs.counts, theirs.failed, theirs.failed_examples), size
+        for ours, theirs in zip(audit.samplers, reference.samplers, strict=True):
+            assert (ours.counts, ours.failed, ours.failed_examples) == (
+                theirs.counts,
+                theirs.failed,
+                theirs.failed_examples,
+            ), size
     assert reference.samplers[0].failed + reference.samplers[0].n_valid == 40
 
 
@@ -108,7 +118,9 @@ def test_a_small_memory_budget_batches_the_work_and_changes_no_number(tiny_qwen2
     got = everything(tight)
     assert max(roomy.rows) > 1 and max(tight.rows) == 1
     assert torch.equal(got[0], expected[0])
-    assert got[1][0] == pytest.approx(expected[1][0], rel=1e-5, abs=1e-12) and got[1][1] == pytest.approx(expected[1][1], rel=1e-5)
+    assert got[1][0] == pytest.approx(expected[1][0], rel=1e-5, abs=1e-12) and got[1][1] == pytest.approx(
+        expected[1][1], rel=1e-5
+    )
     assert [tokens for tokens, _ in got[2]] == [tokens for tokens, _ in expected[2]]
     assert [score for _, score in got[2]] == pytest.approx([score for _, score in expected[2]], abs=1e-5)
     assert got[3] == expected[3]

@@ -119,7 +119,9 @@ def test_an_intervention_without_positions_edits_every_generated_token(tiny_qwen
     """Positions not named: every position of every step, the generated ones included (written by hand here)."""
     from workbench.interventions import scale
 
-    edited = generate(tiny_qwen2, PROMPT, greedy(), 5, stop_at_eos=False, interventions=[scale("z", 0.5, blocks=[0, 1])])
+    edited = generate(
+        tiny_qwen2, PROMPT, greedy(), 5, stop_at_eos=False, interventions=[scale("z", 0.5, blocks=[0, 1])]
+    )
     by_hand = [(f"blocks.{b}.attn.hook_z", lambda z, hook: z * 0.5) for b in (0, 1)]
     assert edited.row_tokens(0) == manual_greedy(tiny_qwen2, PROMPT, 5, by_hand)
     assert edited.row_tokens(0) != generate(tiny_qwen2, PROMPT, greedy(), 5, stop_at_eos=False).row_tokens(0)

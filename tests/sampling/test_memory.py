@@ -58,7 +58,11 @@ def test_the_million_number_audit_is_refused_up_front_in_one_line():
     report = json.loads(report)
     assert report["code"] == 11  # BudgetError
     assert len(message) == 1 and "Traceback" not in result.stderr
-    assert "1,000,002 forward rows" in message[0] and "max_contexts = 100,000" in message[0] and "--max-contexts" in message[0]
+    assert (
+        "1,000,002 forward rows" in message[0]
+        and "max_contexts = 100,000" in message[0]
+        and "--max-contexts" in message[0]
+    )
     # refused before any enumeration: the peak is what loading torch, transformers and the model takes
     assert report["maxrss"] < 1536 * MiB, report["maxrss"] / MiB
 

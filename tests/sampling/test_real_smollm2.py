@@ -4,10 +4,16 @@ import math
 
 import pytest
 import torch
-from transformers import LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
-from workbench.sampling import DEFAULT_PROMPT, beam_search, generate, greedy, make_sampler, randomness_audit
 from workbench.interventions import identity
+from workbench.sampling import DEFAULT_PROMPT, beam_search, generate, greedy, make_sampler, randomness_audit
 from workbench.tokens import digit_token_ids
 
 pytestmark = pytest.mark.real
@@ -28,7 +34,9 @@ def test_audit_on_smollm2_rejects_uniform_and_matches_the_model(smollm2):
     theirs = chain(None, logits[None].clone()).softmax(-1)[0, ids]
     torch.testing.assert_close(torch.tensor(audit.samplers[1].exact), theirs / theirs.sum(), atol=1e-5, rtol=1e-4)
     ours = make_sampler(1.3, top_k=50, min_p=0.05).process(logits[None])
-    reference = LogitsProcessorList([TemperatureLogitsWarper(1.3), TopKLogitsWarper(50), MinPLogitsWarper(0.05)])(None, logits[None].clone())
+    reference = LogitsProcessorList([TemperatureLogitsWarper(1.3), TopKLogitsWarper(50), MinPLogitsWarper(0.05)])(
+        None, logits[None].clone()
+    )
     torch.testing.assert_close(ours, reference)
 
 
@@ -47,20 +55,35 @@ def smollm2_hf(smollm2):
 
 @pytest.mark.parametrize(
     "prompt, width, max_new_tokens, length_penalty, early_stopping",
-    [("The capital of France is", 4, 8, 1.0, False), ("Once upon a time", 2, 6, 2.0, "never"), ("The capital of France is", 3, 5, 0.0, True)],
+    [
+        ("The capital of France is", 4, 8, 1.0, False),
+        ("Once upon a time", 2, 6, 2.0, "never"),
+        ("The capital of France is", 3, 5, 0.0, True),
+    ],
 )
-def test_beam_search_equals_transformers_on_smollm2(smollm2, smollm2_hf, prompt, width, max_new_tokens, length_penalty, early_stopping):
+def test_beam_search_equals_transformers_on_smollm2(
+    smollm2, smollm2_hf, prompt, width, max_new_tokens, length_penalty, early_stopping
+):
     eos = smollm2.tokenizer.eos_token_id
     ids = torch.tensor([smollm2.tokenizer(prompt)["input_ids"]])
     ours = beam_search(smollm2, prompt, width, max_new_tokens, length_penalty, early_stopping=early_stopping)
     assert ours.prompt_tokens == ids[0].tolist() and ids[0, 0] == smollm2.tokenizer.bos_token_id
     out = smollm2_hf.generate(
-        ids, attention_mask=torch.ones_like(ids), num_beams=width, num_return_sequences=width, max_new_tokens=max_new_tokens,
-        length_penalty=length_penalty, early_stopping=early_stopping, do_sample=False, output_scores=True,
-        return_dict_in_generate=True, eos_token_id=eos, pad_token_id=eos,
+        ids,
+        attention_mask=torch.ones_like(ids),
+        num_beams=width,
+        num_return_sequences=width,
+        max_new_tokens=max_new_tokens,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        eos_token_id=eos,
+        pad_token_id=eos,
     )
     theirs = []
-    for row in out.sequences[:, ids.shape[1]:].tolist():
+    for row in out.sequences[:, ids.shape[1] :].tolist():
         theirs.append(row[: row.index(eos) + 1] if eos in row else row)
     assert [b.tokens for b in ours.beams] == theirs
     assert [b.score for b in ours.beams] == pytest.approx(out.sequences_scores.tolist(), abs=1e-4)
@@ -96,14 +119,19 @@ def test_generation_with_block_21_removed_equals_a_manual_loop(smollm2):
         return stored["input"]
 
     for _ in range(2):
-        with smollm2.bridge.hooks(fwd_hooks=[("blocks.21.hook_resid_pre", keep), ("blocks.21.hook_resid_post", pass_through)]):
+        with smollm2.bridge.hooks(
+            fwd_hooks=[("blocks.21.hook_resid_pre", keep), ("blocks.21.hook_resid_post", pass_through)]
+        ):
             manual.append(int(smollm2.bridge(tokens)[0, -1].argmax()))
         tokens = torch.cat([tokens, torch.tensor([[manual[-1]]])], dim=1)
     assert result.row_tokens(0) == manual
 
 
 def test_samples_do_not_depend_on_the_batch_size_on_smollm2(smollm2):
-    runs = [generate(smollm2, "Once upon a time", make_sampler(1.0, top_k=50, seed=7), 3, n=4, batch_size=b) for b in (1, None)]
+    runs = [
+        generate(smollm2, "Once upon a time", make_sampler(1.0, top_k=50, seed=7), 3, n=4, batch_size=b)
+        for b in (1, None)
+    ]
     for run in runs[1:]:
         assert torch.equal(run.tokens, runs[0].tokens)
     assert len(set(runs[0].texts)) > 1
@@ -115,5 +143,9 @@ def test_a_prompt_beyond_smollm2s_context_is_refused(smollm2):
     n_ctx = smollm2.facts.n_ctx
     prompt = "1" * (n_ctx - 3)  # BOS + one token per digit
     assert len(smollm2.tokenizer(prompt)["input_ids"]) == n_ctx - 2
-    with pytest.raises(SamplingError, match=f"{n_ctx - 2} tokens and 5 new tokens would make {n_ctx + 3}, more than SmolLM2-135M-Instruct's context of {n_ctx}"):
+    said = (
+        f"{n_ctx - 2} tokens and 5 new tokens would make {n_ctx + 3}, "
+        f"more than SmolLM2-135M-Instruct's context of {n_ctx}"
+    )
+    with pytest.raises(SamplingError, match=said):
         generate(smollm2, prompt, greedy(), 5)

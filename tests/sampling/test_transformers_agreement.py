@@ -12,8 +12,18 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from workbench.sampling import (
+    MinP,
+    RepetitionPenalty,
+    Temperature,
+    TopK,
+    TopP,
+    beam_search,
+    generate,
+    greedy,
+    make_sampler,
+)
 from workbench.tiny import build_tiny_model
-from workbench.sampling import MinP, RepetitionPenalty, Temperature, TopK, TopP, beam_search, generate, greedy, make_sampler
 
 GEN = torch.Generator().manual_seed(0)
 LOGITS = torch.randn(6, 64, generator=GEN) * 2.5
@@ -43,7 +53,13 @@ def test_each_processor_matches_transformers(ours, theirs):
 
 def test_chain_matches_transformers_chain():
     theirs = LogitsProcessorList(
-        [RepetitionPenaltyLogitsProcessor(1.2), TemperatureLogitsWarper(0.8), TopKLogitsWarper(20), TopPLogitsWarper(0.9), MinPLogitsWarper(0.02)]
+        [
+            RepetitionPenaltyLogitsProcessor(1.2),
+            TemperatureLogitsWarper(0.8),
+            TopKLogitsWarper(20),
+            TopPLogitsWarper(0.9),
+            MinPLogitsWarper(0.02),
+        ]
     )
     ours = make_sampler(0.8, top_k=20, top_p=0.9, min_p=0.02, repetition_penalty=1.2)
     torch.testing.assert_close(ours.process(LOGITS, IDS), theirs(IDS, LOGITS.clone()))
@@ -59,8 +75,10 @@ def _hf_generate(tiny, prompt, **kwargs):
     # model does not give the same tokens through generate's KV cache).
     hf, _ = build_tiny_model(tiny.facts.name)
     ids = tiny.to_tokens(prompt)
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8, pad_token_id=0, **kwargs)
-    return out[0, ids.shape[1]:].tolist()
+    out = hf.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8, pad_token_id=0, **kwargs
+    )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_greedy_generation_matches_hf_generate(tiny_model):
@@ -70,7 +88,9 @@ def test_greedy_generation_matches_hf_generate(tiny_model):
 
 def test_seeded_sampling_matches_hf_generate(tiny_qwen2):
     """Same seed, same multinomial over the same processed distribution: the same tokens."""
-    ours = generate(tiny_qwen2, "The quick brown fox", make_sampler(0.9, top_k=50, top_p=0.95, seed=123), 8, stop_at_eos=False)
+    ours = generate(
+        tiny_qwen2, "The quick brown fox", make_sampler(0.9, top_k=50, top_p=0.95, seed=123), 8, stop_at_eos=False
+    )
     torch.manual_seed(123)
     theirs = _hf_generate(tiny_qwen2, "The quick brown fox", do_sample=True, temperature=0.9, top_k=50, top_p=0.95)
     assert ours.row_tokens(0) == theirs
@@ -106,12 +126,21 @@ def beam_search_at_width_one(monkeypatch):
 def hf_beams(hf, ids, stops, width, length_penalty, early_stopping, max_new_tokens=8):
     """transformers' beams as (generated ids up to and including the first stop token, sequences_scores)."""
     out = hf.generate(
-        ids, attention_mask=torch.ones_like(ids), num_beams=width, num_return_sequences=width, max_new_tokens=max_new_tokens,
-        length_penalty=length_penalty, early_stopping=early_stopping, do_sample=False, output_scores=True,
-        return_dict_in_generate=True, eos_token_id=stops, pad_token_id=stops[0],
+        ids,
+        attention_mask=torch.ones_like(ids),
+        num_beams=width,
+        num_return_sequences=width,
+        max_new_tokens=max_new_tokens,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        eos_token_id=stops,
+        pad_token_id=stops[0],
     )
     beams = []
-    for row, score in zip(out.sequences[:, ids.shape[1]:].tolist(), out.sequences_scores.tolist()):
+    for row, score in zip(out.sequences[:, ids.shape[1] :].tolist(), out.sequences_scores.tolist(), strict=True):
         ends = [i for i, t in enumerate(row) if t in stops]
         beams.append((row[: ends[0] + 1] if ends else row, score))
     return beams
@@ -121,7 +150,9 @@ def hf_beams(hf, ids, stops, width, length_penalty, early_stopping, max_new_toke
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0, -0.5])
 @pytest.mark.parametrize("width", [1, 2, 4, 5])
 @pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-llama"])
-def test_beam_search_equals_transformers(name, width, length_penalty, early_stopping, plain_hf, beam_search_at_width_one, request):
+def test_beam_search_equals_transformers(
+    name, width, length_penalty, early_stopping, plain_hf, beam_search_at_width_one, request
+):
     """Same sequences, same scores, for every width × length penalty × early-stopping rule. Besides EOS, two
     tokens of the greedy continuation are stop tokens, so hypotheses finish at different steps."""
     model = request.getfixturevalue(name.replace("-", "_"))
@@ -135,7 +166,9 @@ def test_beam_search_equals_transformers(name, width, length_penalty, early_stop
         assert ours.prompt_tokens == ids[0].tolist()  # the same BOS convention on both sides
         theirs = hf_beams(hf, ids, stops, width, length_penalty, early_stopping)
         assert [b.tokens for b in ours.beams] == [tokens for tokens, _ in theirs], prompt
-        torch.testing.assert_close(torch.tensor([b.score for b in ours.beams]), torch.tensor([s for _, s in theirs]), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            torch.tensor([b.score for b in ours.beams]), torch.tensor([s for _, s in theirs]), atol=2e-5, rtol=1e-5
+        )
         for beam in ours.beams:
             assert beam.finished == (beam.tokens[-1] in stops)
 

@@ -28,7 +28,13 @@ def test_results_json_has_the_required_record(smollm2_study):
     assert record["prompt"] == STUDY_PROMPT
     assert record["tokens"][0] == "<|im_start|>" and record["tokens"][-1] == " "
     assert set(record["distributions"]) == {
-        "clean", "identity_block_21", "mask_9_from_13", "patch_6_14", "patch_6_14_and_21_on", "patch_and_mask"}
+        "clean",
+        "identity_block_21",
+        "mask_9_from_13",
+        "patch_6_14",
+        "patch_6_14_and_21_on",
+        "patch_and_mask",
+    }
     for dist in record["distributions"].values():
         assert list(dist) == list(DIGITS)
         assert all(0 <= p <= 1 for p in dist.values())
@@ -47,7 +53,7 @@ def test_clean_distribution_is_the_models_own_softmax(smollm2, smollm2_study):
         hf = smollm2.bridge.original_model
         probs = hf(to_tokens(smollm2, STUDY_PROMPT)).logits[0, -1].float().softmax(-1)
     ids = digit_token_ids(smollm2)
-    for d, i in zip(DIGITS, ids):
+    for d, i in zip(DIGITS, ids, strict=True):
         assert record["distributions"]["clean"][d] == pytest.approx(float(probs[i]), abs=1e-5)
 
 
@@ -56,15 +62,31 @@ def test_intervention_numbers_equal_the_probes_called_directly(smollm2, smollm2_
     _, out = smollm2_study
     d = json.loads((out / "results.json").read_text())["distributions"]
     direct = {
-        "identity_block_21": run(smollm2, STUDY_PROMPT, BlockReplacement(blocks=[21]), targets=DIGITS)["block_replacement"],
-        "mask_9_from_13": run(smollm2, STUDY_PROMPT, AttentionMask(keys="9", blocks=list(range(13, 30))),
-                              targets=DIGITS)["attention_mask"],
-        "patch_6_14": run(smollm2, STUDY_PROMPT, ActivationPatch(source=SOURCE, blocks=[6, 14], positions="9"), targets=DIGITS)["patch"],
-        "patch_6_14_and_21_on": run(smollm2, STUDY_PROMPT, ActivationPatch(
-            source=SOURCE, blocks=[6, 14, *range(21, 30)], positions="9"), targets=DIGITS)["patch"],
+        "identity_block_21": run(smollm2, STUDY_PROMPT, BlockReplacement(blocks=[21]), targets=DIGITS)[
+            "block_replacement"
+        ],
+        "mask_9_from_13": run(
+            smollm2, STUDY_PROMPT, AttentionMask(keys="9", blocks=list(range(13, 30))), targets=DIGITS
+        )["attention_mask"],
+        "patch_6_14": run(
+            smollm2, STUDY_PROMPT, ActivationPatch(source=SOURCE, blocks=[6, 14], positions="9"), targets=DIGITS
+        )["patch"],
+        "patch_6_14_and_21_on": run(
+            smollm2,
+            STUDY_PROMPT,
+            ActivationPatch(source=SOURCE, blocks=[6, 14, *range(21, 30)], positions="9"),
+            targets=DIGITS,
+        )["patch"],
     }
-    both = run(smollm2, STUDY_PROMPT, [ActivationPatch(source=SOURCE, blocks=[6, 14], positions="9"),
-                                       AttentionMask(keys="9", blocks=list(range(13, 30)))], targets=DIGITS)
+    both = run(
+        smollm2,
+        STUDY_PROMPT,
+        [
+            ActivationPatch(source=SOURCE, blocks=[6, 14], positions="9"),
+            AttentionMask(keys="9", blocks=list(range(13, 30))),
+        ],
+        targets=DIGITS,
+    )
     direct["patch_and_mask"] = both["patch"]
     for key, result in direct.items():
         assert list(result.distribution()) == list(DIGITS), key  # the study reports the ten digits, in digit order
@@ -89,8 +111,16 @@ def test_report_folder_layout(smollm2_study):
         assert (out / "figures" / f"{fig.key}.html").is_file()
         assert f"fig-{fig.key}" in html
     keys = {f.key for f in study.figures}
-    assert {"distributions", "lens_digits", "identity", "identity_sweep", "attention_sink",
-            "attention_block_21", "interventions", "prompt_sweep"} <= keys
+    assert {
+        "distributions",
+        "lens_digits",
+        "identity",
+        "identity_sweep",
+        "attention_sink",
+        "attention_block_21",
+        "interventions",
+        "prompt_sweep",
+    } <= keys
 
 
 def test_defaults_scale_on_a_shallow_model_and_say_so(tiny_qwen2):
@@ -123,15 +153,33 @@ def test_a_failing_report_writes_nothing(tiny_qwen2, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--block", "99"], "Block 99 does not exist"),
-    (["--bound", "7"], "cannot be located"),
-    (["--prompts", "no-such-file.txt"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--block", "99"], "Block 99 does not exist"),
+        (["--bound", "7"], "cannot be located"),
+        (["--prompts", "no-such-file.txt"], "does not exist"),
+    ],
+)
 def test_cli_bad_option_is_one_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "workbench", "study", "random-number", "--model", "tiny-qwen2",
-                           "--out", str(out), *args], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "study",
+            "random-number",
+            "--model",
+            "tiny-qwen2",
+            "--out",
+            str(out),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -142,8 +190,23 @@ def test_cli_bad_option_is_one_line_and_writes_nothing(tmp_path, args, message):
 @pytest.mark.real
 def test_cli_block_99_on_the_30_block_model(tmp_path):
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "workbench", "study", "random-number", "--model", "smollm2",
-                           "--block", "99", "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "study",
+            "random-number",
+            "--model",
+            "smollm2",
+            "--block",
+            "99",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "Block 99 does not exist: SmolLM2-135M-Instruct has blocks 0–29" in proc.stderr
     assert not out.exists()
@@ -154,13 +217,34 @@ def test_cli_writes_html_png_and_svg_figures(tmp_path):
     out = tmp_path / "report"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# odd prompts\nI'm generating a random number between [0, 99]. The number is \n")
-    proc = subprocess.run([sys.executable, "-m", "workbench", "study", "random-number", "--model", "tiny-qwen2",
-                           "--out", str(out), "--prompts", str(prompts)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "study",
+            "random-number",
+            "--model",
+            "tiny-qwen2",
+            "--out",
+            str(out),
+            "--prompts",
+            str(prompts),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     record = json.loads((out / "results.json").read_text())
     assert record["prompt_sweep"][-1]["prompt"] == "I'm generating a random number between [0, 99]. The number is "
     assert set(record["distributions"]) == {
-        "clean", "identity_block_3", "mask_9_from_2", "patch_1_2", "patch_1_2_and_3_on", "patch_and_mask"}
+        "clean",
+        "identity_block_3",
+        "mask_9_from_2",
+        "patch_1_2",
+        "patch_1_2_and_3_on",
+        "patch_and_mask",
+    }
     for suffix in ("html", "png", "svg"):
         files = list((out / "figures").glob(f"*.{suffix}"))
         assert len(files) >= 10, suffix
@@ -177,9 +261,10 @@ def assert_same_study(study, loaded):
     assert list(study.results) == list(loaded.results)
     for name in study.results:
         assert_same_result(study.results[name], loaded.results[name], name)
-    assert [(f.key, f.title, f.caption, f.section) for f in study.figures] == \
-        [(f.key, f.title, f.caption, f.section) for f in loaded.figures]
-    for fig, again in zip(study.figures, loaded.figures):
+    assert [(f.key, f.title, f.caption, f.section) for f in study.figures] == [
+        (f.key, f.title, f.caption, f.section) for f in loaded.figures
+    ]
+    for fig, again in zip(study.figures, loaded.figures, strict=True):
         assert fig.figure.to_json() == again.figure.to_json(), fig.key
     assert loaded.plan == study.plan
 
@@ -230,13 +315,24 @@ def test_workbench_report_redraws_without_the_model(tiny_study, tmp_path):
     shutil.copytree(out, copy)
     results_before = (copy / "results.json").read_bytes()
     (copy / "report.html").write_text("stale")  # a changed file the marker no longer vouches for …
-    proc = subprocess.run([sys.executable, "-c", REDRAW_WITHOUT_A_MODEL, "report", str(copy), "--no-static"],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode != 0 and "report.html, which the workbench did not write (or which changed since)" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-c", REDRAW_WITHOUT_A_MODEL, "report", str(copy), "--no-static"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert (
+        proc.returncode != 0
+        and "report.html, which the workbench did not write (or which changed since)" in proc.stderr
+    )
     shutil.copyfile(out / "report.html", copy / "report.html")  # … restored: the folder is ours again
     shutil.rmtree(copy / "figures")
-    proc = subprocess.run([sys.executable, "-c", REDRAW_WITHOUT_A_MODEL, "report", str(copy), "--no-static"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", REDRAW_WITHOUT_A_MODEL, "report", str(copy), "--no-static"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"{len(study.figures)} figures redrawn" in proc.stdout
     assert (copy / "results.json").read_bytes() == results_before  # the same bytes: encoding is deterministic
@@ -258,11 +354,15 @@ def test_workbench_report_refuses_what_is_not_a_study(tmp_path):
     before = snapshot(folder)
     run = workbench("report", str(folder))
     assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert run.error_lines == [f"error: Output folder {folder} holds results.json, which the workbench did not write: "
-                               "choose a new or empty folder (nothing was changed)."]
+    assert run.error_lines == [
+        f"error: Output folder {folder} holds results.json, which the workbench did not write: "
+        "choose a new or empty folder (nothing was changed)."
+    ]
     run = workbench("report", str(folder), "--out", str(tmp_path / "new"))
-    assert run.error_lines == [f"error: {folder / 'results.json'} is not written by this version of the workbench, "
-                               "not a saved random-number study: pass a file written by the matching save."]
+    assert run.error_lines == [
+        f"error: {folder / 'results.json'} is not written by this version of the workbench, "
+        "not a saved random-number study: pass a file written by the matching save."
+    ]
     assert snapshot(folder) == before and not (tmp_path / "new").exists()
 
 

@@ -25,7 +25,7 @@ def assert_same(ours, golden, path="record"):
             assert_same(ours[key], golden[key], f"{path}.{key}")
     elif isinstance(golden, list):
         assert isinstance(ours, list) and len(ours) == len(golden), path
-        for i, (a, b) in enumerate(zip(ours, golden)):
+        for i, (a, b) in enumerate(zip(ours, golden, strict=True)):
             assert_same(a, b, f"{path}[{i}]")
     elif isinstance(golden, float) and isinstance(ours, (int, float)):
         assert math.isclose(ours, golden, abs_tol=ATOL, rel_tol=1e-6), (path, ours, golden)

@@ -106,8 +106,24 @@ def test_cli_study_with_a_dataset_and_a_lens(tmp_path, tiny_lens, capsys):
     lens = tmp_path / "qwen.lens"
     tiny_lens.save(lens)
     out = tmp_path / "report"
-    code, stdout, err = run_cli(["study", "random-number", "-m", "tiny-qwen2", "--out", str(out), "--no-static",
-                                 "--lens", str(lens), "--dataset", "bundled", "--resamples", "499"], capsys)
+    code, stdout, err = run_cli(
+        [
+            "study",
+            "random-number",
+            "-m",
+            "tiny-qwen2",
+            "--out",
+            str(out),
+            "--no-static",
+            "--lens",
+            str(lens),
+            "--dataset",
+            "bundled",
+            "--resamples",
+            "499",
+        ],
+        capsys,
+    )
     assert code == 0, err
     record = json.loads((out / "results.json").read_text())
     assert set(record["dataset_effects"]) == {"identity_block", "mask_bound", "patch_bound"}

@@ -99,12 +99,19 @@ def test_a_patch_sweep_runs_its_source_once(tiny_model):
     calls = []
     handle = tiny_model.bridge.blocks[0].register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[1]))
     try:
-        result = patch_sweep(tiny_model, "I'm generating a random number between [0, 9]. The number is ",
-                             "I'm generating a random number between [0, 5]. The number is ", site="resid_pre",
-                             metric="logit_diff:9,5", method="fast")
+        result = patch_sweep(
+            tiny_model,
+            "I'm generating a random number between [0, 9]. The number is ",
+            "I'm generating a random number between [0, 5]. The number is ",
+            site="resid_pre",
+            metric="logit_diff:9,5",
+            method="fast",
+        )
     finally:
         handle.remove()
     n = len(result.meta["tokens"]) if "tokens" in result.meta else max(calls)
     full = [c for c in calls if c == n]
     assert result["metric"].values.numel() > 4
-    assert len(full) <= 5, f"{len(full)} full-length forwards through block 0 for {result['metric'].values.numel()} cells"
+    assert len(full) <= 5, (
+        f"{len(full)} full-length forwards through block 0 for {result['metric'].values.numel()} cells"
+    )

@@ -40,8 +40,12 @@ def test_full_grid_without_prefix_skip_matches_naive(tiny_qwen2):
 @pytest.mark.parametrize("site", HEAD_SITES)
 @pytest.mark.parametrize("by_position", [False, True])
 def test_head_sites_match_naive(tiny_model, site, by_position):
-    fast = patch_sweep(tiny_model, PROMPT, SOURCE, site=site, by_position=by_position, metric="logit_diff:9,5", method="fast")
-    naive = patch_sweep(tiny_model, PROMPT, SOURCE, site=site, by_position=by_position, metric="logit_diff:9,5", method="naive")
+    fast = patch_sweep(
+        tiny_model, PROMPT, SOURCE, site=site, by_position=by_position, metric="logit_diff:9,5", method="fast"
+    )
+    naive = patch_sweep(
+        tiny_model, PROMPT, SOURCE, site=site, by_position=by_position, metric="logit_diff:9,5", method="naive"
+    )
     assert_same(fast, naive)
     heads = tiny_model.facts.n_kv_heads if site in "kv" else tiny_model.facts.n_heads
     assert fast["metric"].shape[-1] == heads
@@ -96,7 +100,7 @@ def test_attribution_matches_autograd_through_the_bridge(tiny_qwen2):
     estimate = attribution_sweep(tiny_qwen2, PROMPT, SOURCE, site="resid_pre", metric=metric)
     bridge = tiny_qwen2.bridge
     tokens, source = tiny_qwen2.to_tokens(PROMPT), tiny_qwen2.to_tokens(SOURCE)
-    kept, source_acts = {}, {}
+    kept = {}
 
     def keep(name):
         def hook(act, hook):
@@ -140,6 +144,10 @@ def test_smollm2_heads_and_blocks_match_naive(smollm2):
     fast = block_sweep(smollm2, PROMPT, blocks=[0, 21, 29], metric="kl", method="fast")
     naive = block_sweep(smollm2, PROMPT, blocks=[0, 21, 29], metric="kl", method="naive")
     assert_same(fast, naive, atol=REAL_TOL)
-    fast = mask_sweep(smollm2, PROMPT, blocks=[13], keys=[0, 11], cumulative=True, metric="digits_above:5", method="fast")
-    naive = mask_sweep(smollm2, PROMPT, blocks=[13], keys=[0, 11], cumulative=True, metric="digits_above:5", method="naive")
+    fast = mask_sweep(
+        smollm2, PROMPT, blocks=[13], keys=[0, 11], cumulative=True, metric="digits_above:5", method="fast"
+    )
+    naive = mask_sweep(
+        smollm2, PROMPT, blocks=[13], keys=[0, 11], cumulative=True, metric="digits_above:5", method="naive"
+    )
     assert_same(fast, naive, atol=REAL_TOL)

@@ -49,8 +49,9 @@ def out_folder(kind: str):
 
 def _register() -> None:
     # Each command group lives in its own module and adds itself to ``app``.
-    from workbench.cli import models  # noqa: F401
     import importlib
+
+    from workbench.cli import models  # noqa: F401
 
     for module in ("probes", "study", "report", "sampling", "bench", "experiment", "lens"):
         try:
@@ -99,8 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     except WorkbenchError as exc:
         _fail(f"error: {one_line(exc)}", exc.exit_code)
     except Interrupted as exc:
-        _fail(f"interrupted by {exc}: stopped before the end; no half-written output was left and earlier "
-              "outputs are as they were.", exc.exit_code)
+        _fail(
+            f"interrupted by {exc}: stopped before the end; no half-written output was left and earlier "
+            "outputs are as they were.",
+            exc.exit_code,
+        )
     except Exception as exc:
         kind = _click_error(exc)
         if kind == "NoArgsIsHelpError":

@@ -14,7 +14,9 @@ from workbench.cli import app
 from workbench.cli.models import SPEC_HELP
 from workbench.errors import LensError
 
-lens_app = typer.Typer(help="Lenses beyond the logit lens: fit (linear / tuned), inspect, compare.", no_args_is_help=True)
+lens_app = typer.Typer(
+    help="Lenses beyond the logit lens: fit (linear / tuned), inspect, compare.", no_args_is_help=True
+)
 app.add_typer(lens_app, name="lens")
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
@@ -28,17 +30,23 @@ def _progress(as_json: bool) -> bool:
 def fit(
     model: str = typer.Option("smollm2", "--model", "-m", help=SPEC_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Lens file to write (safetensors + JSON header)."),
-    corpus: Path = typer.Option(None, "--corpus", help="UTF-8 text file to fit on (default: text sampled from the model)."),
+    corpus: Path | None = typer.Option(
+        None, "--corpus", help="UTF-8 text file to fit on (default: text sampled from the model)."
+    ),
     tokens: int = typer.Option(8192, "--tokens", "-n", help="Corpus tokens (80% fit, 10% choose the ridge, 10% test)."),
-    method: str = typer.Option("linear", "--method", help="linear (closed-form ridge) or tuned (KL objective from linear)."),
+    method: str = typer.Option(
+        "linear", "--method", help="linear (closed-form ridge) or tuned (KL objective from linear)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled corpus, the split and the tuned data order."),
     resume: bool = typer.Option(False, "--resume", help="Continue a tuned fit from OUT.ckpt."),
     steps: int = typer.Option(100, "--steps", help="Tuned: optimiser steps."),
     tokens_per_step: int = typer.Option(256, "--tokens-per-step", help="Tuned: tokens per step."),
     optimizer: str = typer.Option("sgd", "--optimizer", help="Tuned: sgd (Nesterov, the paper's) or adam."),
-    lr: float = typer.Option(1.0, "--lr", help="Tuned: learning-rate scale (the paper's unit: 1 for sgd, ×1e-3 for adam)."),
+    lr: float = typer.Option(
+        1.0, "--lr", help="Tuned: learning-rate scale (the paper's unit: 1 for sgd, ×1e-3 for adam)."
+    ),
     checkpoint_every: int = typer.Option(10, "--checkpoint-every", help="Tuned: steps between checkpoints."),
-    device: str = typer.Option(None, help="cpu, cuda or mps."),
+    device: str | None = typer.Option(None, help="cpu, cuda or mps."),
     as_json: bool = typer.Option(False, "--json", help="Print the lens header as JSON."),
 ) -> None:
     """Fit a lens for MODEL and write it to OUT; prints held-out KL per layer against the logit lens."""
@@ -47,10 +55,21 @@ def fit(
     check_lens_path(out)
     if corpus is not None and not corpus.is_file():
         raise LensError(f"No corpus file at {corpus}: pass a UTF-8 text file, or leave --corpus out to sample text.")
-    settings = TunedSettings(steps=steps, tokens_per_step=tokens_per_step, optimizer=optimizer, lr=lr,
-                             checkpoint_every=checkpoint_every)
-    lens = fit_lens(model, corpus, method=method, tokens=tokens, seed=seed, tuned=settings, resume=resume, out=out,
-                    progress=_progress(as_json), device=device)
+    settings = TunedSettings(
+        steps=steps, tokens_per_step=tokens_per_step, optimizer=optimizer, lr=lr, checkpoint_every=checkpoint_every
+    )
+    lens = fit_lens(
+        model,
+        corpus,
+        method=method,
+        tokens=tokens,
+        seed=seed,
+        tuned=settings,
+        resume=resume,
+        out=out,
+        progress=_progress(as_json),
+        device=device,
+    )
     if as_json:
         typer.echo(json.dumps(lens.header))
         return
@@ -88,7 +107,12 @@ def _print_lens(lens) -> None:
     if ridge := h.get("ridge"):
         rows.append(("ridge α per layer", ", ".join(f"{a:g}" for a in ridge["alpha"])))
     if tuned := h.get("tuned"):
-        rows.append(("tuned", f"{tuned['steps']} steps × {tuned['tokens_per_step']} tokens, {tuned['optimizer']} lr {tuned['lr']:g}"))
+        rows.append(
+            (
+                "tuned",
+                f"{tuned['steps']} steps × {tuned['tokens_per_step']} tokens, {tuned['optimizer']} lr {tuned['lr']:g}",
+            )
+        )
     if "fit_seconds" in h:
         rows.append(("fit time", f"{h['fit_seconds']:.1f} s"))
     if note := (h.get("tuned") or {}).get("note"):
@@ -111,10 +135,14 @@ def compare(
     lens: Path = typer.Argument(..., help="A lens file written by `workbench lens fit`."),
     model: str = typer.Option("smollm2", "--model", "-m", help=SPEC_HELP),
     prompt: str = typer.Option(PROMPT, "--prompt", "-p", help="Prompt to read (the last position by default)."),
-    targets: str = typer.Option(None, help="Comma-separated target tokens (default: the clean run's 10 most likely next tokens)."),
+    targets: str | None = typer.Option(
+        None, help="Comma-separated target tokens (default: the clean run's 10 most likely next tokens)."
+    ),
     k: int = typer.Option(10, "-k", help="Top-k threshold for 'the targets are in the top-k'."),
-    out: Path = typer.Option(None, "--out", help="Figure file (.html, .png, .svg by suffix); replaces only a figure the workbench wrote."),
-    device: str = typer.Option(None, help="cpu, cuda or mps."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Figure file (.html, .png, .svg by suffix); replaces only a figure the workbench wrote."
+    ),
+    device: str | None = typer.Option(None, help="cpu, cuda or mps."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Logit lens vs LENS on one prompt: KL to the output per layer, first layer with a target in the top-k."""
@@ -126,8 +154,9 @@ def compare(
     if out is not None:
         check_figure_path(out)  # before the model loads: never over a file the workbench did not write
     loaded = load_model(model, device=device)
-    result = run(loaded, prompt, TunedLens(lens=lens, k=k, positions=[-1]),
-                 targets=targets.split(",") if targets else None)["tuned_lens"]
+    result = run(
+        loaded, prompt, TunedLens(lens=lens, k=k, positions=[-1]), targets=targets.split(",") if targets else None
+    )["tuned_lens"]
     comparison = result.comparison()
     if out is not None:
         write_figure(comparison.figure(), out)

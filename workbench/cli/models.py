@@ -10,20 +10,25 @@ from rich.table import Table
 
 from workbench.cli import app
 
-models_app = typer.Typer(help="Inspect models: facts of a spec, known short names, cached GGUF conversions.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Inspect models: facts of a spec, known short names, cached GGUF conversions.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 
-SPEC_HELP = ("Model spec: smollm2, tiny-<family> (see `workbench models list`), a .gguf file, a Hugging Face "
-             "folder or a hub id.")
+SPEC_HELP = (
+    "Model spec: smollm2, tiny-<family> (see `workbench models list`), a .gguf file, a Hugging Face folder or a hub id."
+)
 
 
 @models_app.command("info")
 def info(
     spec: str = typer.Argument("smollm2", help=SPEC_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-    device: str = typer.Option(None, help="cpu, cuda or mps (default: the best available)."),
+    device: str | None = typer.Option(None, help="cpu, cuda or mps (default: the best available)."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Re-convert a GGUF instead of using the de-quantized cache."),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Re-convert a GGUF instead of using the de-quantized cache."
+    ),
 ) -> None:
     """Load SPEC and print the facts a probe needs (blocks, heads, key/value groups, vocabulary)."""
     from workbench.models import load_model

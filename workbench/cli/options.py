@@ -33,8 +33,10 @@ class OptionSpec:
         try:
             return _parse(raw, self.annotation)
         except _Bad as bad:
-            raise ProbeError(f"Option {self.name}={raw!r} of probe {probe}: {bad} (the option is {self.text}). "
-                             f"Write e.g. {_example(self)}.") from None
+            raise ProbeError(
+                f"Option {self.name}={raw!r} of probe {probe}: {bad} (the option is {self.text}). "
+                f"Write e.g. {_example(self)}."
+            ) from None
 
 
 class _Bad(ValueError):
@@ -54,8 +56,11 @@ def probe_options(cls: type) -> dict[str, OptionSpec]:
         if not f.init:
             continue
         annotation = hints.get(f.name, str)
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        )
         out[f.name] = OptionSpec(f.name, annotation, default, _show(annotation))
     return out
 
@@ -70,8 +75,10 @@ def parse_options(cls: type, name: str, options: list[str]) -> dict[str, Any]:
         key, raw = text.split("=", 1)
         key = key.strip().replace("-", "_")
         if key not in specs:
-            raise ProbeError(f"Probe {name} has no option {key!r}: its options are {', '.join(sorted(specs)) or 'none'} "
-                             f"(see `workbench probe {name} --help`).")
+            raise ProbeError(
+                f"Probe {name} has no option {key!r}: its options are {', '.join(sorted(specs)) or 'none'} "
+                f"(see `workbench probe {name} --help`)."
+            )
         if key in kwargs:
             raise ProbeError(f"Option {key} is given twice: give it once.")
         kwargs[key] = specs[key].parse(raw, name)

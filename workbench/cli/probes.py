@@ -21,9 +21,10 @@ from workbench.errors import ProbeError
 from workbench.outputs import PROBE
 from workbench.studies.random_number import STUDY_PROMPT
 
-probes_app = typer.Typer(help="Registered probes (built-in, @register_probe, and installed plugins).", no_args_is_help=True)
+probes_app = typer.Typer(
+    help="Registered probes (built-in, @register_probe, and installed plugins).", no_args_is_help=True
+)
 app.add_typer(probes_app, name="probes")
-
 
 
 @probes_app.command("list")
@@ -32,9 +33,15 @@ def list_probes(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     from workbench.probes.registry import available_probes, plugin_errors
 
     probes = available_probes()
-    rows = {name: {"summary": cls.summary(), "kind": "intervention" if cls.intervenes else "observer",
-                   "options": list(probe_options(cls)),
-                   "class": f"{cls.__module__}.{cls.__qualname__}"} for name, cls in sorted(probes.items())}
+    rows = {
+        name: {
+            "summary": cls.summary(),
+            "kind": "intervention" if cls.intervenes else "observer",
+            "options": list(probe_options(cls)),
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+        }
+        for name, cls in sorted(probes.items())
+    }
     errors = plugin_errors()
     if as_json:
         typer.echo(json.dumps({"probes": rows, "plugin_errors": errors}))
@@ -75,24 +82,39 @@ def print_probe_help(name: str) -> None:
         table.add_row(spec.name, escape(spec.text), escape(describe_default(spec.default)))
     console = Console()
     console.print(table)
-    console.print(escape(f"Usage: workbench probe {name} [--model SPEC] [--prompt TEXT] -o key=value …  "
-                         "(lists: -o blocks=6,14 or JSON; text-or-position items: 9 is text, @9 is position 9)"))
+    console.print(
+        escape(
+            f"Usage: workbench probe {name} [--model SPEC] [--prompt TEXT] -o key=value …  "
+            "(lists: -o blocks=6,14 or JSON; text-or-position items: 9 is text, @9 is position 9)"
+        )
+    )
 
 
 @app.command("probe", context_settings={"help_option_names": []})
 def probe(
     ctx: typer.Context,
-    name: str = typer.Argument(None, help="Probe name (see `workbench probes list`)."),
+    name: str | None = typer.Argument(None, help="Probe name (see `workbench probes list`)."),
     show_help: bool = typer.Option(False, "--help", "-h", help="Show this help; after NAME, the probe's own options."),
     model: str = typer.Option("smollm2", "--model", "-m", help=SPEC_HELP),
-    prompt: list[str] = typer.Option([STUDY_PROMPT], "--prompt", "-p", help="Prompt text; repeat for a batch of equal token length."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Probe option key=value (e.g. blocks=6,14; keys=9; source='…')."),
-    targets: str = typer.Option(None, help="Comma-separated target tokens (default: the clean run's 10 most likely)."),
+    prompt: list[str] = typer.Option(
+        [STUDY_PROMPT], "--prompt", "-p", help="Prompt text; repeat for a batch of equal token length."
+    ),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="Probe option key=value (e.g. blocks=6,14; keys=9; source='…')."
+    ),
+    targets: str | None = typer.Option(
+        None, help="Comma-separated target tokens (default: the clean run's 10 most likely)."
+    ),
     readout: int = typer.Option(-1, help="Readout position (default: the last token)."),
-    out: Path = typer.Option(None, "--out", callback=out_folder(PROBE),
-                             help="Folder for the figures (HTML, PNG when a browser exists) and result.json: new, empty, or an earlier probe output."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        callback=out_folder(PROBE),
+        help="Folder for the figures (HTML, PNG when a browser exists) and result.json: "
+        "new, empty, or an earlier probe output.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    device: str = typer.Option(None, help="cpu, cuda or mps."),
+    device: str | None = typer.Option(None, help="cpu, cuda or mps."),
     static: bool = typer.Option(True, help="Also write PNG/SVG figures (needs Chromium)."),
 ) -> None:
     """Run one probe on a model and prompt; print its summary, write its figures and data.
@@ -111,8 +133,7 @@ def probe(
         raise ProbeError("Name the probe to run: `workbench probe NAME` (see `workbench probes list`).")
     built = build_probe(name, option)
     loaded = load_model(model, device=device)
-    result = run(loaded, prompt, [built], readout=readout,
-                 targets=targets.split(",") if targets else None)[built.name]
+    result = run(loaded, prompt, [built], readout=readout, targets=targets.split(",") if targets else None)[built.name]
     if out is not None:
         written = write_result(result, out, static=static)
         typer.echo(f"wrote {len(written)} files to {out}", err=as_json)

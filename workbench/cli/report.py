@@ -12,8 +12,12 @@ from workbench.outputs import STUDY
 
 @app.command("report")
 def report(
-    folder: Path = typer.Argument(..., help="A folder written by `workbench study random-number` (or its results.json)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Write the redrawn report here instead of replacing FOLDER."),
+    folder: Path = typer.Argument(
+        ..., help="A folder written by `workbench study random-number` (or its results.json)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Write the redrawn report here instead of replacing FOLDER."
+    ),
     static: bool = typer.Option(True, help="Also write PNG and SVG figures (needs Chromium)."),
 ) -> None:
     """Rebuild every figure and report.html of a study from its results.json (no model is loaded).

@@ -28,10 +28,17 @@ sample_app = typer.Typer(
 )
 app.add_typer(sample_app, name="sample")
 
-MODEL_HELP = "Model spec (smollm2, tiny-qwen2, tiny-llama, a .gguf, a HF folder, a hub id) or bigram:PATH for a bigram model of a text file."
-SAMPLER_HELP = "Sampler spec, repeatable: 'greedy' or key=value pairs, e.g. 't=0.7,top_p=0.9', 't=-0.001', 'top_n_sigma=1'."
-INTERVENTION_HELP = ("An intervention as JSON, repeatable, e.g. '{\"site\": \"block\", \"op\": \"identity\", "
-                     "\"blocks\": [21]}' (any registered operation, plugins included).")
+MODEL_HELP = (
+    "Model spec (smollm2, tiny-qwen2, tiny-llama, a .gguf, a HF folder, a hub id) "
+    "or bigram:PATH for a bigram model of a text file."
+)
+SAMPLER_HELP = (
+    "Sampler spec, repeatable: 'greedy' or key=value pairs, e.g. 't=0.7,top_p=0.9', 't=-0.001', 'top_n_sigma=1'."
+)
+INTERVENTION_HELP = (
+    'An intervention as JSON, repeatable, e.g. \'{"site": "block", "op": "identity", '
+    '"blocks": [21]}\' (any registered operation, plugins included).'
+)
 
 
 from workbench.sampling.audit import DEFAULT_PROMPT as PROMPT_DEFAULT  # noqa: E402  (the audit's question)
@@ -115,19 +122,38 @@ def _write_results(data: dict, fig, out: Path, stem: str, png: bool) -> list[Pat
 def randomness(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
     samples: int = typer.Option(1000, "--samples", "-n", help="Answers to draw per sampler (and from secrets)."),
-    sampler: list[str] = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
-    prompt: str = typer.Option(PROMPT_DEFAULT, "--prompt", "-p", help="Raw prompt; it should end where the number begins."),
+    sampler: list[str] | None = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
+    prompt: str = typer.Option(
+        PROMPT_DEFAULT, "--prompt", "-p", help="Raw prompt; it should end where the number begins."
+    ),
     low: int = typer.Option(0, "--low", help="Smallest valid answer."),
     high: int = typer.Option(9, "--high", help="Largest valid answer."),
-    method: str = typer.Option("auto", "--method", help="auto, first-token (one batch draw) or generate (multi-token answers)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first sampler (the i-th gets seed + i); answer j of a sampler draws from its own stream (seed, j)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Rows per forward when generating answers (speed only: the answers do not depend on it)."),
-    max_contexts: int = typer.Option(
-        100_000, "--max-contexts",
-        help="Most forward rows the exact law of a multi-token range may take (one per number prefix); larger ranges are refused up front.",
+    method: str = typer.Option(
+        "auto", "--method", help="auto, first-token (one batch draw) or generate (multi-token answers)."
     ),
-    out: Path = typer.Option(None, "--out", callback=out_folder(AUDIT),
-                             help="Folder for results.json, randomness.html and randomness.png (new, empty, or an earlier audit)."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seed of the first sampler (the i-th gets seed + i); "
+        "answer j of a sampler draws from its own stream (seed, j).",
+    ),
+    batch_size: int = typer.Option(
+        256,
+        "--batch-size",
+        help="Rows per forward when generating answers (speed only: the answers do not depend on it).",
+    ),
+    max_contexts: int = typer.Option(
+        100_000,
+        "--max-contexts",
+        help="Most forward rows the exact law of a multi-token range may take (one per number prefix); "
+        "larger ranges are refused up front.",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        callback=out_folder(AUDIT),
+        help="Folder for results.json, randomness.html and randomness.png (new, empty, or an earlier audit).",
+    ),
     no_png: bool = typer.Option(False, "--no-png", help="Skip the PNG (no browser needed)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
 ) -> None:
@@ -145,8 +171,17 @@ def randomness(
     samplers = _samplers(sampler, _seed(seed, len(sampler or [1])))
     lm = load_next_token_model(model)
     audit = randomness_audit(
-        lm, samples=samples, samplers=samplers, prompt=prompt, low=low, high=high, method=method, seed=seed,
-        batch_size=batch_size, progress=_progress(as_json), max_contexts=max_contexts,
+        lm,
+        samples=samples,
+        samplers=samplers,
+        prompt=prompt,
+        low=low,
+        high=high,
+        method=method,
+        seed=seed,
+        batch_size=batch_size,
+        progress=_progress(as_json),
+        max_contexts=max_contexts,
     )
     if out is not None:
         written = _write_results(audit.to_dict(), audit.figure(), out, "randomness", not no_png)
@@ -158,18 +193,35 @@ def randomness(
     console = Console()
     console.print(
         f"[bold]{audit.model}[/bold] — {audit.method}, {audit.samples} answers per source, values {low}–{high}; "
-        f"model exact entropy {audit.model_exact_entropy_bits:.3f} bits vs log2(range) {audit.uniform_entropy_bits:.3f}; "
+        f"model exact entropy {audit.model_exact_entropy_bits:.3f} bits "
+        f"vs log2(range) {audit.uniform_entropy_bits:.3f}; "
         f"P(valid answer) {audit.model_valid_mass:.3f}"
     )
     table = Table()
-    for column in ("source", "valid", "failed", "entropy bits", "exact bits", "χ² vs uniform", "p", "χ² vs exact", "p (exact)"):
+    for column in (
+        "source",
+        "valid",
+        "failed",
+        "entropy bits",
+        "exact bits",
+        "χ² vs uniform",
+        "p",
+        "χ² vs exact",
+        "p (exact)",
+    ):
         table.add_column(column)
     fmt = lambda x, spec: "—" if x is None else format(x, spec)  # noqa: E731
     for row in audit.rows():
         table.add_row(
-            row["source"], str(row["valid"]), str(row["failed"]), fmt(row["entropy_bits"], ".3f"),
-            fmt(row["exact_entropy_bits"], ".3f"), fmt(row["chi2_uniform"], ".1f"), fmt(row["p_uniform"], ".3g"),
-            fmt(row["chi2_exact"], ".1f"), fmt(row["p_exact"], ".3g"),
+            row["source"],
+            str(row["valid"]),
+            str(row["failed"]),
+            fmt(row["entropy_bits"], ".3f"),
+            fmt(row["exact_entropy_bits"], ".3f"),
+            fmt(row["chi2_uniform"], ".1f"),
+            fmt(row["p_uniform"], ".3g"),
+            fmt(row["chi2_exact"], ".1f"),
+            fmt(row["p_exact"], ".3g"),
         )
     console.print(table)
 
@@ -186,7 +238,7 @@ sample_app.command("audit")(randomness)
 def next_token(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
     prompt: str = typer.Option(PROMPT_DEFAULT, "--prompt", "-p", help="Raw prompt."),
-    sampler: list[str] = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
+    sampler: list[str] | None = typer.Option(None, "--sampler", "-s", help=SAMPLER_HELP + " Default: t=1."),
     top: int = typer.Option(10, "--top", help="Tokens to list per sampler (at least 1)."),
     draws: int = typer.Option(0, "--draws", help="Also draw this many tokens per sampler (seeded)."),
     seed: int = typer.Option(0, "--seed"),
@@ -203,7 +255,8 @@ def next_token(
     draws = whole_number("--draws", draws, 0)
     samplers = _samplers(sampler, _seed(seed, len(sampler or [1])))
     require_within_budget(
-        draws * len(samplers) * 96, f"Listing {draws:,} draws for each of {len(samplers)} samplers",
+        draws * len(samplers) * 96,
+        f"Listing {draws:,} draws for each of {len(samplers)} samplers",
         "pass a smaller --draws (each draw is printed), or use `workbench sample audit` for counts",
     )
     lm = as_next_token_model(load_next_token_model(model))
@@ -216,7 +269,11 @@ def next_token(
         values, ids = probs.topk(min(top, probs.numel()))
         entry = {
             "sampler": s.describe(),
-            "top": [{"id": int(i), "text": lm.decode([int(i)]), "prob": float(v)} for v, i in zip(values, ids) if v > 0],
+            "top": [
+                {"id": int(i), "text": lm.decode([int(i)]), "prob": float(v)}
+                for v, i in zip(values, ids, strict=True)
+                if v > 0
+            ],
             "monitors": distribution_stats(torch.log(probs.clamp(min=0)), k=min(top, probs.numel())).to_dict(),
         }
         if draws:
@@ -228,8 +285,10 @@ def next_token(
     console = Console()
     for entry in report:
         m = entry["monitors"]
-        table = Table(title=f"{entry['sampler']}: entropy {m['entropy_bits']:.3f} bits, perplexity {m['perplexity']:.2f}, "
-                            f"top-{m['top_k']} mass {m['top_k_mass']:.3f}, kept {m['size'] - m['n_zero']}")
+        table = Table(
+            title=f"{entry['sampler']}: entropy {m['entropy_bits']:.3f} bits, perplexity {m['perplexity']:.2f}, "
+            f"top-{m['top_k']} mass {m['top_k_mass']:.3f}, kept {m['size'] - m['n_zero']}"
+        )
         table.add_column("id")
         table.add_column("token")
         table.add_column("P")
@@ -247,11 +306,15 @@ def generate_command(
     sampler: str = typer.Option("greedy", "--sampler", "-s", help=SAMPLER_HELP),
     max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Tokens to generate (at least 1)."),
     n: int = typer.Option(1, "--n", help="Continuations of the prompt."),
-    stop: list[str] = typer.Option(None, "--stop", help="Stop string, repeatable (EOS always stops)."),
-    identity_block: int = typer.Option(None, "--identity-block", help="Make this block the identity during generation (e.g. 21)."),
-    intervention: list[str] = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
+    stop: list[str] | None = typer.Option(None, "--stop", help="Stop string, repeatable (EOS always stops)."),
+    identity_block: int | None = typer.Option(
+        None, "--identity-block", help="Make this block the identity during generation (e.g. 21)."
+    ),
+    intervention: list[str] | None = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
     seed: int = typer.Option(0, "--seed", help="Continuation i draws from its own stream (seed, i)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Rows per forward (default: what the memory budget holds); speed only."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Rows per forward (default: what the memory budget holds); speed only."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Generate with a sampler, optionally with interventions (e.g. a block made the identity, a steering vector)."""
@@ -265,8 +328,15 @@ def generate_command(
     edits = _interventions(intervention, identity_block)
     lm = as_next_token_model(load_next_token_model(model))
     result = generate(
-        lm, prompt, chosen, max_new_tokens, stop=stop or None, n=n, batch_size=batch_size,
-        progress=_progress(as_json), interventions=edits,
+        lm,
+        prompt,
+        chosen,
+        max_new_tokens,
+        stop=stop or None,
+        n=n,
+        batch_size=batch_size,
+        progress=_progress(as_json),
+        interventions=edits,
     )
     if as_json:
         typer.echo(_dumps({"model": lm.name, "prompt": prompt} | result.to_dict()))
@@ -284,8 +354,10 @@ def _interventions(texts: list[str] | None, identity_block: int | None = None) -
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise SamplingError(f"--intervention is not JSON ({exc.msg} at character {exc.pos}): write e.g. "
-                                '\'{"site": "block", "op": "identity", "blocks": [21]}\'.') from None
+            raise SamplingError(
+                f"--intervention is not JSON ({exc.msg} at character {exc.pos}): write e.g. "
+                '\'{"site": "block", "op": "identity", "blocks": [21]}\'.'
+            ) from None
         out.append(Intervention.from_dict(data))
     if identity_block is not None:
         out.append(identity(blocks=identity_block))
@@ -305,13 +377,21 @@ def beam_command(
     prompt: str = typer.Option("Once upon a time", "--prompt", "-p", help="Raw prompt."),
     width: int = typer.Option(4, "--width", "-k", help="Live beams kept per step (1 = greedy until the first stop)."),
     max_new_tokens: int = typer.Option(10, "--max-new-tokens", help="Most tokens per beam (at least 1)."),
-    length_penalty: float = typer.Option(1.0, "--length-penalty", help="score = log P / length ** penalty (length: generated tokens, stop token included)."),
-    early_stopping: str = typer.Option(
-        "false", "--early-stopping",
-        help="transformers' rule: true (stop once WIDTH beams finished), false (stop when no live beam can win), never (exhaustive).",
+    length_penalty: float = typer.Option(
+        1.0,
+        "--length-penalty",
+        help="score = log P / length ** penalty (length: generated tokens, stop token included).",
     ),
-    num_return_sequences: int = typer.Option(None, "--num-return-sequences", help="How many beams to show (default: WIDTH)."),
-    intervention: list[str] = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
+    early_stopping: str = typer.Option(
+        "false",
+        "--early-stopping",
+        help="transformers' rule: true (stop once WIDTH beams finished), "
+        "false (stop when no live beam can win), never (exhaustive).",
+    ),
+    num_return_sequences: int | None = typer.Option(
+        None, "--num-return-sequences", help="How many beams to show (default: WIDTH)."
+    ),
+    intervention: list[str] | None = typer.Option(None, "--intervention", "-i", help=INTERVENTION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Beam search as transformers does it: the best finished continuations with their log-probabilities."""
@@ -319,14 +399,23 @@ def beam_command(
 
     width = whole_number("--width", width, 1)
     max_new_tokens = whole_number("--max-new-tokens", max_new_tokens, 1)
-    length_penalty = finite_number("--length-penalty", length_penalty, "pass a finite number (1.0 is transformers' default)")
+    length_penalty = finite_number(
+        "--length-penalty", length_penalty, "pass a finite number (1.0 is transformers' default)"
+    )
     stopping = _early_stopping(early_stopping)
     if num_return_sequences is not None:
         num_return_sequences = whole_number("--num-return-sequences", num_return_sequences, 1, width)
     edits = _interventions(intervention)
     result = beam_search(
-        load_next_token_model(model), prompt, width, max_new_tokens, length_penalty, early_stopping=stopping,
-        num_return_sequences=num_return_sequences, progress=_progress(as_json), interventions=edits,
+        load_next_token_model(model),
+        prompt,
+        width,
+        max_new_tokens,
+        length_penalty,
+        early_stopping=stopping,
+        num_return_sequences=num_return_sequences,
+        progress=_progress(as_json),
+        interventions=edits,
     )
     typer.echo(_dumps(result.to_dict()) if as_json else str(result))
 
@@ -334,14 +423,24 @@ def beam_command(
 @sample_app.command("anomalous")
 def anomalous_command(
     model: str = typer.Option("smollm2", "--model", "-m", help=MODEL_HELP),
-    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="Prompt, repeatable (default: three generic prompts)."),
-    temperature: float = typer.Option(-0.001, "--temperature", "-t", help="A negative temperature (T → 0⁻ picks the least likely token)."),
+    prompt: list[str] | None = typer.Option(
+        None, "--prompt", "-p", help="Prompt, repeatable (default: three generic prompts)."
+    ),
+    temperature: float = typer.Option(
+        -0.001, "--temperature", "-t", help="A negative temperature (T → 0⁻ picks the least likely token)."
+    ),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="Tokens per continuation (at least 1)."),
     samples: int = typer.Option(1, "--samples", help="Continuations per prompt."),
-    top: int = typer.Option(100, "--top", help="How many tokens closest to the embedding centroid to compare with (at least 1)."),
+    top: int = typer.Option(
+        100, "--top", help="How many tokens closest to the embedding centroid to compare with (at least 1)."
+    ),
     seed: int = typer.Option(0, "--seed"),
-    out: Path = typer.Option(None, "--out", callback=out_folder(ANOMALOUS),
-                             help="Folder for results.json and anomalous.html/.png (new, empty, or an earlier one)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        callback=out_folder(ANOMALOUS),
+        help="Folder for results.json and anomalous.html/.png (new, empty, or an earlier one).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Sample at negative temperature and locate the tokens that come out in the embedding space."""
@@ -350,7 +449,9 @@ def anomalous_command(
 
     temperature = finite_number("--temperature", temperature, "pass a finite negative temperature such as -0.001")
     if temperature >= 0:
-        raise SamplingError(f"--temperature is {temperature:g}: the finder samples at a negative temperature (e.g. -0.001).")
+        raise SamplingError(
+            f"--temperature is {temperature:g}: the finder samples at a negative temperature (e.g. -0.001)."
+        )
     max_new_tokens = whole_number("--max-new-tokens", max_new_tokens, 1)
     samples = whole_number("--samples", samples, 1)
     top = whole_number("--top", top, 1)
@@ -372,9 +473,15 @@ def explore_command(
     low: float = typer.Option(-2.0, "--from", help="Lowest temperature (finite)."),
     high: float = typer.Option(2.0, "--to", help="Highest temperature (finite, ≥ --from)."),
     steps: int = typer.Option(41, "--steps", help="Temperatures in the sweep (odd keeps T = 0)."),
-    full_vocab: bool = typer.Option(False, "--full-vocab", help="Digit probabilities in the full vocabulary, not renormalised."),
-    out: Path = typer.Option(None, "--out", callback=out_folder(EXPLORER),
-                             help="Folder for results.json and temperature.html/.png (new, empty, or an earlier one)."),
+    full_vocab: bool = typer.Option(
+        False, "--full-vocab", help="Digit probabilities in the full vocabulary, not renormalised."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        callback=out_folder(EXPLORER),
+        help="Folder for results.json and temperature.html/.png (new, empty, or an earlier one).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The digit distribution over T from −2 to 2 and the set each filter keeps."""
@@ -389,7 +496,9 @@ def explore_command(
         raise SamplingError(f"--from {low:g} is above --to {high:g}: pass the lower temperature to --from.")
     require_within_budget(steps * 64, f"A grid of {steps:,} temperatures", "pass a smaller --steps")
     temps = temperature_grid(low, high, steps)
-    sweep = temperature_sweep(load_next_token_model(model), prompt, temps, restricted=not full_vocab, progress=_progress(as_json))
+    sweep = temperature_sweep(
+        load_next_token_model(model), prompt, temps, restricted=not full_vocab, progress=_progress(as_json)
+    )
     if out is not None:
         written = _write_results(sweep.to_dict(), sweep.figure(), out, "temperature", True)
         if not as_json:

@@ -14,6 +14,17 @@ from workbench.experiments.storage import read_results
 from workbench.experiments.summary import dataset_effects, summarize_table
 
 __all__ = [
-    "Experiment", "Grid", "Condition", "ModelOptions", "DatasetSource", "run_experiment", "summarize",
-    "ExperimentRun", "read_results", "summarize_table", "dataset_effects", "LocalExecutor", "RayExecutor",
+    "Experiment",
+    "Grid",
+    "Condition",
+    "ModelOptions",
+    "DatasetSource",
+    "run_experiment",
+    "summarize",
+    "ExperimentRun",
+    "read_results",
+    "summarize_table",
+    "dataset_effects",
+    "LocalExecutor",
+    "RayExecutor",
 ]

@@ -12,6 +12,7 @@ actor's results equal the local executor's: the same code computes the same shar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -81,8 +82,14 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, workers: int | None = None, address: str | None = None, gpus_per_worker: float | None = None,
-                 cpus_per_worker: float = 1, crash_on: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        workers: int | None = None,
+        address: str | None = None,
+        gpus_per_worker: float | None = None,
+        cpus_per_worker: float = 1,
+        crash_on: tuple[str, str] | None = None,
+    ):
         if workers is not None and workers < 1:
             raise ExperimentError(f"--workers {workers}: run at least one worker.")
         self.workers = workers
@@ -96,8 +103,12 @@ class RayExecutor:
         self._key = None
 
     def describe(self) -> dict[str, Any]:
-        return {"executor": "ray", "workers": len(self.actors), "address": self.address,
-                "gpus_per_worker": self.gpus_per_worker}
+        return {
+            "executor": "ray",
+            "workers": len(self.actors),
+            "address": self.address,
+            "gpus_per_worker": self.gpus_per_worker,
+        }
 
     def start(self, experiment, dataset) -> list[WorkerInfo]:
         """Start (or join) Ray and the actors; each loads the model and reports its device and weights' hash.
@@ -113,8 +124,11 @@ class RayExecutor:
             if self.address:
                 ray.init(address=self.address, **quiet)
             else:
-                ray.init(num_cpus=int(max(1, (self.workers or 1) * self.cpus_per_worker)),
-                         runtime_env={"env_vars": _forwarded_env()}, **quiet)
+                ray.init(
+                    num_cpus=int(max(1, (self.workers or 1) * self.cpus_per_worker)),
+                    runtime_env={"env_vars": _forwarded_env()},
+                    **quiet,
+                )
             self._started_ray = True
         gpus = self.gpus_per_worker
         if gpus is None:
@@ -144,8 +158,10 @@ class RayExecutor:
                     shard = queue.pop(0)
                     running[actor.run.remote(shard)] = (actor, shard)
                 if not running:
-                    raise ExperimentError(f"Every Ray worker died ({'; '.join(failures[-2:])}): "
-                                          f"{len(queue)} shards left. Run the same command again to finish them.")
+                    raise ExperimentError(
+                        f"Every Ray worker died ({'; '.join(failures[-2:])}): "
+                        f"{len(queue)} shards left. Run the same command again to finish them."
+                    )
                 ready, _ = ray.wait(list(running), num_returns=1)
                 ref = ready[0]
                 actor, shard = running.pop(ref)
@@ -156,7 +172,9 @@ class RayExecutor:
                     queue.insert(0, shard)  # retried on another actor; this one is gone
                     continue
                 except ray.exceptions.RayTaskError as exc:
-                    raise ExperimentError(f"Shard {shard.id} failed on a Ray worker: {_first_line(exc.cause or exc)}") from None
+                    raise ExperimentError(
+                        f"Shard {shard.id} failed on a Ray worker: {_first_line(exc.cause or exc)}"
+                    ) from None
                 idle.append(actor)
                 done(shard, table)
         finally:
@@ -165,10 +183,8 @@ class RayExecutor:
     def _kill_actors(self) -> None:
         ray = _import_ray()
         for actor in self.actors:
-            try:
+            with contextlib.suppress(Exception):  # already dead
                 ray.kill(actor)
-            except Exception:  # noqa: BLE001 — already dead
-                pass
         self.actors = []
 
     def shutdown(self) -> None:
@@ -181,8 +197,15 @@ class RayExecutor:
 
 def _forwarded_env() -> dict[str, str]:
     """What a local actor needs from this process's environment to import and size the same workbench."""
-    keys = ("PYTHONPATH", "WORKBENCH_CACHE", "WORKBENCH_MEMORY_BUDGET", "HF_HOME", "HF_HUB_OFFLINE",
-            "TRANSFORMERS_VERBOSITY", "OMP_NUM_THREADS")
+    keys = (
+        "PYTHONPATH",
+        "WORKBENCH_CACHE",
+        "WORKBENCH_MEMORY_BUDGET",
+        "HF_HOME",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_VERBOSITY",
+        "OMP_NUM_THREADS",
+    )
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
@@ -202,7 +225,9 @@ def _first_line(exc: BaseException) -> str:
 def make_executor(name: str, workers: int | None = None, address: str | None = None):
     if name == "local":
         if workers not in (None, 1) or address:
-            raise ExperimentError("--workers and --address apply to --executor ray; the local executor runs in this process.")
+            raise ExperimentError(
+                "--workers and --address apply to --executor ray; the local executor runs in this process."
+            )
         return LocalExecutor()
     if name == "ray":
         _import_ray()

@@ -30,16 +30,28 @@ NOT_SIGNIFICANT = "#9a9a9a"
 
 
 def footnote(summary: dict[str, Any]) -> str:
-    return (f"manifest sha256 {summary['manifest_sha256'][:16]}… · {summary['model']} · "
-            f"n = {summary['n_items']} items · {summary['method']['confidence']:.0%} intervals")
+    return (
+        f"manifest sha256 {summary['manifest_sha256'][:16]}… · {summary['model']} · "
+        f"n = {summary['n_items']} items · {summary['method']['confidence']:.0%} intervals"
+    )
 
 
 def _stamp(fig: go.Figure, summary: dict[str, Any], note: str = "", shift: int = -70) -> go.Figure:
     """The manifest's hash in the figure's metadata and in a visible footnote (under ``note``)."""
     fig.update_layout(meta={"workbench_manifest_sha256": summary["manifest_sha256"]})
-    fig.add_annotation(text=(note + "<br>" if note else "") + footnote(summary), xref="paper", yref="paper", x=0, y=0,
-                       yshift=shift, xanchor="left", yanchor="top", align="left", showarrow=False,
-                       font=dict(size=11, color="#666"))
+    fig.add_annotation(
+        text=(note + "<br>" if note else "") + footnote(summary),
+        xref="paper",
+        yref="paper",
+        x=0,
+        y=0,
+        yshift=shift,
+        xanchor="left",
+        yanchor="top",
+        align="left",
+        showarrow=False,
+        font=dict(size=11, color="#666"),
+    )
     return fig
 
 
@@ -48,40 +60,70 @@ def forest_plot(summary: dict[str, Any]) -> go.Figure:
     conditions = list(summary["conditions"])
     metrics = list(summary["clean_values"])
     labels = summary.get("metric_labels", {})
-    fig = make_subplots(rows=1, cols=len(metrics), shared_yaxes=True, horizontal_spacing=0.06,
-                        subplot_titles=[f"Δ {labels.get(m, m)}" for m in metrics])
+    fig = make_subplots(
+        rows=1,
+        cols=len(metrics),
+        shared_yaxes=True,
+        horizontal_spacing=0.06,
+        subplot_titles=[f"Δ {labels.get(m, m)}" for m in metrics],
+    )
     for col, metric in enumerate(metrics, start=1):
         rows = [summary["conditions"][c].get(metric) for c in conditions]
         for significant in (True, False):
-            chosen = [(c, r) for c, r in zip(conditions, rows) if r and bool(r["significant"]) == significant]
+            chosen = [
+                (c, r) for c, r in zip(conditions, rows, strict=True) if r and bool(r["significant"]) == significant
+            ]
             if not chosen:
                 continue
             mean = [r["mean"] for _, r in chosen]
-            fig.add_trace(go.Scatter(
-                x=mean, y=[c for c, _ in chosen], mode="markers",
-                marker=dict(size=11, symbol="circle" if significant else "circle-open",
-                            color=SIGNIFICANT if significant else NOT_SIGNIFICANT, line=dict(width=2)),
-                error_x=dict(type="data", symmetric=False,
-                             array=[_gap(r["ci_high"], r["mean"]) for _, r in chosen],
-                             arrayminus=[_gap(r["mean"], r["ci_low"]) for _, r in chosen], thickness=1.8, width=6),
-                name="significant (BH)" if significant else "not significant", legendgroup=str(significant),
-                showlegend=col == 1,
-                customdata=[[r["ci_low"], r["ci_high"], r["p_value"], r["p_adjusted"], r["n"]] for _, r in chosen],
-                hovertemplate="%{y}<br>mean %{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}]<br>"
-                              "p %{customdata[2]:.3g} (adjusted %{customdata[3]:.3g}), n %{customdata[4]}<extra></extra>",
-            ), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=mean,
+                    y=[c for c, _ in chosen],
+                    mode="markers",
+                    marker=dict(
+                        size=11,
+                        symbol="circle" if significant else "circle-open",
+                        color=SIGNIFICANT if significant else NOT_SIGNIFICANT,
+                        line=dict(width=2),
+                    ),
+                    error_x=dict(
+                        type="data",
+                        symmetric=False,
+                        array=[_gap(r["ci_high"], r["mean"]) for _, r in chosen],
+                        arrayminus=[_gap(r["mean"], r["ci_low"]) for _, r in chosen],
+                        thickness=1.8,
+                        width=6,
+                    ),
+                    name="significant (BH)" if significant else "not significant",
+                    legendgroup=str(significant),
+                    showlegend=col == 1,
+                    customdata=[[r["ci_low"], r["ci_high"], r["p_value"], r["p_adjusted"], r["n"]] for _, r in chosen],
+                    hovertemplate="%{y}<br>mean %{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}]<br>"
+                    "p %{customdata[2]:.3g} (adjusted %{customdata[3]:.3g}), n %{customdata[4]}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
         fig.add_vline(x=0, line=dict(color="#444", width=1, dash="dot"), row=1, col=col)
         fig.update_xaxes(title_text="effect (condition − clean)", row=1, col=col, zeroline=False)
     fig.update_yaxes(autorange="reversed", ticksuffix="  ")
     fig.update_yaxes(title_text="condition", row=1, col=1)
-    title = (f"{summary.get('experiment') or 'experiment'}: effect of each condition vs the clean run "
-             f"({summary['model']}, {summary['n_items']} items)")
+    title = (
+        f"{summary.get('experiment') or 'experiment'}: effect of each condition vs the clean run "
+        f"({summary['model']}, {summary['n_items']} items)"
+    )
     width = max(720, 380 * len(metrics))
     plots.style(fig, title, height=max(360, 200 + 55 * len(conditions)), width=width)
-    fig.update_layout(title=dict(text=plots.wrap(title, width // 11)), margin=dict(l=160, r=40, t=120, b=130),
-                      showlegend=False)
-    return _stamp(fig, summary, f"filled: significant after Benjamini–Hochberg (α = {summary['method']['alpha']}); "
-                                f"hollow: not; bars: {summary['method']['confidence']:.0%} bootstrap intervals")
+    fig.update_layout(
+        title=dict(text=plots.wrap(title, width // 11)), margin=dict(l=160, r=40, t=120, b=130), showlegend=False
+    )
+    return _stamp(
+        fig,
+        summary,
+        f"filled: significant after Benjamini–Hochberg (α = {summary['method']['alpha']}); "
+        f"hollow: not; bars: {summary['method']['confidence']:.0%} bootstrap intervals",
+    )
 
 
 def _gap(a, b) -> float:
@@ -101,26 +143,47 @@ def grid_effects(summary: dict[str, Any], grid: str, metric: str) -> go.Figure:
         if not chosen:
             continue
         color = SIGNIFICANT if significant else NOT_SIGNIFICANT
-        fig.add_trace(go.Scatter(
-            x=[str(c[axis]) for c in chosen], y=[c["mean"] for c in chosen], mode="markers",
-            marker=dict(size=9, color=color, symbol="circle" if significant else "circle-open", line=dict(width=2)),
-            error_y=dict(type="data", symmetric=False, array=[_gap(c["ci_high"], c["mean"]) for c in chosen],
-                         arrayminus=[_gap(c["mean"], c["ci_low"]) for c in chosen], color=color, thickness=1.5, width=4),
-            name="significant (BH)" if significant else "not significant",
-            customdata=[[c["ci_low"], c["ci_high"], c["p_adjusted"]] for c in chosen],
-            hovertemplate=f"{axis} " + "%{x}: mean %{y:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], "
-                          "p adjusted %{customdata[2]:.3g}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[str(c[axis]) for c in chosen],
+                y=[c["mean"] for c in chosen],
+                mode="markers",
+                marker=dict(size=9, color=color, symbol="circle" if significant else "circle-open", line=dict(width=2)),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[_gap(c["ci_high"], c["mean"]) for c in chosen],
+                    arrayminus=[_gap(c["mean"], c["ci_low"]) for c in chosen],
+                    color=color,
+                    thickness=1.5,
+                    width=4,
+                ),
+                name="significant (BH)" if significant else "not significant",
+                customdata=[[c["ci_low"], c["ci_high"], c["p_adjusted"]] for c in chosen],
+                hovertemplate=f"{axis} " + "%{x}: mean %{y:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}], "
+                "p adjusted %{customdata[2]:.3g}<extra></extra>",
+            )
+        )
     order = [str(c[axis]) for c in cells]
     width = max(720, 200 + 26 * len(cells))
     plots.style(fig, f"{grid}: Δ {label} per {axis}", height=460, width=width)
-    fig.update_xaxes(title_text=axis, categoryorder="array", categoryarray=order, tickangle=-45 if len(cells) > 12 else 0)
+    fig.update_xaxes(
+        title_text=axis, categoryorder="array", categoryarray=order, tickangle=-45 if len(cells) > 12 else 0
+    )
     fig.update_yaxes(title_text=f"Δ {label} (condition − clean)", zeroline=True, zerolinecolor="#444")
-    fig.update_layout(title=dict(text=plots.wrap(f"{grid}: Δ {label} per {axis}", width // 11)),
-                      margin=dict(l=90, r=40, t=90, b=170), legend=dict(orientation="h", y=1.02, x=1, xanchor="right",
-                                                                          yanchor="bottom"))
-    return _stamp(fig, summary, f"filled: significant after Benjamini–Hochberg over the {len(cells)} cells "
-                                f"(α = {summary['method']['alpha']}); bars: {summary['method']['confidence']:.0%} "
-                                "bootstrap intervals", shift=-110 if len(cells) > 12 else -70)
+    fig.update_layout(
+        title=dict(text=plots.wrap(f"{grid}: Δ {label} per {axis}", width // 11)),
+        margin=dict(l=90, r=40, t=90, b=170),
+        legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
+    )
+    return _stamp(
+        fig,
+        summary,
+        f"filled: significant after Benjamini–Hochberg over the {len(cells)} cells "
+        f"(α = {summary['method']['alpha']}); bars: {summary['method']['confidence']:.0%} "
+        "bootstrap intervals",
+        shift=-110 if len(cells) > 12 else -70,
+    )
 
 
 def grid_heatmap(summary: dict[str, Any], grid: str, metric: str) -> go.Figure:
@@ -146,27 +209,56 @@ def grid_heatmap(summary: dict[str, Any], grid: str, metric: str) -> go.Figure:
         if cell["mean"] is None:
             continue
         (z if cell["significant"] else grey)[i, j] = cell["mean"]
-        text[i, j] = (f"{cell['condition']}<br>mean {cell['mean']:.4g} [{_fmt(cell['ci_low'])}, {_fmt(cell['ci_high'])}]"
-                      f"<br>p adjusted {_fmt(cell['p_adjusted'])}")
-    x_labels = [" · ".join(f"{a} {v}" for a, v in zip(col_keys, key)) for key in xs]
+        text[i, j] = (
+            f"{cell['condition']}<br>mean {cell['mean']:.4g} [{_fmt(cell['ci_low'])}, {_fmt(cell['ci_high'])}]"
+            f"<br>p adjusted {_fmt(cell['p_adjusted'])}"
+        )
+    x_labels = [" · ".join(f"{a} {v}" for a, v in zip(col_keys, key, strict=True)) for key in xs]
     y_labels = [f"{row_key} {v}" for v in ys] if row_key else [f"Δ {label}"]
     finite = np.concatenate([z[np.isfinite(z)], grey[np.isfinite(grey)], [0.0]])
     bound = float(np.abs(finite).max()) or 1.0
     fig = go.Figure()
-    fig.add_trace(go.Heatmap(z=np.where(np.isfinite(grey), 0.0, np.nan), x=x_labels, y=y_labels,
-                             colorscale=[[0, "#d9d9d9"], [1, "#d9d9d9"]], showscale=False, text=text,
-                             hovertemplate="%{text}<br>(not significant after BH)<extra></extra>", name="not significant"))
-    fig.add_trace(go.Heatmap(z=z, x=x_labels, y=y_labels, colorscale=plots.DIVERGING, zmid=0, zmin=-bound, zmax=bound,
-                             text=text, hovertemplate="%{text}<extra></extra>",
-                             colorbar=dict(title=dict(text=f"Δ {_short(label, 24)}")), name="significant"))
+    fig.add_trace(
+        go.Heatmap(
+            z=np.where(np.isfinite(grey), 0.0, np.nan),
+            x=x_labels,
+            y=y_labels,
+            colorscale=[[0, "#d9d9d9"], [1, "#d9d9d9"]],
+            showscale=False,
+            text=text,
+            hovertemplate="%{text}<br>(not significant after BH)<extra></extra>",
+            name="not significant",
+        )
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=x_labels,
+            y=y_labels,
+            colorscale=plots.DIVERGING,
+            zmid=0,
+            zmin=-bound,
+            zmax=bound,
+            text=text,
+            hovertemplate="%{text}<extra></extra>",
+            colorbar=dict(title=dict(text=f"Δ {_short(label, 24)}")),
+            name="significant",
+        )
+    )
     width = max(720, 200 + 34 * len(xs))
     plots.style(fig, f"{grid}: Δ {label} per cell", height=max(440, 290 + 28 * len(ys)), width=width)
-    fig.update_layout(title=dict(text=plots.wrap(f"{grid}: Δ {label} per cell", width // 11)),
-                      margin=dict(l=140, r=40, t=100, b=170))
+    fig.update_layout(
+        title=dict(text=plots.wrap(f"{grid}: Δ {label} per cell", width // 11)), margin=dict(l=140, r=40, t=100, b=170)
+    )
     fig.update_xaxes(title_text=" × ".join(col_keys), tickangle=-45 if len(xs) > 12 else 0)
     fig.update_yaxes(title_text=row_key or "", autorange="reversed", tickmode="array", tickvals=y_labels)
-    return _stamp(fig, summary, f"grey: not significant after Benjamini–Hochberg over the {len(cells)} cells "
-                                f"(α = {summary['method']['alpha']})", shift=-110 if len(xs) > 12 else -70)
+    return _stamp(
+        fig,
+        summary,
+        f"grey: not significant after Benjamini–Hochberg over the {len(cells)} cells "
+        f"(α = {summary['method']['alpha']})",
+        shift=-110 if len(xs) > 12 else -70,
+    )
 
 
 def _short(text: str, width: int) -> str:
@@ -194,7 +286,8 @@ body { font-family: Arial, Helvetica, sans-serif; max-width: 1200px; margin: 2em
 h1 { font-size: 1.7em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: 1em 0; font-size: .9em; }
 td, th { border: 1px solid #ddd; padding: .25em .5em; text-align: left; } th { background: #f5f5f5; }
-.muted { color: #666; } footer { margin-top: 3em; font-size: .85em; color: #555; border-top: 1px solid #ddd; padding-top: .5em; }
+.muted { color: #666; }
+footer { margin-top: 3em; font-size: .85em; color: #555; border-top: 1px solid #ddd; padding-top: .5em; }
 code { background: #f3f3f3; padding: 0 .2em; }
 """
 
@@ -204,44 +297,60 @@ def render_html(summary: dict[str, Any], manifest: dict[str, Any]) -> str:
     esc = html.escape
     method = summary["method"]
     figs = figures(summary)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta name='generator' content='workbench'>"
-             f"<meta name='workbench-manifest-sha256' content='{esc(summary['manifest_sha256'])}'>"
-             f"<title>{esc(summary.get('experiment') or 'experiment')}</title><style>{STYLE}</style></head><body>",
-             f"<h1>{esc(summary.get('experiment') or 'experiment')}</h1>",
-             f"<p>{esc(summary['model'])} · {summary['n_items']} items · clean condition "
-             f"<code>{esc(summary['clean'])}</code></p>",
-             "<h2>Method</h2><ul>",
-             *(f"<li><b>{k}</b>: {esc(str(method[k]))}</li>" for k in ("effect", "interval", "test", "correction",
-                                                                         "effect_size")),
-             f"<li><b>seed</b>: {method['seed']}; α = {method['alpha']}</li></ul>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><meta name='generator' content='workbench'>"
+        f"<meta name='workbench-manifest-sha256' content='{esc(summary['manifest_sha256'])}'>"
+        f"<title>{esc(summary.get('experiment') or 'experiment')}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{esc(summary.get('experiment') or 'experiment')}</h1>",
+        f"<p>{esc(summary['model'])} · {summary['n_items']} items · clean condition "
+        f"<code>{esc(summary['clean'])}</code></p>",
+        "<h2>Method</h2><ul>",
+        *(
+            f"<li><b>{k}</b>: {esc(str(method[k]))}</li>"
+            for k in ("effect", "interval", "test", "correction", "effect_size")
+        ),
+        f"<li><b>seed</b>: {method['seed']}; α = {method['alpha']}</li></ul>",
+    ]
     if summary["conditions"]:
-        parts.append("<h2>Effects of the named conditions</h2><table><tr><th>condition</th><th>metric</th>"
-                     "<th>mean effect</th><th>interval</th><th>p</th><th>p (BH)</th><th>d_z</th><th>n</th>"
-                     "<th>no-op items</th></tr>")
+        parts.append(
+            "<h2>Effects of the named conditions</h2><table><tr><th>condition</th><th>metric</th>"
+            "<th>mean effect</th><th>interval</th><th>p</th><th>p (BH)</th><th>d_z</th><th>n</th>"
+            "<th>no-op items</th></tr>"
+        )
         for name, metrics in summary["conditions"].items():
             for metric, row in metrics.items():
-                parts.append(f"<tr><td>{esc(name)}</td><td>{esc(metric)}</td><td>{_fmt(row['mean'])}</td>"
-                             f"<td>[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
-                             f"{'' if row['ci_method'].startswith('BCa') else ' *'}</td><td>{_fmt(row['p_value'])}</td>"
-                             f"<td>{_fmt(row['p_adjusted'])}{' ✓' if row['significant'] else ''}</td>"
-                             f"<td>{_fmt(row['effect_size'])}</td><td>{row['n']}</td><td>{row['noop_items']}</td></tr>")
-        parts.append("</table><p class='muted'>✓ significant after correction; * interval by percentiles (BCa "
-                     "undefined) or a single value. The clean values: " + "; ".join(
-                         f"{esc(m)} {_fmt(v['mean'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]"
-                         for m, v in summary["clean_values"].items()) + ".</p>")
+                parts.append(
+                    f"<tr><td>{esc(name)}</td><td>{esc(metric)}</td><td>{_fmt(row['mean'])}</td>"
+                    f"<td>[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
+                    f"{'' if row['ci_method'].startswith('BCa') else ' *'}</td><td>{_fmt(row['p_value'])}</td>"
+                    f"<td>{_fmt(row['p_adjusted'])}{' ✓' if row['significant'] else ''}</td>"
+                    f"<td>{_fmt(row['effect_size'])}</td><td>{row['n']}</td><td>{row['noop_items']}</td></tr>"
+                )
+        parts.append(
+            "</table><p class='muted'>✓ significant after correction; * interval by percentiles (BCa "
+            "undefined) or a single value. The clean values: "
+            + "; ".join(
+                f"{esc(m)} {_fmt(v['mean'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]"
+                for m, v in summary["clean_values"].items()
+            )
+            + ".</p>"
+        )
     first = True
     for name, fig in figs.items():
         heading = "Forest plot" if name == "forest" else "Grid " + name.replace("/", " · ", 1)
         parts.append(f"<h2>{esc(heading)}</h2>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first else False,
-                                 div_id=f"figure-{len(parts)}"))
+        parts.append(
+            fig.to_html(full_html=False, include_plotlyjs="inline" if first else False, div_id=f"figure-{len(parts)}")
+        )
         first = False
     versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
-    parts.append(f"<footer>manifest sha256 <code>{esc(summary['manifest_sha256'])}</code> · dataset sha256 "
-                 f"<code>{esc(manifest['dataset']['sha256'][:16])}…</code> · model {esc(manifest['model']['name'])} "
-                 f"({esc(manifest['model']['fingerprint']['kind'])} sha256 "
-                 f"<code>{esc(manifest['model']['fingerprint']['sha256'][:16])}…</code>), "
-                 f"{esc(manifest['model']['dtype'])} on {esc(manifest['model']['device'])} · {esc(versions)}</footer>")
+    parts.append(
+        f"<footer>manifest sha256 <code>{esc(summary['manifest_sha256'])}</code> · dataset sha256 "
+        f"<code>{esc(manifest['dataset']['sha256'][:16])}…</code> · model {esc(manifest['model']['name'])} "
+        f"({esc(manifest['model']['fingerprint']['kind'])} sha256 "
+        f"<code>{esc(manifest['model']['fingerprint']['sha256'][:16])}…</code>), "
+        f"{esc(manifest['model']['dtype'])} on {esc(manifest['model']['device'])} · {esc(versions)}</footer>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -249,9 +358,8 @@ def render_html(summary: dict[str, Any], manifest: dict[str, Any]) -> str:
 def write_png(fig: go.Figure, path: str | Path, manifest_sha256: str, scale: float = 2) -> Path:
     """A PNG of ``fig`` (through kaleido and Chromium) with the manifest's hash in a ``tEXt`` chunk."""
     from workbench.errors import ExportError
-    from workbench.export import _require_browser
-
     from workbench.experiments.storage import write_bytes
+    from workbench.export import _require_browser
 
     path = Path(path)
     _require_browser()
@@ -276,10 +384,10 @@ def png_text(data: bytes) -> dict[str, str]:
     """The ``tEXt`` chunks of a PNG (to read the manifest hash back)."""
     out, at = {}, 8
     while at < len(data):
-        length = struct.unpack(">I", data[at:at + 4])[0]
-        kind = data[at + 4:at + 8]
+        length = struct.unpack(">I", data[at : at + 4])[0]
+        kind = data[at + 4 : at + 8]
         if kind == b"tEXt":
-            key, _, value = data[at + 8:at + 8 + length].partition(b"\0")
+            key, _, value = data[at + 8 : at + 8 + length].partition(b"\0")
             out[key.decode("latin-1")] = value.decode("latin-1")
         at += 12 + length
     return out

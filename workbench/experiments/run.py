@@ -57,10 +57,19 @@ class ExperimentRun:
         return found[name]
 
 
-def run_experiment(experiment: Experiment | str | Path, out: str | Path | None = None, *, model=None,
-                   executor: str | LocalExecutor | RayExecutor = "local", workers: int | None = None,
-                   address: str | None = None, skip_bad_rows: bool = False, force: bool = False,
-                   progress: Progress | None = None, report: bool = True) -> ExperimentRun:
+def run_experiment(
+    experiment: Experiment | str | Path,
+    out: str | Path | None = None,
+    *,
+    model=None,
+    executor: str | LocalExecutor | RayExecutor = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    skip_bad_rows: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+    report: bool = True,
+) -> ExperimentRun:
     """Run ``experiment`` (an :class:`Experiment` or a TOML spec path) and return its results and summary.
 
     With ``out`` every shard is saved as it finishes (a rerun resumes) and the folder gets
@@ -77,8 +86,9 @@ def run_experiment(experiment: Experiment | str | Path, out: str | Path | None =
     old = storage.read_manifest(out) if existing and not force else None
     if old is not None:  # the cheap half of the identity, before the model loads
         early = {"analysis": experiment.analysis(), "dataset": {"sha256": dataset.sha256}}
-        storage.refuse_if_different(out, {"analysis": old["analysis"], "dataset": {"sha256": old["dataset"]["sha256"]}},
-                                    early)
+        storage.refuse_if_different(
+            out, {"analysis": old["analysis"], "dataset": {"sha256": old["dataset"]["sha256"]}}, early
+        )
     step(0, 0, "loading the model")
     if model is None:
         options = experiment.model
@@ -122,8 +132,9 @@ def run_experiment(experiment: Experiment | str | Path, out: str | Path | None =
     summary = summarize_table(computed.table, manifest)
     if out is not None:
         _write_summary(out, summary, manifest, report)
-    return ExperimentRun(computed.table, manifest, summary, out, bad, computed=computed.computed,
-                         reused=computed.reused)
+    return ExperimentRun(
+        computed.table, manifest, summary, out, bad, computed=computed.computed, reused=computed.reused
+    )
 
 
 @dataclass
@@ -157,8 +168,9 @@ def _compute(out: Path | None, model, work: Work, manifest: dict[str, Any], runn
     if out is not None:
         table = storage.consolidate(out, plan, manifest)
     else:
-        table = storage.order_rows(pa.concat_tables([tables[s.id] for s in shards]), plan["conditions"],
-                                   manifest["analysis"]["metrics"])
+        table = storage.order_rows(
+            pa.concat_tables([tables[s.id] for s in shards]), plan["conditions"], manifest["analysis"]["metrics"]
+        )
         table = storage.with_manifest(table, manifest)
     return _Computed(table, len(todo), len(done))
 
@@ -173,8 +185,12 @@ def _plan(out: Path | None, model, work: Work, manifest: dict[str, Any]) -> dict
         if plan and plan.get("manifest_sha256") == manifest["sha256"]:
             return plan
     shards = plan_shards(model, work, manifest["sha256"])
-    plan = {"manifest_sha256": manifest["sha256"], "conditions": [c.name for c in work.conditions],
-            "items": [item.id for item in work.dataset.items], "shards": [s.to_dict() for s in shards]}
+    plan = {
+        "manifest_sha256": manifest["sha256"],
+        "conditions": [c.name for c in work.conditions],
+        "items": [item.id for item in work.dataset.items],
+        "shards": [s.to_dict() for s in shards],
+    }
     if out is not None:
         storage.write_json(out / storage.PLAN, plan)
     return plan
@@ -186,11 +202,15 @@ def _check_workers(infos, model) -> str:
     devices = sorted({info.device for info in infos})
     prints = {info.fingerprint for info in infos}
     if len(devices) > 1:
-        raise ExperimentError(f"Ray workers run on different kinds of device ({', '.join(devices)}): their numbers "
-                              "would differ in the last digits. Give every worker the same kind of device.")
+        raise ExperimentError(
+            f"Ray workers run on different kinds of device ({', '.join(devices)}): their numbers "
+            "would differ in the last digits. Give every worker the same kind of device."
+        )
     if prints != {model_fingerprint(model)["sha256"]}:
-        raise ExperimentError("A Ray worker loaded different weights than this process: make the model spec point at "
-                              "the same files on every node.")
+        raise ExperimentError(
+            "A Ray worker loaded different weights than this process: make the model spec point at "
+            "the same files on every node."
+        )
     return devices[0]
 
 
@@ -214,8 +234,12 @@ def template_label(spec: str) -> str:
     ``p(digit > source_bound)``."""
     kind, _, arg = spec.partition(":")
     arg = arg.replace("{", "").replace("}", "")
-    forms = {"digits_above": f"p(digit > {arg})", "prob": f"p({arg})", "rank": f"rank({arg})",
-             "logit_diff": "logit({}) − logit({})".format(*(arg.split(",") + [""])[:2])}
+    forms = {
+        "digits_above": f"p(digit > {arg})",
+        "prob": f"p({arg})",
+        "rank": f"rank({arg})",
+        "logit_diff": "logit({}) − logit({})".format(*(arg.split(",") + [""])[:2]),
+    }
     return forms.get(kind.strip(), spec)
 
 
@@ -234,8 +258,10 @@ def summarize(out: str | Path, *, report: bool = True, png: bool = False) -> dic
     out = out.parent if out.is_file() else out
     table, manifest = storage.read_results(out)
     if not (out / storage.MARKER).is_file():
-        raise ExperimentError(f"{out} is not a folder `workbench experiment run` wrote: summarize writes summary.json "
-                              "and report.html beside results.parquet only in such a folder.")
+        raise ExperimentError(
+            f"{out} is not a folder `workbench experiment run` wrote: summarize writes summary.json "
+            "and report.html beside results.parquet only in such a folder."
+        )
     summary = summarize_table(table, manifest)
     _write_summary(out, summary, manifest, report)
     if png and summary["conditions"]:

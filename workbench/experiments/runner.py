@@ -81,11 +81,21 @@ class Work:
 def results_schema(extras: dict[str, pa.DataType]) -> pa.Schema:
     """The long-format results table: one row per (item, condition, metric), the grid cell's coordinates,
     whether the condition changed nothing for that item, and the dataset's own columns."""
-    return pa.schema([
-        ("item", pa.string()), ("item_index", pa.int64()), ("condition", pa.string()), ("grid", pa.string()),
-        ("block", pa.int64()), ("head", pa.int64()), ("position", pa.string()), ("metric", pa.string()),
-        ("value", pa.float64()), ("noop", pa.bool_()), *extras.items(),
-    ])
+    return pa.schema(
+        [
+            ("item", pa.string()),
+            ("item_index", pa.int64()),
+            ("condition", pa.string()),
+            ("grid", pa.string()),
+            ("block", pa.int64()),
+            ("head", pa.int64()),
+            ("position", pa.string()),
+            ("metric", pa.string()),
+            ("value", pa.float64()),
+            ("noop", pa.bool_()),
+            *extras.items(),
+        ]
+    )
 
 
 def extras_schema(dataset: Dataset) -> dict[str, pa.DataType]:
@@ -135,18 +145,23 @@ def plan_shards(model, work: Work, key: str) -> list[Shard]:
     cap_items = work.experiment.shard_items or MAX_SHARD_ITEMS
     shards = []
     for n_tokens, members in lengths.items():
-        per_row = bytes_per_row(model.facts, n_tokens, work.experiment.readout in (-1, n_tokens - 1)
-                                and keeps_last_logits(model))
-        require_within_budget(2 * per_row, f"One prompt of {n_tokens} tokens with one condition",
-                              "shorten the prompts, use a smaller model, or raise WORKBENCH_MEMORY_BUDGET", model.device)
+        per_row = bytes_per_row(
+            model.facts, n_tokens, work.experiment.readout in (-1, n_tokens - 1) and keeps_last_logits(model)
+        )
+        require_within_budget(
+            2 * per_row,
+            f"One prompt of {n_tokens} tokens with one condition",
+            "shorten the prompts, use a smaller model, or raise WORKBENCH_MEMORY_BUDGET",
+            model.device,
+        )
         cap = None if model.device.type == "cuda" else max(2, CPU_TOKENS_PER_BATCH // n_tokens)
         rows = rows_per_batch(per_row, model.device, cap=cap)
         items_per_shard = max(1, min(cap_items, rows // (1 + len(conditions))))
         per_chunk = max(1, rows // items_per_shard - 1)
-        chunks = [conditions[i:i + per_chunk] for i in range(0, len(conditions), per_chunk)] or [[]]
+        chunks = [conditions[i : i + per_chunk] for i in range(0, len(conditions), per_chunk)] or [[]]
         chunks[0] = [0] + chunks[0]
         for begin in range(0, len(members), items_per_shard):
-            items = tuple(members[begin:begin + items_per_shard])
+            items = tuple(members[begin : begin + items_per_shard])
             for chunk in chunks:
                 shards.append(Shard(shard_id(key, work, items, chunk), items, tuple(chunk)))
     return shards
@@ -154,8 +169,13 @@ def plan_shards(model, work: Work, key: str) -> list[Shard]:
 
 def shard_id(key: str, work: Work, items: Sequence[int], conditions: Sequence[int]) -> str:
     """The work a shard does, named by (manifest, items, conditions): the same work gets the same id."""
-    text = "\n".join([key, ",".join(work.dataset.items[i].id for i in items),
-                      "\x1f".join(work.conditions[c].name for c in conditions)])
+    text = "\n".join(
+        [
+            key,
+            ",".join(work.dataset.items[i].id for i in items),
+            "\x1f".join(work.conditions[c].name for c in conditions),
+        ]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -188,7 +208,7 @@ def compute_shard(work: Work, shard: Shard) -> pa.Table:
     with model.bridge.hooks(fwd_hooks=hooks):
         logits = readout_logits(model, batch, readout)
     clean = logits[:n]
-    blocks = {c: (logits[b * n:(b + 1) * n] if b else clean) for b, c in enumerate(edited, start=1)}
+    blocks = {c: (logits[b * n : (b + 1) * n] if b else clean) for b, c in enumerate(edited, start=1)}
     if 0 in shard.conditions:
         blocks = {0: clean, **blocks}
     values = {c: metric_values(work, items, block, clean) for c, block in blocks.items()}
@@ -208,8 +228,9 @@ def keeps_last_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(forward).parameters
 
 
-def metric_values(work: Work, items: list[Item], logits: Float[torch.Tensor, "item vocab"],
-                  clean: Float[torch.Tensor, "item vocab"]) -> dict[str, list[float]]:
+def metric_values(
+    work: Work, items: list[Item], logits: Float[torch.Tensor, "item vocab"], clean: Float[torch.Tensor, "item vocab"]
+) -> dict[str, list[float]]:
     """Each metric of the experiment for each item's row (``{field}`` metrics filled per item)."""
     out = {}
     for spec in work.experiment.metrics:
@@ -236,8 +257,10 @@ def metric_values(work: Work, items: list[Item], logits: Float[torch.Tensor, "it
 def _targets_metric(work: Work, item: Item) -> tuple[str, ...]:
     targets = item.targets or work.experiment.targets
     if not targets:
-        raise ExperimentError(f"Metric 'targets' needs a targets column or targets = [...] in the spec; row {item.row + 1} "
-                              f"(id {item.id}) has neither.")
+        raise ExperimentError(
+            f"Metric 'targets' needs a targets column or targets = [...] in the spec; row {item.row + 1} "
+            f"(id {item.id}) has neither."
+        )
     return tuple(targets)
 
 
@@ -274,4 +297,6 @@ def _table(work: Work, shard: Shard, items: list[Item], values: dict[int, dict[s
                 for name, kind in work.extras.items():
                     columns[name].append(_extra_value(extras.get(name), kind))
     schema = work.schema
-    return pa.table({name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names}, schema=schema)
+    return pa.table(
+        {name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names}, schema=schema
+    )

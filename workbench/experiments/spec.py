@@ -38,8 +38,19 @@ from workbench.interventions.sites import head_kind
 
 CLEAN = "clean"
 GRID_AXES = ("block", "head", "position")
-TOP_LEVEL = ("name", "metrics", "readout", "seed", "targets", "model", "dataset", "conditions", "grids", "stats",
-             "shard_items")
+TOP_LEVEL = (
+    "name",
+    "metrics",
+    "readout",
+    "seed",
+    "targets",
+    "model",
+    "dataset",
+    "conditions",
+    "grids",
+    "stats",
+    "shard_items",
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +67,14 @@ class ModelOptions:
     def load(self):
         from workbench.models import load_model
 
-        return load_model(self.spec, device=self.device, dtype=self.dtype, device_map=self.device_map,
-                          n_devices=self.n_devices, max_memory=self.max_memory)
+        return load_model(
+            self.spec,
+            device=self.device,
+            dtype=self.dtype,
+            device_map=self.device_map,
+            n_devices=self.n_devices,
+            max_memory=self.max_memory,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -78,14 +95,19 @@ class DatasetSource:
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.template is None):
-            raise ExperimentError("[dataset] needs either path = \"rows.jsonl\" or template = \"... {field} ...\" "
-                                  "(with grid = {...} or values = [...]), not both and not neither.")
+            raise ExperimentError(
+                '[dataset] needs either path = "rows.jsonl" or template = "... {field} ..." '
+                "(with grid = {...} or values = [...]), not both and not neither."
+            )
         if self.template is not None and (self.grid is None) == (self.values is None):
-            raise ExperimentError("A template dataset needs grid = { field = [values] } or values = [{...}, ...] "
-                                  "(one of them).")
+            raise ExperimentError(
+                "A template dataset needs grid = { field = [values] } or values = [{...}, ...] (one of them)."
+            )
         if self.path is not None and any(v is not None for v in (self.grid, self.values, self.source, self.targets)):
-            raise ExperimentError("[dataset] path = ... takes its rows from the file: leave out grid, values, source "
-                                  "and targets (write them as columns).")
+            raise ExperimentError(
+                "[dataset] path = ... takes its rows from the file: leave out grid, values, source "
+                "and targets (write them as columns)."
+            )
 
     def resolved_path(self) -> Path | None:
         if self.path is None:
@@ -96,8 +118,9 @@ class DatasetSource:
     def load(self) -> Dataset:
         if self.path is not None:
             return load_dataset(self.resolved_path())
-        return from_template(self.template, self.grid if self.grid is not None else self.values,
-                             source=self.source, targets=self.targets)
+        return from_template(
+            self.template, self.grid if self.grid is not None else self.values, source=self.source, targets=self.targets
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "base"}
@@ -148,13 +171,16 @@ class Grid:
             if value is not None:
                 object.__setattr__(self, key, tuple(value) if not isinstance(value, (int, str)) else (value,))
         if not over or set(over) - set(GRID_AXES) or len(set(over)) != len(over):
-            raise ExperimentError(f"Grid {self.name!r}: over = {list(over)} must name block, head and/or position, "
-                                  "each once.")
+            raise ExperimentError(
+                f"Grid {self.name!r}: over = {list(over)} must name block, head and/or position, each once."
+            )
         if "head" in over and head_kind(template.site) is None:
             raise ExperimentError(f"Grid {self.name!r}: site {template.site!r} has no heads to sweep over.")
         if "position" in over and self.positions is None:
-            raise ExperimentError(f"Grid {self.name!r} sweeps positions: list them, e.g. positions = [\"{{bound}}\", -1] "
-                                  "(rows differ in length, so there is no 'every position').")
+            raise ExperimentError(
+                f'Grid {self.name!r} sweeps positions: list them, e.g. positions = ["{{bound}}", -1] '
+                "(rows differ in length, so there is no 'every position')."
+            )
 
     def cells(self, facts) -> list[Condition]:
         from workbench.layers import resolve_blocks, resolve_heads
@@ -162,8 +188,9 @@ class Grid:
         blocks = resolve_blocks(facts, self.blocks if self.blocks is not None else self.template.blocks)
         axes: dict[str, list] = {"block": blocks}
         if "head" in self.over:
-            axes["head"] = resolve_heads(facts, self.heads if self.heads is not None else self.template.heads,
-                                         head_kind(self.template.site))
+            axes["head"] = resolve_heads(
+                facts, self.heads if self.heads is not None else self.template.heads, head_kind(self.template.site)
+            )
         if "position" in self.over:
             axes["position"] = list(self.positions)
         cells: list[dict[str, Any]] = [{}]
@@ -182,9 +209,16 @@ class Grid:
             elif self.positions is not None:
                 where["positions"] = self.positions
             label = ",".join(f"{axis}={cell[axis]}" for axis in self.over)
-            out.append(Condition(f"{self.name}[{label}]", (dataclasses.replace(self.template, **where),), grid=self.name,
-                                 block=cell.get("block"), head=cell.get("head"),
-                                 position=None if "position" not in cell else str(cell["position"])))
+            out.append(
+                Condition(
+                    f"{self.name}[{label}]",
+                    (dataclasses.replace(self.template, **where),),
+                    grid=self.name,
+                    block=cell.get("block"),
+                    head=cell.get("head"),
+                    position=None if "position" not in cell else str(cell["position"]),
+                )
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,12 +277,14 @@ class Experiment:
         object.__setattr__(self, "grids", grids)
         metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics)
         if not metrics or not all(isinstance(m, str) and m for m in metrics):
-            raise ExperimentError(f"metrics = {list(metrics)!r}: name at least one, e.g. [\"kl\", \"digits_above:5\"].")
+            raise ExperimentError(f'metrics = {list(metrics)!r}: name at least one, e.g. ["kl", "digits_above:5"].')
         if len(set(metrics)) != len(metrics):
             raise ExperimentError(f"metrics = {list(metrics)!r} names one metric twice.")
         object.__setattr__(self, "metrics", metrics)
         if self.targets is not None:
-            object.__setattr__(self, "targets", (self.targets,) if isinstance(self.targets, str) else tuple(self.targets))
+            object.__setattr__(
+                self, "targets", (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+            )
         for key, kind in (("readout", int), ("seed", int), ("resamples", int)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, kind):
@@ -259,8 +295,9 @@ class Experiment:
             raise ExperimentError(f"alpha = {self.alpha!r} must lie between 0 and 1, e.g. 0.05.")
         if self.resamples < 100:
             raise ExperimentError(f"resamples = {self.resamples} is too few for a bootstrap: use at least 1000.")
-        if self.shard_items is not None and (isinstance(self.shard_items, bool) or not isinstance(self.shard_items, int)
-                                             or self.shard_items < 1):
+        if self.shard_items is not None and (
+            isinstance(self.shard_items, bool) or not isinstance(self.shard_items, int) or self.shard_items < 1
+        ):
             raise ExperimentError(f"shard_items = {self.shard_items!r} must be a whole number ≥ 1.")
 
     # ----- the parts a run needs ------------------------------------------------------------------------
@@ -284,8 +321,11 @@ class Experiment:
     def analysis(self) -> dict[str, Any]:
         """What decides the numbers in results.parquet (model and dataset are identified separately)."""
         return {
-            "metrics": list(self.metrics), "readout": self.readout, "seed": self.seed,
-            "targets": list(self.targets) if self.targets is not None else None, "clean": self.clean_name,
+            "metrics": list(self.metrics),
+            "readout": self.readout,
+            "seed": self.seed,
+            "targets": list(self.targets) if self.targets is not None else None,
+            "clean": self.clean_name,
             "conditions": {c.name: [iv.to_dict() for iv in c.interventions] for c in self.conditions if not c.is_clean},
             "grids": {g.name: g.to_dict() for g in self.grids},
         }
@@ -295,9 +335,14 @@ class Experiment:
 
     def to_dict(self) -> dict[str, Any]:
         dataset = self.dataset.to_dict() if isinstance(self.dataset, DatasetSource) else {"records": self.dataset.name}
-        return {"name": self.name, "model": self.model.to_dict(), "dataset": dataset, **self.analysis(),
-                "stats": {k: v for k, v in self.stats_options().items() if k != "seed"},
-                "shard_items": self.shard_items}
+        return {
+            "name": self.name,
+            "model": self.model.to_dict(),
+            "dataset": dataset,
+            **self.analysis(),
+            "stats": {k: v for k, v in self.stats_options().items() if k != "seed"},
+            "shard_items": self.shard_items,
+        }
 
     def with_model(self, **changes: Any) -> Experiment:
         """The same experiment with model options replaced (the CLI's --model, --device, --device-map)."""
@@ -323,20 +368,22 @@ class Experiment:
         if unknown:
             raise ExperimentError(f"Unknown key {unknown[0]!r} in the experiment spec: use {', '.join(TOP_LEVEL)}.")
         if "dataset" not in data:
-            raise ExperimentError("The experiment spec has no [dataset]: add path = \"rows.jsonl\" or a template.")
+            raise ExperimentError('The experiment spec has no [dataset]: add path = "rows.jsonl" or a template.')
         model = data.get("model", {})
         if isinstance(model, str):
             model = {"spec": model}
         try:
             model = ModelOptions(**_max_memory(model))
         except TypeError as exc:
-            raise ExperimentError(f"[model]: {exc}; its keys are spec, dtype, device, device_map, n_devices, "
-                                  "max_memory.") from None
+            raise ExperimentError(
+                f"[model]: {exc}; its keys are spec, dtype, device, device_map, n_devices, max_memory."
+            ) from None
         try:
             dataset = DatasetSource(**data["dataset"], base=str(base) if base is not None else None)
         except TypeError as exc:
-            raise ExperimentError(f"[dataset]: {exc}; its keys are path, or template with grid or values "
-                                  "(and source, targets).") from None
+            raise ExperimentError(
+                f"[dataset]: {exc}; its keys are path, or template with grid or values (and source, targets)."
+            ) from None
         stats = dict(data.get("stats", {}))
         unknown = sorted(set(stats) - {"confidence", "resamples", "alpha"})
         if unknown:
@@ -347,8 +394,9 @@ class Experiment:
                 raise ExperimentError(f"[grids.{name}] needs a template = {{ site = ..., op = ... }} and over = [...].")
             unknown = sorted(set(grid) - {"template", "over", "blocks", "heads", "positions"})
             if unknown:
-                raise ExperimentError(f"Unknown key {unknown[0]!r} in [grids.{name}]: use template, over, blocks, "
-                                      "heads, positions.")
+                raise ExperimentError(
+                    f"Unknown key {unknown[0]!r} in [grids.{name}]: use template, over, blocks, heads, positions."
+                )
             grids.append(Grid(name=name, **grid))
         options = {k: data[k] for k in ("name", "metrics", "readout", "seed", "targets", "shard_items") if k in data}
         return cls(dataset=dataset, conditions=data.get("conditions", {}), grids=grids, model=model, **options, **stats)
@@ -397,11 +445,15 @@ def _check_dataset_ready(name: str, intervention: Intervention) -> None:
     """Edits whose meaning would depend on how rows are batched are refused."""
     op = intervention.op
     if isinstance(op, Mean) and not op.prompts:
-        raise ExperimentError(f"Condition {name!r}: mean-ablation over 'the run's prompts' would average over whichever "
-                              "rows share a batch; give Mean(prompts=[...]) a fixed list of prompts.")
+        raise ExperimentError(
+            f"Condition {name!r}: mean-ablation over 'the run's prompts' would average over whichever "
+            "rows share a batch; give Mean(prompts=[...]) a fixed list of prompts."
+        )
     if isinstance(op, Patch) and not isinstance(op.source, str):
-        raise ExperimentError(f"Condition {name!r}: a list of patch sources pairs them with a batch's prompts; write "
-                              "source = \"{source}\" (the row's own source column) or one fixed prompt.")
+        raise ExperimentError(
+            f"Condition {name!r}: a list of patch sources pairs them with a batch's prompts; write "
+            'source = "{source}" (the row\'s own source column) or one fixed prompt.'
+        )
 
 
 def canonical_json(value: Any) -> str:

@@ -36,7 +36,13 @@ from workbench.outputs import umask
 
 FORMAT = "workbench-experiment/1"
 MANIFEST, PLAN, RESULTS, SUMMARY, REPORT, BAD_ROWS = (
-    "manifest.json", "plan.json", "results.parquet", "summary.json", "report.html", "bad_rows.json")
+    "manifest.json",
+    "plan.json",
+    "results.parquet",
+    "summary.json",
+    "report.html",
+    "bad_rows.json",
+)
 SHARDS = "shards"
 MARKER = ".workbench-experiment"
 FIGURES = ("forest.png", "forest.html")
@@ -67,8 +73,10 @@ def check_out_dir(out: str | Path) -> bool:
         return True
     entries = sorted(p.name for p in out.iterdir())
     if entries:
-        raise ExperimentError(f"{out} holds files the workbench did not write ({', '.join(entries[:3])}"
-                              f"{', …' if len(entries) > 3 else ''}): choose a new or empty --out folder.")
+        raise ExperimentError(
+            f"{out} holds files the workbench did not write ({', '.join(entries[:3])}"
+            f"{', …' if len(entries) > 3 else ''}): choose a new or empty --out folder."
+        )
     return False
 
 
@@ -119,7 +127,9 @@ def exclusive(out: str | Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ExperimentError(f"Another run is writing {out} right now: wait for it, or use another --out.") from None
+            raise ExperimentError(
+                f"Another run is writing {out} right now: wait for it, or use another --out."
+            ) from None
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -130,7 +140,9 @@ def claim(out: str | Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MARKER).is_file():
-        write_bytes(out / MARKER, b"workbench experiment folder: these files were written by `workbench experiment run`\n")
+        write_bytes(
+            out / MARKER, b"workbench experiment folder: these files were written by `workbench experiment run`\n"
+        )
 
 
 # ----- atomic writes ------------------------------------------------------------------------------------
@@ -186,18 +198,31 @@ def identity(experiment, dataset, model, device: str, skipped: list[str]) -> dic
     return {
         "analysis": experiment.analysis(),
         "dataset": {"sha256": dataset.sha256, "rows": len(dataset) + len(dataset.bad), "skipped_rows": sorted(skipped)},
-        "model": {"name": facts.name, "architecture": facts.architecture, "fingerprint": model_fingerprint(model),
-                  "revision": getattr(config, "_commit_hash", None), "dtype": facts.dtype, "device": device},
+        "model": {
+            "name": facts.name,
+            "architecture": facts.architecture,
+            "fingerprint": model_fingerprint(model),
+            "revision": getattr(config, "_commit_hash", None),
+            "dtype": facts.dtype,
+            "device": device,
+        },
         "versions": library_versions(),
     }
 
 
 def build_manifest(experiment, dataset, model, device: str, skipped: list[str]) -> dict[str, Any]:
     ident = identity(experiment, dataset, model, device, skipped)
-    return {"format": FORMAT, "sha256": hash_identity(ident), **ident, "name": experiment.name,
-            "dataset_source": dataset.describe(), "model_options": experiment.model.to_dict(),
-            "model_facts": model.facts.to_dict(), "stats": experiment.stats_options(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "format": FORMAT,
+        "sha256": hash_identity(ident),
+        **ident,
+        "name": experiment.name,
+        "dataset_source": dataset.describe(),
+        "model_options": experiment.model.to_dict(),
+        "model_facts": model.facts.to_dict(),
+        "stats": experiment.stats_options(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def hash_identity(ident: dict[str, Any]) -> str:
@@ -217,8 +242,10 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ExperimentError(f"{path} is not a readable manifest: run with --force to start over.") from None
     if manifest.get("format") != FORMAT:
-        raise ExperimentError(f"{path} was written by another version of the workbench ({manifest.get('format')!r}): "
-                              "use another --out, or --force to start over.")
+        raise ExperimentError(
+            f"{path} was written by another version of the workbench ({manifest.get('format')!r}): "
+            "use another --out, or --force to start over."
+        )
     return manifest
 
 
@@ -243,8 +270,10 @@ def _short(value: Any, width: int = 60) -> str:
 def refuse_if_different(out: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
     found = difference(old, new)
     if found:
-        raise ExperimentError(f"{out} holds results of a different experiment ({found}): use another --out, or "
-                              "--force to start over (it deletes only the files the workbench wrote there).")
+        raise ExperimentError(
+            f"{out} holds results of a different experiment ({found}): use another --out, or "
+            "--force to start over (it deletes only the files the workbench wrote there)."
+        )
 
 
 # ----- shards and results -------------------------------------------------------------------------------
@@ -290,8 +319,9 @@ def order_rows(table: pa.Table, conditions: list[str], metrics: list[str]) -> pa
     keyed = keyed.sort_by([("item_index", "ascending"), ("_c", "ascending"), ("_m", "ascending")])
     keys = pa.Table.from_arrays([keyed["item_index"], keyed["_c"], keyed["_m"]], names=["i", "c", "m"])
     if keys.group_by(["i", "c", "m"]).aggregate([]).num_rows != keys.num_rows:
-        raise ExperimentError("Two shards hold the same (item, condition, metric): the folder is damaged; run with "
-                              "--force to start over.")
+        raise ExperimentError(
+            "Two shards hold the same (item, condition, metric): the folder is damaged; run with --force to start over."
+        )
     return keyed.drop_columns(["_c", "_m"])
 
 
@@ -307,13 +337,17 @@ def read_results(path: str | Path) -> tuple[pa.Table, dict[str, Any]]:
     if path.is_dir():
         path = path / RESULTS
     if not path.is_file():
-        raise ExperimentError(f"No results at {path}: run `workbench experiment run SPEC --out DIR` first (or it "
-                              "has not finished: run it again to finish).")
+        raise ExperimentError(
+            f"No results at {path}: run `workbench experiment run SPEC --out DIR` first (or it "
+            "has not finished: run it again to finish)."
+        )
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 — pyarrow raises several types
         raise ExperimentError(f"{path} is not a readable results file ({str(exc).splitlines()[0]}).") from None
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
-        raise ExperimentError(f"{path} carries no workbench manifest: it was not written by `workbench experiment run`.")
+        raise ExperimentError(
+            f"{path} carries no workbench manifest: it was not written by `workbench experiment run`."
+        )
     return table, json.loads(raw)

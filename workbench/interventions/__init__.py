@@ -45,16 +45,43 @@ Positions = int | str | Sequence[int | str] | None
 Heads = int | Iterable[int] | None
 
 __all__ = [
-    "Intervention", "Operation", "Resolved", "Preparation", "Binding", "Edit", "Site", "SITES", "COMPOSITE",
-    "Patch", "Zero", "Mean", "Identity", "MaskKeys", "Scale", "Add",
-    "register_operation", "get_operation", "available_operations", "resolve", "compile_hooks", "expand_site",
-    "site_names", "queries_with_visible_key",
-    "patch", "zero", "mean", "identity", "mask_keys", "scale", "add",
+    "Intervention",
+    "Operation",
+    "Resolved",
+    "Preparation",
+    "Binding",
+    "Edit",
+    "Site",
+    "SITES",
+    "COMPOSITE",
+    "Patch",
+    "Zero",
+    "Mean",
+    "Identity",
+    "MaskKeys",
+    "Scale",
+    "Add",
+    "register_operation",
+    "get_operation",
+    "available_operations",
+    "resolve",
+    "compile_hooks",
+    "expand_site",
+    "site_names",
+    "queries_with_visible_key",
+    "patch",
+    "zero",
+    "mean",
+    "identity",
+    "mask_keys",
+    "scale",
+    "add",
 ]
 
 
-def patch(site: str, source: str | Sequence[str], blocks: Blocks = None, positions: Positions = None,
-          heads: Heads = None) -> Intervention:
+def patch(
+    site: str, source: str | Sequence[str], blocks: Blocks = None, positions: Positions = None, heads: Heads = None
+) -> Intervention:
     """Activations at ``site`` taken from ``source`` (a prompt of the same token length, or one per prompt)."""
     return Intervention(site, Patch(source if isinstance(source, str) else tuple(source)), blocks, positions, heads)
 
@@ -63,8 +90,9 @@ def zero(site: str, blocks: Blocks = None, positions: Positions = None, heads: H
     return Intervention(site, Zero(), blocks, positions, heads)
 
 
-def mean(site: str, blocks: Blocks = None, positions: Positions = None, heads: Heads = None,
-         prompts: Sequence[str] = ()) -> Intervention:
+def mean(
+    site: str, blocks: Blocks = None, positions: Positions = None, heads: Heads = None, prompts: Sequence[str] = ()
+) -> Intervention:
     """Mean-ablation over ``prompts`` (a dataset), or over the run's own prompts when empty."""
     return Intervention(site, Mean(tuple(prompts)), blocks, positions, heads)
 
@@ -74,19 +102,27 @@ def identity(blocks: Blocks, site: str = "block", positions: Positions = None) -
     return Intervention(site, Identity(), blocks, positions)
 
 
-def mask_keys(keys: int | str | Sequence[int | str], blocks: Blocks = None, queries: Positions = None,
-              heads: Heads = None) -> Intervention:
+def mask_keys(
+    keys: int | str | Sequence[int | str], blocks: Blocks = None, queries: Positions = None, heads: Heads = None
+) -> Intervention:
     """Attention scores from ``queries`` (every query by default) to ``keys`` set to −∞."""
     keys = (keys,) if isinstance(keys, (int, str)) else tuple(keys)
     return Intervention("attn_scores", MaskKeys(keys), blocks, queries, heads)
 
 
-def scale(site: str, factor: float, blocks: Blocks = None, positions: Positions = None,
-          heads: Heads = None) -> Intervention:
+def scale(
+    site: str, factor: float, blocks: Blocks = None, positions: Positions = None, heads: Heads = None
+) -> Intervention:
     return Intervention(site, Scale(float(factor)), blocks, positions, heads)
 
 
-def add(site: str, vector: Sequence[float] | torch.Tensor, blocks: Blocks = None, positions: Positions = None,
-        heads: Heads = None, coefficient: float = 1.0) -> Intervention:
+def add(
+    site: str,
+    vector: Sequence[float] | torch.Tensor,
+    blocks: Blocks = None,
+    positions: Positions = None,
+    heads: Heads = None,
+    coefficient: float = 1.0,
+) -> Intervention:
     """``coefficient × vector`` added at ``site`` (steering)."""
     return Intervention(site, Add(vector, float(coefficient)), blocks, positions, heads)

@@ -38,8 +38,9 @@ def select(row: torch.Tensor, site: Site, positions: Sequence[int], heads: Seque
     return x if heads is None else x[:, torch.as_tensor(list(heads), device=row.device)]
 
 
-def assign(row: torch.Tensor, site: Site, positions: Sequence[int], heads: Sequence[int] | None,
-           values: torch.Tensor) -> None:
+def assign(
+    row: torch.Tensor, site: Site, positions: Sequence[int], heads: Sequence[int] | None, values: torch.Tensor
+) -> None:
     """Write ``values`` (as :func:`select` returns them) back into ``row`` in place."""
     pos = torch.as_tensor(list(positions), dtype=torch.long, device=row.device)
     values = values.to(device=row.device, dtype=row.dtype)  # a split model's blocks sit on different devices

@@ -48,11 +48,13 @@ class Intervention:
     - ``heads``: query heads, or key/value heads for ``k``/``v``/``kv``.
     """
 
+    # The fields take what a user writes (one value or any iterable); __post_init__ stores an Operation and
+    # tuples, which is what every reader of an Intervention gets.
     site: str
     op: Operation | str | dict
-    blocks: tuple[int, ...] | None = None
-    positions: tuple[int | str, ...] | None = None
-    heads: tuple[int, ...] | None = None
+    blocks: int | Iterable[int] | None = None
+    positions: int | str | Sequence[int | str] | None = None
+    heads: int | Iterable[int] | None = None
 
     def __post_init__(self) -> None:
         op = operation_from(self.op)
@@ -64,19 +66,26 @@ class Intervention:
         for site in sites:
             if not op.accepts(site.name) and not op.accepts(self.site):
                 allowed = ", ".join(op.sites or ())
-                raise InterventionError(f"Operation {op.name!r} cannot edit site {self.site!r}"
-                                        + (f": it edits {allowed}." if allowed else "."))
+                raise InterventionError(
+                    f"Operation {op.name!r} cannot edit site {self.site!r}"
+                    + (f": it edits {allowed}." if allowed else ".")
+                )
         if self.heads is not None and head_kind(self.site) is None:
-            raise InterventionError(f"heads= only applies to sites with a head axis (q, k, v, kv, z, attn_scores, "
-                                    f"pattern), not {self.site!r}.")
+            raise InterventionError(
+                f"heads= only applies to sites with a head axis (q, k, v, kv, z, attn_scores, "
+                f"pattern), not {self.site!r}."
+            )
         if self.positions is not None and not all(site.has_positions for site in sites):
             raise InterventionError(f"Site {self.site!r} has no position axis: leave positions out.")
 
     def describe(self) -> str:
         where = [f"{self.site}"]
         if self.blocks is not None:
-            where.append(f"block{'s' if len(self.blocks) > 1 else ''} {format_blocks(self.blocks)}"
-                         if all(isinstance(b, int) and b >= 0 for b in self.blocks) else f"blocks {list(self.blocks)}")
+            where.append(
+                f"block{'s' if len(self.blocks) > 1 else ''} {format_blocks(self.blocks)}"
+                if all(isinstance(b, int) and b >= 0 for b in self.blocks)
+                else f"blocks {list(self.blocks)}"
+            )
         else:
             where.append("every block")
         if self.positions is not None:
@@ -95,12 +104,15 @@ class Intervention:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Intervention:
         if not isinstance(data, dict) or "site" not in data or "op" not in data:
-            raise InterventionError(f"{data!r} is not an intervention: it needs 'site' and 'op' (and optionally "
-                                    "'blocks', 'positions', 'heads').")
+            raise InterventionError(
+                f"{data!r} is not an intervention: it needs 'site' and 'op' (and optionally "
+                "'blocks', 'positions', 'heads')."
+            )
         unknown = sorted(set(data) - {"site", "op", "blocks", "positions", "heads"})
         if unknown:
-            raise InterventionError(f"Intervention has unknown field(s) {', '.join(unknown)}: use site, op, blocks, "
-                                    "positions, heads.")
+            raise InterventionError(
+                f"Intervention has unknown field(s) {', '.join(unknown)}: use site, op, blocks, positions, heads."
+            )
         return cls(**data)
 
 
@@ -165,7 +177,11 @@ class Preparation:
 
     def width(self) -> int:
         """The size of the sites' last axis (``d_model``, or ``d_head`` for per-head sites)."""
-        return self.model.facts.d_head if self.sites[0].heads and self.sites[0].layout[-1] == "d" else self.model.facts.d_model
+        return (
+            self.model.facts.d_head
+            if self.sites[0].heads and self.sites[0].layout[-1] == "d"
+            else self.model.facts.d_model
+        )
 
     @torch.no_grad()
     def capture(self, tokens: torch.Tensor) -> dict[tuple[str, int], torch.Tensor]:
@@ -185,8 +201,11 @@ class Preparation:
 
             return hook
 
-        hooks = [(site.hook_name(b) if site.write != "block_output" else f"blocks.{b}.hook_resid_post",
-                  keep((site.name, b))) for site in self.sites for b in self.blocks]
+        hooks = [
+            (site.hook_name(b) if site.write != "block_output" else f"blocks.{b}.hook_resid_post", keep((site.name, b)))
+            for site in self.sites
+            for b in self.blocks
+        ]
         with self.model.bridge.hooks(fwd_hooks=hooks):
             self.model.bridge(tokens.to(self.model.device))
         return kept
@@ -200,14 +219,22 @@ def fill(text: str, fields: Mapping[str, Any] | None, what: str) -> str:
     try:
         return text.format_map(dict(fields))
     except KeyError as exc:
-        raise InterventionError(f"{what} {text!r} names the field {exc.args[0]!r}, which this prompt does not have: "
-                                f"its fields are {', '.join(sorted(map(str, fields))) or 'none'}.") from None
+        raise InterventionError(
+            f"{what} {text!r} names the field {exc.args[0]!r}, which this prompt does not have: "
+            f"its fields are {', '.join(sorted(map(str, fields))) or 'none'}."
+        ) from None
     except (ValueError, IndexError) as exc:
         raise InterventionError(f"{what} {text!r} is not a valid template ({exc}): write fields as {{name}}.") from None
 
 
-def resolve(intervention: Intervention, model, prompts: Sequence[str], tokens: torch.Tensor,
-            fields: Sequence[Mapping[str, Any]] | None = None, captures: dict | None = None) -> Resolved:
+def resolve(
+    intervention: Intervention,
+    model,
+    prompts: Sequence[str],
+    tokens: torch.Tensor,
+    fields: Sequence[Mapping[str, Any]] | None = None,
+    captures: dict | None = None,
+) -> Resolved:
     """Check ``intervention`` against ``model`` and ``prompts`` (tokenised as ``tokens``) and prepare it.
 
     ``fields`` (one mapping per prompt, e.g. the rows of a dataset) fill ``{name}`` templates in text
@@ -217,7 +244,9 @@ def resolve(intervention: Intervention, model, prompts: Sequence[str], tokens: t
     if fields is not None and len(fields) != len(prompts):
         raise InterventionError(f"{len(fields)} field rows for {len(prompts)} prompts: pass one per prompt.")
     if not isinstance(intervention, Intervention):
-        raise InterventionError(f"{intervention!r} is not an Intervention: build one with Intervention(site=..., op=...).")
+        raise InterventionError(
+            f"{intervention!r} is not an Intervention: build one with Intervention(site=..., op=...)."
+        )
     facts = model.facts
     sites = expand_site(intervention.site)
     _require_hooks(model, sites)
@@ -228,19 +257,42 @@ def resolve(intervention: Intervention, model, prompts: Sequence[str], tokens: t
     heads = resolve_heads(facts, intervention.heads, kind) if intervention.heads is not None else None
     n = int(tokens.shape[-1])
     if all(site.has_positions for site in sites):
-        positions = [resolve_positions(model, prompt, n, _filled(intervention.positions, fields, i, "Position"))
-                     for i, prompt in enumerate(prompts)]
+        positions = [
+            resolve_positions(model, prompt, n, _filled(intervention.positions, fields, i, "Position"))
+            for i, prompt in enumerate(prompts)
+        ]
     else:
         positions = [list(range(n)) for _ in prompts]
     notes: list[str] = []
-    prep = Preparation(model=model, prompts=list(prompts), tokens=tokens, sites=sites, blocks=blocks,
-                       positions=positions, heads=heads, explicit_positions=intervention.positions is not None,
-                       notes=notes, fields=list(fields) if fields is not None else None, captures=captures)
+    prep = Preparation(
+        model=model,
+        prompts=list(prompts),
+        tokens=tokens,
+        sites=sites,
+        blocks=blocks,
+        positions=positions,
+        heads=heads,
+        explicit_positions=intervention.positions is not None,
+        notes=notes,
+        fields=list(fields) if fields is not None else None,
+        captures=captures,
+    )
     state = intervention.op.prepare(prep)
-    every = intervention.positions is None and intervention.op.extends_to_new_positions \
+    every = (
+        intervention.positions is None
+        and intervention.op.extends_to_new_positions
         and prep.positions == [list(range(n)) for _ in prompts]
-    return Resolved(intervention=intervention, sites=sites, blocks=blocks, positions=prep.positions, heads=heads,
-                    state=state, notes=notes, every_position=every)
+    )
+    return Resolved(
+        intervention=intervention,
+        sites=sites,
+        blocks=blocks,
+        positions=prep.positions,
+        heads=heads,
+        state=state,
+        notes=notes,
+        every_position=every,
+    )
 
 
 def _filled(values, fields, index: int, what: str):
@@ -253,14 +305,19 @@ def _require_hooks(model, sites: tuple[Site, ...]) -> None:
     """A site whose hook point this model's bridge lacks (e.g. resid_mid on parallel blocks) is refused."""
     names = model.bridge.hook_dict
     for site in sites:
-        hooks = {site.hook_name(0)} | ({"blocks.0.hook_resid_pre", "blocks.0.hook_attn_out"}
-                                       if site.write == "via_attn_out" else set())
+        hooks = {site.hook_name(0)} | (
+            {"blocks.0.hook_resid_pre", "blocks.0.hook_attn_out"} if site.write == "via_attn_out" else set()
+        )
         if site.write == "block_output":
             hooks |= {"blocks.0.hook_resid_pre"}
         missing = sorted(h for h in hooks if h not in names)
         if missing:
-            raise InterventionError(f"{model.facts.name} ({model.facts.architecture}) has no hook point {missing[0]}: "
-                                    f"site {site.name!r} cannot be edited on this model.")
+            raise InterventionError(
+                f"{model.facts.name} ({model.facts.architecture}) has no hook point {missing[0]}: "
+                f"site {site.name!r} cannot be edited on this model."
+            )
     if any(site.write == "via_attn_out" for site in sites) and getattr(model.facts, "parallel_blocks", False):
-        raise InterventionError(f"{model.facts.name} runs attention and MLP in parallel: there is no resid_mid to "
-                                "edit; use resid_pre, attn_out or mlp_out.")
+        raise InterventionError(
+            f"{model.facts.name} runs attention and MLP in parallel: there is no resid_mid to "
+            "edit; use resid_pre, attn_out or mlp_out."
+        )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -91,7 +92,9 @@ def register_operation(cls: type) -> type:
     if not cls.name:
         raise InterventionError(f"{cls.__name__} has no `name`: set a class attribute such as name = 'steer'.")
     if not dataclasses.is_dataclass(cls):
-        raise InterventionError(f"{cls.__name__} must be a frozen dataclass (decorate it with @dataclass(frozen=True)).")
+        raise InterventionError(
+            f"{cls.__name__} must be a frozen dataclass (decorate it with @dataclass(frozen=True))."
+        )
     _OPERATIONS[cls.name] = cls
     return cls
 
@@ -125,14 +128,18 @@ def operation_from(spec: Operation | str | dict) -> Operation:
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise InterventionError(f"{spec!r} is not an operation: pass an Operation, a name such as 'zero', "
-                                "or a dict like {'name': 'scale', 'factor': 0.5}.")
+        raise InterventionError(
+            f"{spec!r} is not an operation: pass an Operation, a name such as 'zero', "
+            "or a dict like {'name': 'scale', 'factor': 0.5}."
+        )
     params = {k: v for k, v in spec.items() if k != "name"}
     cls = get_operation(spec["name"])
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     if unknown := sorted(set(params) - fields):
-        raise InterventionError(f"Operation {cls.name!r} has no parameter {', '.join(unknown)}: "
-                                f"its parameters are {', '.join(sorted(fields)) or 'none'}.")
+        raise InterventionError(
+            f"Operation {cls.name!r} has no parameter {', '.join(unknown)}: "
+            f"its parameters are {', '.join(sorted(fields)) or 'none'}."
+        )
     try:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
     except TypeError as exc:
@@ -155,23 +162,29 @@ class Patch(Operation):
     def __post_init__(self) -> None:
         sources = (self.source,) if isinstance(self.source, str) else tuple(self.source)
         if not sources or any(not isinstance(s, str) or not s for s in sources):
-            raise InterventionError("Patching needs a source prompt: pass source='…' (the prompt whose activations "
-                                    "are copied in), or one source per prompt.")
+            raise InterventionError(
+                "Patching needs a source prompt: pass source='…' (the prompt whose activations "
+                "are copied in), or one source per prompt."
+            )
 
     def sources(self, n_prompts: int) -> list[str]:
         sources = [self.source] * n_prompts if isinstance(self.source, str) else list(self.source)
         if len(sources) != n_prompts:
-            raise InterventionError(f"{len(sources)} source prompts for {n_prompts} prompts: pass one source, "
-                                    "or exactly one per prompt.")
+            raise InterventionError(
+                f"{len(sources)} source prompts for {n_prompts} prompts: pass one source, or exactly one per prompt."
+            )
         return sources
 
     def prepare(self, prep) -> dict:
         from workbench.tokens import align_prompts
 
         sources = [prep.text(source, i, "Source") for i, source in enumerate(self.sources(len(prep.prompts)))]
-        rows = [align_prompts(prep.model, prompt, source)[1][0] for prompt, source in zip(prep.prompts, sources)]
+        rows = [
+            align_prompts(prep.model, prompt, source)[1][0]
+            for prompt, source in zip(prep.prompts, sources, strict=True)
+        ]
         source_tokens = torch.stack(rows).to(prep.tokens.device)
-        differ = (prep.tokens != source_tokens)
+        differ = prep.tokens != source_tokens
         first = [int(d.nonzero()[0]) if d.any() else prep.n_positions for d in differ]
         return {"acts": prep.capture(source_tokens), "first_difference": first}
 
@@ -284,9 +297,14 @@ class MaskKeys(Operation):
         from workbench.tokens import resolve_positions
 
         n = prep.n_positions
-        keys = [resolve_positions(prep.model, prompt, n, [prep.text(k, i, "Key") if isinstance(k, str) else k
-                                                          for k in self.keys]) if self.keys else []
-                for i, prompt in enumerate(prep.prompts)]
+        keys = [
+            resolve_positions(
+                prep.model, prompt, n, [prep.text(k, i, "Key") if isinstance(k, str) else k for k in self.keys]
+            )
+            if self.keys
+            else []
+            for i, prompt in enumerate(prep.prompts)
+        ]
         for p, key_list in enumerate(keys):
             kept = queries_with_visible_key(prep.positions[p], key_list)
             if len(kept) < len(prep.positions[p]):
@@ -341,7 +359,7 @@ class Add(Operation):
     """Add ``coefficient × vector`` to the selected activations (steering). ``vector`` matches the
     site's last axis: ``d_model`` for residual sites, ``d_head`` for per-head sites."""
 
-    vector: tuple[float, ...] = ()
+    vector: Sequence[float] | torch.Tensor = ()  # stored as a tuple of floats by __post_init__
     coefficient: float = 1.0
     name: ClassVar[str] = "add"
     sites: ClassVar[tuple[str, ...]] = MEAN_SITES
@@ -358,8 +376,10 @@ class Add(Operation):
     def prepare(self, prep) -> torch.Tensor:
         width = prep.width()
         if len(self.vector) != width:
-            raise InterventionError(f"The steering vector has {len(self.vector)} entries but site {prep.site_name!r} "
-                                    f"of {prep.model.facts.name} is {width} wide: pass a vector of that width.")
+            raise InterventionError(
+                f"The steering vector has {len(self.vector)} entries but site {prep.site_name!r} "
+                f"of {prep.model.facts.name} is {width} wide: pass a vector of that width."
+            )
         return torch.tensor(self.vector, device=prep.model.device)
 
     def apply(self, values: torch.Tensor, edit) -> torch.Tensor:

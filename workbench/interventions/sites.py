@@ -41,25 +41,53 @@ _RESID = ("batch", "pos", "d")
 _HEADS = ("batch", "pos", "head", "d")
 _SCORES = ("batch", "head", "pos", "key")
 
-SITES: dict[str, Site] = {s.name: s for s in (
-    Site("resid_pre", "blocks.{block}.hook_resid_pre", _RESID, description="residual stream entering the block"),
-    Site("resid_mid", "blocks.{block}.hook_resid_mid", _RESID, write="via_attn_out",
-         description="residual stream between attention and MLP (written through attn_out)"),
-    Site("resid_post", "blocks.{block}.hook_resid_post", _RESID, description="residual stream leaving the block"),
-    Site("attn_out", "blocks.{block}.hook_attn_out", _RESID, description="what attention adds to the residual"),
-    Site("mlp_out", "blocks.{block}.hook_mlp_out", _RESID, description="what the MLP adds to the residual"),
-    Site("q", "blocks.{block}.attn.hook_q", _HEADS, heads="query", description="queries per query head"),
-    Site("k", "blocks.{block}.attn.hook_k", _HEADS, heads="kv", description="keys per key/value head"),
-    Site("v", "blocks.{block}.attn.hook_v", _HEADS, heads="kv", description="values per key/value head"),
-    Site("z", "blocks.{block}.attn.hook_z", _HEADS, heads="query",
-         description="attention output per query head, before the output projection"),
-    Site("attn_scores", "blocks.{block}.attn.hook_attn_scores", _SCORES, heads="query",
-         description="pre-softmax attention scores (after the causal mask)"),
-    Site("pattern", "blocks.{block}.attn.hook_pattern", _SCORES, heads="query",
-         description="post-softmax attention weights"),
-    Site("block", "blocks.{block}.hook_resid_post", _RESID, write="block_output",
-         description="the whole block: its output, with its input at hand (for identity)"),
-)}
+SITES: dict[str, Site] = {
+    s.name: s
+    for s in (
+        Site("resid_pre", "blocks.{block}.hook_resid_pre", _RESID, description="residual stream entering the block"),
+        Site(
+            "resid_mid",
+            "blocks.{block}.hook_resid_mid",
+            _RESID,
+            write="via_attn_out",
+            description="residual stream between attention and MLP (written through attn_out)",
+        ),
+        Site("resid_post", "blocks.{block}.hook_resid_post", _RESID, description="residual stream leaving the block"),
+        Site("attn_out", "blocks.{block}.hook_attn_out", _RESID, description="what attention adds to the residual"),
+        Site("mlp_out", "blocks.{block}.hook_mlp_out", _RESID, description="what the MLP adds to the residual"),
+        Site("q", "blocks.{block}.attn.hook_q", _HEADS, heads="query", description="queries per query head"),
+        Site("k", "blocks.{block}.attn.hook_k", _HEADS, heads="kv", description="keys per key/value head"),
+        Site("v", "blocks.{block}.attn.hook_v", _HEADS, heads="kv", description="values per key/value head"),
+        Site(
+            "z",
+            "blocks.{block}.attn.hook_z",
+            _HEADS,
+            heads="query",
+            description="attention output per query head, before the output projection",
+        ),
+        Site(
+            "attn_scores",
+            "blocks.{block}.attn.hook_attn_scores",
+            _SCORES,
+            heads="query",
+            description="pre-softmax attention scores (after the causal mask)",
+        ),
+        Site(
+            "pattern",
+            "blocks.{block}.attn.hook_pattern",
+            _SCORES,
+            heads="query",
+            description="post-softmax attention weights",
+        ),
+        Site(
+            "block",
+            "blocks.{block}.hook_resid_post",
+            _RESID,
+            write="block_output",
+            description="the whole block: its output, with its input at hand (for identity)",
+        ),
+    )
+}
 # Names that stand for several sites edited together.
 COMPOSITE: dict[str, tuple[str, ...]] = {"kv": ("k", "v")}
 

@@ -11,7 +11,20 @@ from workbench.lenses.fit import METHODS, TunedSettings, fit_lens, fit_linear, f
 from workbench.lenses.lens import Lens, check_lens_path, kl_per_layer
 
 __all__ = [
-    "Corpus", "Lens", "METHODS", "TunedSettings", "check_lens_path", "collect_residuals", "corpus_from_file",
-    "corpus_from_text", "fit_lens", "fit_linear", "fit_tuned", "kl_per_layer", "make_corpus", "residual_batches",
-    "residual_stack", "sample_corpus",
+    "Corpus",
+    "Lens",
+    "METHODS",
+    "TunedSettings",
+    "check_lens_path",
+    "collect_residuals",
+    "corpus_from_file",
+    "corpus_from_text",
+    "fit_lens",
+    "fit_linear",
+    "fit_tuned",
+    "kl_per_layer",
+    "make_corpus",
+    "residual_batches",
+    "residual_stack",
+    "sample_corpus",
 ]

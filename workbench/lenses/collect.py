@@ -71,20 +71,32 @@ def residual_batches(
     start = 1 if skip_first else 0
     with tqdm(total=rows.shape[0], desc=desc, unit="row", disable=not progress, leave=False) as bar:
         for begin in range(0, rows.shape[0], size):
-            batch = rows[begin:begin + size]
+            batch = rows[begin : begin + size]
             stack = residual_stack(model, batch)[:, :, start:]
             yield stack.reshape(stack.shape[0], -1, stack.shape[-1])
             bar.update(batch.shape[0])
 
 
-def collect_residuals(model, rows: Int[torch.Tensor, "row pos"], *, skip_first: bool = True,
-                      progress: bool = False, desc: str = "residuals") -> Float[torch.Tensor, "layer token d_model"]:
+def collect_residuals(
+    model,
+    rows: Int[torch.Tensor, "row pos"],
+    *,
+    skip_first: bool = True,
+    progress: bool = False,
+    desc: str = "residuals",
+) -> Float[torch.Tensor, "layer token d_model"]:
     """Every residual row of every token of ``rows``, kept in memory (refused when over the budget)."""
     f = model.facts
     n_tokens = rows.shape[0] * (rows.shape[1] - int(skip_first))
-    require_within_budget(4 * (f.n_layers + 1) * n_tokens * f.d_model, f"Residuals of {n_tokens} tokens",
-                          "fit on fewer tokens (--tokens)", "cpu")
-    parts = [stack.to("cpu") for stack in residual_batches(model, rows, skip_first=skip_first, progress=progress, desc=desc)]
+    require_within_budget(
+        4 * (f.n_layers + 1) * n_tokens * f.d_model,
+        f"Residuals of {n_tokens} tokens",
+        "fit on fewer tokens (--tokens)",
+        "cpu",
+    )
+    parts = [
+        stack.to("cpu") for stack in residual_batches(model, rows, skip_first=skip_first, progress=progress, desc=desc)
+    ]
     if not parts:
         return torch.zeros(f.n_layers + 1, 0, f.d_model)
     return torch.cat(parts, dim=1)

@@ -48,18 +48,26 @@ class Corpus:
         n = self.rows.shape[0]
         counts = [max(1, round(fraction * n)) for fraction in fractions[1:]]
         if n - sum(counts) < 1:
-            raise LensError(f"{self.source} has {n} rows, too few to split into {len(fractions)} parts: "
-                            "pass a longer corpus or more tokens.")
+            raise LensError(
+                f"{self.source} has {n} rows, too few to split into {len(fractions)} parts: "
+                "pass a longer corpus or more tokens."
+            )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         parts, begin = [], 0
         for count in [n - sum(counts), *counts]:
-            parts.append(self.rows[order[begin:begin + count]])
+            parts.append(self.rows[order[begin : begin + count]])
             begin += count
         return parts
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "sha256": self.sha256, "rows": int(self.rows.shape[0]),
-                "row_tokens": int(self.rows.shape[1]), "tokens": self.n_tokens, **self.settings}
+        return {
+            "source": self.source,
+            "sha256": self.sha256,
+            "rows": int(self.rows.shape[0]),
+            "row_tokens": int(self.rows.shape[1]),
+            "tokens": self.n_tokens,
+            **self.settings,
+        }
 
 
 def start_token(model) -> int:
@@ -68,23 +76,38 @@ def start_token(model) -> int:
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token_id is not None:
             return int(token_id)
-    raise LensError(f"{model.facts.name}'s tokenizer has neither a BOS nor an EOS token to start sampled text: "
-                    "pass a text file with --corpus.")
+    raise LensError(
+        f"{model.facts.name}'s tokenizer has neither a BOS nor an EOS token to start sampled text: "
+        "pass a text file with --corpus."
+    )
 
 
-def corpus_from_text(model, text: str, *, tokens: int, source: str, row_tokens: int = FILE_ROW_TOKENS,
-                     settings: dict[str, Any] | None = None) -> Corpus:
+def corpus_from_text(
+    model,
+    text: str,
+    *,
+    tokens: int,
+    source: str,
+    row_tokens: int = FILE_ROW_TOKENS,
+    settings: dict[str, Any] | None = None,
+) -> Corpus:
     """Cut ``text`` into rows of ``row_tokens`` (BOS first when the model prepends one), up to ``tokens`` in all."""
     if row_tokens < 2:
         raise LensError(f"Rows of {row_tokens} tokens are too short for a lens: use at least 2.")
     ids = model.tokenizer.encode(text, add_special_tokens=False)
-    head = [int(model.tokenizer.bos_token_id)] if model.facts.prepend_bos and model.tokenizer.bos_token_id is not None else []
+    head = (
+        [int(model.tokenizer.bos_token_id)]
+        if model.facts.prepend_bos and model.tokenizer.bos_token_id is not None
+        else []
+    )
     body = row_tokens - len(head)
     n_rows = min(len(ids) // body, math.ceil(tokens / row_tokens))
     if n_rows < 3:
-        raise LensError(f"{source} holds {len(ids)} tokens, {3 * body} at least are needed (three rows of "
-                        f"{row_tokens}, to train, validate and test): pass a longer text.")
-    rows = torch.tensor([head + ids[i * body:(i + 1) * body] for i in range(n_rows)], dtype=torch.long)
+        raise LensError(
+            f"{source} holds {len(ids)} tokens, {3 * body} at least are needed (three rows of "
+            f"{row_tokens}, to train, validate and test): pass a longer text."
+        )
+    rows = torch.tensor([head + ids[i * body : (i + 1) * body] for i in range(n_rows)], dtype=torch.long)
     return Corpus(rows=rows, source=source, settings=settings or {})
 
 
@@ -92,14 +115,21 @@ def corpus_from_file(model, path: str | Path, *, tokens: int, row_tokens: int = 
     """A UTF-8 text file as corpus; the lens records its path and SHA-256."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise LensError(f"No corpus file at {path}: pass a UTF-8 text file, or leave --corpus out to sample text "
-                        "from the model.")
+        raise LensError(
+            f"No corpus file at {path}: pass a UTF-8 text file, or leave --corpus out to sample text from the model."
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise LensError(f"{path} is not UTF-8 text (byte {exc.start}): convert it or pass another file.") from None
-    return corpus_from_text(model, text, tokens=tokens, source=f"file:{path.resolve()}", row_tokens=row_tokens,
-                            settings={"file_sha256": sha256_file(path)})
+    return corpus_from_text(
+        model,
+        text,
+        tokens=tokens,
+        source=f"file:{path.resolve()}",
+        row_tokens=row_tokens,
+        settings={"file_sha256": sha256_file(path)},
+    )
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -107,8 +137,15 @@ def block_seed(seed: int, block: int) -> int:
     return int(text_hash(f"workbench.lenses.corpus:{seed}:{block}")[:12], 16)
 
 
-def sample_corpus(model, *, tokens: int, seed: int = 0, row_tokens: int = SAMPLED_ROW_TOKENS,
-                  temperature: float = 1.0, progress: bool = False) -> Corpus:
+def sample_corpus(
+    model,
+    *,
+    tokens: int,
+    seed: int = 0,
+    row_tokens: int = SAMPLED_ROW_TOKENS,
+    temperature: float = 1.0,
+    progress: bool = False,
+) -> Corpus:
     """Text sampled from the model at ``temperature``: rows of ``row_tokens`` from its start token.
 
     Each token is drawn by a seeded :func:`workbench.sampling.make_sampler` from the model's next-token
@@ -127,8 +164,9 @@ def sample_corpus(model, *, tokens: int, seed: int = 0, row_tokens: int = SAMPLE
     f = model.facts
     # One step's logits and sampler work per row, plus the rows' key/value cache (at most d_model per layer).
     per_block = SAMPLE_BLOCK_ROWS * (f.d_vocab * 4 * 4 + row_tokens * f.n_layers * 2 * f.d_model * 4)
-    require_within_budget(per_block, f"Sampling {SAMPLE_BLOCK_ROWS} rows of {row_tokens} tokens", "sample shorter rows",
-                          model.device)
+    require_within_budget(
+        per_block, f"Sampling {SAMPLE_BLOCK_ROWS} rows of {row_tokens} tokens", "sample shorter rows", model.device
+    )
     start = torch.full((1, 1), start_token(model), dtype=torch.long, device=model.device)
     plain = kv_copy(model, start)
     blocks = []
@@ -137,12 +175,24 @@ def sample_corpus(model, *, tokens: int, seed: int = 0, row_tokens: int = SAMPLE
             count = min(SAMPLE_BLOCK_ROWS, n_rows - begin)
             sampler = make_sampler(temperature=temperature, seed=block_seed(seed, block))
             prompt = start.expand(count, 1)
-            blocks.append((sample_with_cache(plain, prompt, new_tokens, sampler) if plain is not None
-                           else _sample_with_generate(model, prompt, new_tokens, sampler)).cpu())
+            blocks.append(
+                (
+                    sample_with_cache(plain, prompt, new_tokens, sampler)
+                    if plain is not None
+                    else _sample_with_generate(model, prompt, new_tokens, sampler)
+                ).cpu()
+            )
             bar.update(count)
-    return Corpus(rows=torch.cat(blocks), source=f"sampled from the model (seed {seed}, temperature {temperature:g})",
-                  settings={"seed": seed, "temperature": temperature, "row_tokens": row_tokens,
-                            "sampling": "kv-cache copy" if plain is not None else "generate"})
+    return Corpus(
+        rows=torch.cat(blocks),
+        source=f"sampled from the model (seed {seed}, temperature {temperature:g})",
+        settings={
+            "seed": seed,
+            "temperature": temperature,
+            "row_tokens": row_tokens,
+            "sampling": "kv-cache copy" if plain is not None else "generate",
+        },
+    )
 
 
 def _sample_with_generate(model, prompt, new_tokens: int, sampler) -> Int[torch.Tensor, "row pos"]:
@@ -180,7 +230,9 @@ def kv_copy(model, check: Int[torch.Tensor, "batch pos"]):
 
 
 @torch.no_grad()
-def sample_with_cache(plain, prompt: Int[torch.Tensor, "row pos"], new_tokens: int, sampler) -> Int[torch.Tensor, "row pos"]:
+def sample_with_cache(
+    plain, prompt: Int[torch.Tensor, "row pos"], new_tokens: int, sampler
+) -> Int[torch.Tensor, "row pos"]:
     """``prompt`` continued by ``new_tokens`` drawn by ``sampler``, reading ``plain`` with its KV cache."""
     import inspect
 
@@ -198,8 +250,9 @@ def sample_with_cache(plain, prompt: Int[torch.Tensor, "row pos"], new_tokens: i
     return rows
 
 
-def make_corpus(model, corpus: str | Path | Corpus | None = None, *, tokens: int, seed: int = 0,
-                progress: bool = False) -> Corpus:
+def make_corpus(
+    model, corpus: str | Path | Corpus | None = None, *, tokens: int, seed: int = 0, progress: bool = False
+) -> Corpus:
     """A corpus from a :class:`Corpus`, a text file path, or (``None``) sampled from the model."""
     if isinstance(corpus, Corpus):
         return corpus

@@ -86,8 +86,10 @@ class Splits:
         return cls(*corpus.split(SPLIT, seed=seed))
 
     def tokens(self, skip_first: bool) -> dict[str, int]:
-        return {name: int(rows.shape[0] * (rows.shape[1] - int(skip_first)))
-                for name, rows in (("train", self.train), ("validation", self.validation), ("test", self.test))}
+        return {
+            name: int(rows.shape[0] * (rows.shape[1] - int(skip_first)))
+            for name, rows in (("train", self.train), ("validation", self.validation), ("test", self.test))
+        }
 
 
 def fit_lens(
@@ -135,16 +137,32 @@ def fit_lens(
     else:
         corpus = make_corpus(model, corpus, tokens=tokens, seed=seed, progress=progress)
     splits = Splits.of(corpus, seed)
-    header = {**model_header(model, spec), "corpus": corpus.to_dict(), "seed": seed,
-              "tokens": splits.tokens(skip_first=True), "skip_first": True}
+    header = {
+        **model_header(model, spec),
+        "corpus": corpus.to_dict(),
+        "seed": seed,
+        "tokens": splits.tokens(skip_first=True),
+        "skip_first": True,
+    }
     if state is not None:
         start = Lens(state["start_weight"], state["start_bias"], state["start_header"])
     else:
         start = fit_linear(model, splits, header=header, progress=progress)
     lens = start
     if method == "tuned":
-        lens = fit_tuned(model, splits, start, tuned, header=header, checkpoint=checkpoint, state=state,
-                         corpus=corpus, seed=seed, progress=progress, callback=callback)
+        lens = fit_tuned(
+            model,
+            splits,
+            start,
+            tuned,
+            header=header,
+            checkpoint=checkpoint,
+            state=state,
+            corpus=corpus,
+            seed=seed,
+            progress=progress,
+            callback=callback,
+        )
     lens.header["fit_seconds"] = round(time.perf_counter() - started, 2)
     if out is not None:
         lens.save(out)
@@ -169,8 +187,13 @@ class Moments:
     @classmethod
     def zeros(cls, n_rows: int, d: int) -> Moments:
         z = torch.zeros
-        return cls(z((), dtype=torch.float64), z(n_rows, d, dtype=torch.float64), z(d, dtype=torch.float64),
-                   z(n_rows, d, d, dtype=torch.float64), z(n_rows, d, d, dtype=torch.float64))
+        return cls(
+            z((), dtype=torch.float64),
+            z(n_rows, d, dtype=torch.float64),
+            z(d, dtype=torch.float64),
+            z(n_rows, d, d, dtype=torch.float64),
+            z(n_rows, d, d, dtype=torch.float64),
+        )
 
     def add(self, stack: Float[torch.Tensor, "layer token d_model"]) -> None:
         x = stack.to("cpu", torch.float64)
@@ -202,30 +225,59 @@ class Moments:
         return torch.stack(weights), torch.stack(biases)
 
 
-def fit_linear(model, splits: Splits, *, header: dict[str, Any] | None = None, alphas: tuple[float, ...] = RIDGE_GRID,
-               progress: bool = False) -> Lens:
+def fit_linear(
+    model,
+    splits: Splits,
+    *,
+    header: dict[str, Any] | None = None,
+    alphas: tuple[float, ...] = RIDGE_GRID,
+    progress: bool = False,
+) -> Lens:
     """Ridge regression of every row onto the last, ridge strength per row chosen by validation KL."""
     f = model.facts
-    require_within_budget(2 * 8 * (f.n_layers + 1) * f.d_model ** 2, "The linear lens' moment matrices",
-                          "fit a lens on a smaller model or raise WORKBENCH_MEMORY_BUDGET", "cpu")
+    require_within_budget(
+        2 * 8 * (f.n_layers + 1) * f.d_model**2,
+        "The linear lens' moment matrices",
+        "fit a lens on a smaller model or raise WORKBENCH_MEMORY_BUDGET",
+        "cpu",
+    )
     started = time.perf_counter()
     moments = Moments.zeros(f.n_layers + 1, f.d_model)
-    for stack in residual_batches(model, splits.train, progress=progress, desc="linear lens: moments",
-                                  extra_bytes_per_token=2 * 8 * (f.n_layers + 1) * f.d_model):
+    for stack in residual_batches(
+        model,
+        splits.train,
+        progress=progress,
+        desc="linear lens: moments",
+        extra_bytes_per_token=2 * 8 * (f.n_layers + 1) * f.d_model,
+    ):
         moments.add(stack)
     weights, biases = moments.solve(alphas)
-    validation = collect_residuals(model, _cap_rows(splits.validation, MAX_VALIDATION_TOKENS), progress=progress,
-                                   desc="validation residuals")
-    kls = torch.stack([kl_per_layer(model, validation, Lens(w.float(), b.float())) for w, b in
-                       tqdm(zip(weights, biases), total=len(alphas), desc="ridge strength", disable=not progress,
-                            leave=False)])
+    validation = collect_residuals(
+        model, _cap_rows(splits.validation, MAX_VALIDATION_TOKENS), progress=progress, desc="validation residuals"
+    )
+    kls = torch.stack(
+        [
+            kl_per_layer(model, validation, Lens(w.float(), b.float()))
+            for w, b in tqdm(
+                zip(weights, biases, strict=True),
+                total=len(alphas),
+                desc="ridge strength",
+                disable=not progress,
+                leave=False,
+            )
+        ]
+    )
     best = kls.argmin(0)
     rows = torch.arange(f.n_layers + 1)
     lens = Lens(weights[best, rows].float(), biases[best, rows].float(), dict(header or model_header(model)))
     lens.header.update(
         method="linear",
-        ridge={"alpha_grid": list(alphas), "alpha": [alphas[i] for i in best.tolist()],
-               "validation_kl": kls.T.tolist(), "towards": "identity"},
+        ridge={
+            "alpha_grid": list(alphas),
+            "alpha": [alphas[i] for i in best.tolist()],
+            "validation_kl": kls.T.tolist(),
+            "towards": "identity",
+        },
         linear_seconds=round(time.perf_counter() - started, 2),
     )
     _record_heldout(model, lens, splits, progress)
@@ -239,8 +291,10 @@ def _cap_rows(rows: torch.Tensor, max_tokens: int) -> torch.Tensor:
 def _record_heldout(model, lens: Lens, splits: Splits, progress: bool) -> None:
     """Held-out KL per row on the test rows, for this lens and for the logit lens (same tokens)."""
     test = collect_residuals(model, splits.test, progress=progress, desc="test residuals")
-    lens.header["heldout_kl"] = {"lens": kl_per_layer(model, test, lens).tolist(),
-                                 "logit": kl_per_layer(model, test, None).tolist()}
+    lens.header["heldout_kl"] = {
+        "lens": kl_per_layer(model, test, lens).tolist(),
+        "logit": kl_per_layer(model, test, None).tolist(),
+    }
 
 
 # --- tuned -----------------------------------------------------------------------------------------
@@ -273,12 +327,22 @@ def step_rows(train: torch.Tensor, step: int, rows_per_step: int, seed: int) -> 
 def _optimizer(params: list[torch.Tensor], settings: TunedSettings):
     if settings.optimizer == "sgd":
         # torch's SGD momentum scales the step by 1 / (1 - β); the paper undoes it so lr = 1 is the natural unit.
-        opt = torch.optim.SGD(params, lr=settings.lr * (1 - settings.momentum), momentum=settings.momentum,
-                              nesterov=True, weight_decay=settings.weight_decay)
+        opt = torch.optim.SGD(
+            params,
+            lr=settings.lr * (1 - settings.momentum),
+            momentum=settings.momentum,
+            nesterov=True,
+            weight_decay=settings.weight_decay,
+        )
         warmup = 0
     else:
-        opt = torch.optim.Adam(params, lr=settings.lr * 1e-3, betas=(settings.momentum, 0.999), amsgrad=True,
-                               weight_decay=settings.weight_decay)
+        opt = torch.optim.Adam(
+            params,
+            lr=settings.lr * 1e-3,
+            betas=(settings.momentum, 0.999),
+            amsgrad=True,
+            weight_decay=settings.weight_decay,
+        )
         warmup = min(1000, settings.steps // 5)
 
     def schedule(step: int) -> float:
@@ -323,7 +387,9 @@ def fit_tuned(
         first_step, losses = int(state["step"]), list(state["losses"])
     chunk = rows_per_batch(4 * 4 * f.d_vocab, model.device, cap=rows_per_step * row_tokens)
     started = time.perf_counter()
-    bar = tqdm(total=settings.steps, initial=first_step, desc="tuned lens", unit="step", disable=not progress, leave=False)
+    bar = tqdm(
+        total=settings.steps, initial=first_step, desc="tuned lens", unit="step", disable=not progress, leave=False
+    )
     with _frozen(model.bridge):
         for step in range(first_step, settings.steps):
             stack = residual_stack(model, step_rows(splits.train, step, rows_per_step, seed))[:, :, 1:]
@@ -332,7 +398,7 @@ def fit_tuned(
             total = 0.0
             n_tokens = stack.shape[1]
             for begin in range(0, n_tokens, chunk):
-                part = stack[:, begin:begin + chunk]
+                part = stack[:, begin : begin + chunk]
                 with torch.no_grad():
                     target = unembed(model, part[-1]).log_softmax(-1)
                     p = target.exp()
@@ -352,17 +418,27 @@ def fit_tuned(
             if callback is not None:
                 callback(step + 1, total)
             if checkpoint is not None and ((step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps):
-                _write_checkpoint(checkpoint, {
-                    "format": CHECKPOINT_FORMAT, "step": step + 1, "losses": losses, "seed": seed,
-                    "settings": asdict(settings), "fingerprint": header["fingerprint"]["sha256"],
-                    "weight": torch.stack([w.detach() for w in weights]),
-                    "bias": torch.stack([b.detach() for b in biases]),
-                    "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
-                    "start_weight": start.weight, "start_bias": start.bias, "start_header": start.header,
-                    "rows": corpus.rows if corpus is not None else splits.train,
-                    "corpus": {"source": corpus.source if corpus is not None else "?"},
-                    "corpus_settings": corpus.settings if corpus is not None else {},
-                })
+                _write_checkpoint(
+                    checkpoint,
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "step": step + 1,
+                        "losses": losses,
+                        "seed": seed,
+                        "settings": asdict(settings),
+                        "fingerprint": header["fingerprint"]["sha256"],
+                        "weight": torch.stack([w.detach() for w in weights]),
+                        "bias": torch.stack([b.detach() for b in biases]),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "start_weight": start.weight,
+                        "start_bias": start.bias,
+                        "start_header": start.header,
+                        "rows": corpus.rows if corpus is not None else splits.train,
+                        "corpus": {"source": corpus.source if corpus is not None else "?"},
+                        "corpus_settings": corpus.settings if corpus is not None else {},
+                    },
+                )
     bar.close()
     weight, bias = start.weight.clone(), start.bias.clone()
     with torch.no_grad():
@@ -374,15 +450,22 @@ def fit_tuned(
         method="tuned",
         ridge=start.header.get("ridge"),
         linear_heldout_kl=start.header.get("heldout_kl", {}).get("lens"),
-        tuned={**asdict(settings), "rows_per_step": rows_per_step, "tokens_seen": settings.steps * rows_per_step * row_tokens,
-               "train_kl": losses, "tuned_seconds": round(time.perf_counter() - started, 2)},
+        tuned={
+            **asdict(settings),
+            "rows_per_step": rows_per_step,
+            "tokens_seen": settings.steps * rows_per_step * row_tokens,
+            "train_kl": losses,
+            "tuned_seconds": round(time.perf_counter() - started, 2),
+        },
     )
     _record_heldout(model, lens, splits, progress)
     before, after = sum(start.header["heldout_kl"]["lens"]), sum(lens.header["heldout_kl"]["lens"])
     lens.header["tuned"]["improved"] = after < before
     if after >= before:
-        lens.header["tuned"]["note"] = (f"the tuned lens did not improve on its linear start on the test tokens "
-                                        f"(summed KL {after:.4f} vs {before:.4f} nats): more steps or tokens may help")
+        lens.header["tuned"]["note"] = (
+            f"the tuned lens did not improve on its linear start on the test tokens "
+            f"(summed KL {after:.4f} vs {before:.4f} nats): more steps or tokens may help"
+        )
     return lens
 
 
@@ -390,24 +473,29 @@ def _check_same_run(state: dict[str, Any], settings: TunedSettings) -> None:
     saved = state["settings"]
     if saved != asdict(settings):
         changed = ", ".join(f"{k} {saved.get(k)} → {v}" for k, v in asdict(settings).items() if saved.get(k) != v)
-        raise LensError(f"The checkpoint was written with other settings ({changed}): resume with the same "
-                        "settings, or delete the checkpoint to start again.")
+        raise LensError(
+            f"The checkpoint was written with other settings ({changed}): resume with the same "
+            "settings, or delete the checkpoint to start again."
+        )
 
 
 def _check_checkpoint(checkpoint: Path | None, resume: bool) -> None:
     if resume and (checkpoint is None or not checkpoint.is_file()):
         raise LensError(f"Nothing to resume: no checkpoint at {checkpoint}. Run without --resume to start the fit.")
     if not resume and checkpoint is not None and checkpoint.exists():
-        raise LensError(f"A checkpoint already exists at {checkpoint}: pass --resume to continue that fit, "
-                        "or delete it to start again.")
+        raise LensError(
+            f"A checkpoint already exists at {checkpoint}: pass --resume to continue that fit, "
+            "or delete it to start again."
+        )
 
 
 def _read_checkpoint(checkpoint: Path, model) -> dict[str, Any]:
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise LensError(f"{checkpoint} is not a readable lens checkpoint ({type(exc).__name__}): delete it and "
-                        "start again.") from None
+        raise LensError(
+            f"{checkpoint} is not a readable lens checkpoint ({type(exc).__name__}): delete it and start again."
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise LensError(f"{checkpoint} is not a workbench lens checkpoint: delete it or choose another --out.")
     from workbench.provenance import model_fingerprint

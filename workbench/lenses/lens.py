@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +48,20 @@ class Lens:
     def __post_init__(self) -> None:
         n, d, d2 = self.weight.shape
         if d != d2 or tuple(self.bias.shape) != (n, d):
-            raise LensError(f"A lens needs weight [layer, d, d] and bias [layer, d]; got {tuple(self.weight.shape)} "
-                            f"and {tuple(self.bias.shape)}.")
+            raise LensError(
+                f"A lens needs weight [layer, d, d] and bias [layer, d]; got {tuple(self.weight.shape)} "
+                f"and {tuple(self.bias.shape)}."
+            )
 
     @classmethod
     def identity(cls, model, **header: Any) -> Lens:
         """Zero translators: the logit lens written as a lens."""
         f = model.facts
-        return cls(torch.zeros(f.n_layers + 1, f.d_model, f.d_model), torch.zeros(f.n_layers + 1, f.d_model),
-                   {**model_header(model), "method": "identity", **header})
+        return cls(
+            torch.zeros(f.n_layers + 1, f.d_model, f.d_model),
+            torch.zeros(f.n_layers + 1, f.d_model),
+            {**model_header(model), "method": "identity", **header},
+        )
 
     @property
     def n_rows(self) -> int:
@@ -83,20 +88,26 @@ class Lens:
         return unembed(model, self.translate(resid, layer))
 
     def heldout_kl(self, lens: str = "lens") -> dict[str, float]:
-        """Held-out mean KL(final ‖ row) per row, in nats: of this lens (``"lens"``) or of the logit lens (``"logit"``)."""
+        """Held-out mean KL(final ‖ row) per row, in nats: of this lens (``"lens"``) or of the logit lens
+        (``"logit"``)."""
         values = self.header.get("heldout_kl", {}).get(lens)
         if values is None:
             raise LensError(f"This lens carries no held-out KL for {lens!r} (an unfitted lens): fit one with fit_lens.")
-        return dict(zip(self.labels, values))
+        return dict(zip(self.labels, values, strict=True))
 
     def table(self):
         """A DataFrame: held-out KL per row for the logit lens and this lens, and their ratio."""
         import pandas as pd
 
         logit, lens = self.heldout_kl("logit"), self.heldout_kl("lens")
-        return pd.DataFrame({"layer": self.labels, "logit lens KL": [logit[k] for k in self.labels],
-                             f"{self.method} lens KL": [lens[k] for k in self.labels],
-                             "ratio": [lens[k] / logit[k] if logit[k] > 0 else float("nan") for k in self.labels]})
+        return pd.DataFrame(
+            {
+                "layer": self.labels,
+                "logit lens KL": [logit[k] for k in self.labels],
+                f"{self.method} lens KL": [lens[k] for k in self.labels],
+                "ratio": [lens[k] / logit[k] if logit[k] > 0 else float("nan") for k in self.labels],
+            }
+        )
 
     def check_model(self, model) -> None:
         """Refuse a model other than the one this lens was fitted on (shape first, then weight fingerprint)."""
@@ -104,16 +115,20 @@ class Lens:
         name = fitted.get("name", "another model")
         f = model.facts
         if (self.n_rows, self.weight.shape[1]) != (f.n_layers + 1, f.d_model):
-            raise LensError(f"This lens was fitted on {name} ({self.n_rows - 1} blocks, d_model {self.weight.shape[1]}), "
-                            f"not on {f.name} ({f.n_layers} blocks, d_model {f.d_model}): fit one for it with "
-                            "`workbench lens fit`.")
+            raise LensError(
+                f"This lens was fitted on {name} ({self.n_rows - 1} blocks, d_model {self.weight.shape[1]}), "
+                f"not on {f.name} ({f.n_layers} blocks, d_model {f.d_model}): fit one for it with "
+                "`workbench lens fit`."
+            )
         expected = self.header.get("fingerprint", {}).get("sha256")
         if expected is None:
             return
         actual = model_fingerprint(model)["sha256"]
         if actual != expected:
-            raise LensError(f"This lens was fitted on {name} (weights {expected[:12]}), not on {f.name} "
-                            f"(weights {actual[:12]}): fit one for this model with `workbench lens fit`.")
+            raise LensError(
+                f"This lens was fitted on {name} (weights {expected[:12]}), not on {f.name} "
+                f"(weights {actual[:12]}): fit one for this model with `workbench lens fit`."
+            )
 
     def save(self, path: str | Path) -> Path:
         """Write safetensors + JSON header atomically; an existing file is replaced only if it is a lens file."""
@@ -125,8 +140,11 @@ class Lens:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
-            save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, tmp,
-                      metadata={HEADER_KEY: json.dumps(header)})
+            save_file(
+                {"weight": self.weight.contiguous(), "bias": self.bias.contiguous()},
+                tmp,
+                metadata={HEADER_KEY: json.dumps(header)},
+            )
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -191,8 +209,9 @@ def check_lens_path(path: str | Path) -> Path:
     if path.is_dir():
         raise LensError(f"--out {path} is a folder: name a lens file, e.g. {path / 'model.lens.safetensors'}.")
     if path.exists() and not is_lens_file(path):
-        raise LensError(f"{path} exists and is not a lens file the workbench wrote: choose another --out "
-                        "(it is never overwritten).")
+        raise LensError(
+            f"{path} exists and is not a lens file the workbench wrote: choose another --out (it is never overwritten)."
+        )
     parent = path.parent if str(path.parent) else Path(".")
     probe = parent
     while not probe.exists():
@@ -206,17 +225,25 @@ def model_header(model, spec: str | None = None) -> dict[str, Any]:
     """What a lens records about its model: spec, facts that shape the lens, and the weights' fingerprint."""
     f = model.facts
     return {
-        "model": {"spec": spec or f.source, "name": f.name, "architecture": f.architecture, "n_layers": f.n_layers,
-                  "d_model": f.d_model, "d_vocab": f.d_vocab, "dtype": f.dtype},
+        "model": {
+            "spec": spec or f.source,
+            "name": f.name,
+            "architecture": f.architecture,
+            "n_layers": f.n_layers,
+            "d_model": f.d_model,
+            "d_vocab": f.d_vocab,
+            "dtype": f.dtype,
+        },
         "fingerprint": model_fingerprint(model),
         "versions": library_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
 @torch.no_grad()
-def kl_per_layer(model, residuals: Float[torch.Tensor, "layer token d_model"],
-                 lens: Lens | None = None) -> Float[torch.Tensor, " layer"]:
+def kl_per_layer(
+    model, residuals: Float[torch.Tensor, "layer token d_model"], lens: Lens | None = None
+) -> Float[torch.Tensor, " layer"]:
     """Mean KL(final ‖ row) over tokens, in nats, for every row: of ``lens``, or of the logit lens (``None``).
 
     ``final`` is the model's output distribution, read from the last row untranslated.
@@ -225,7 +252,7 @@ def kl_per_layer(model, residuals: Float[torch.Tensor, "layer token d_model"],
     chunk = rows_per_batch(4 * 3 * model.facts.d_vocab, model.device, cap=4096)
     total = torch.zeros(n_rows, dtype=torch.float64)
     for begin in range(0, n_tokens, chunk):
-        part = residuals[:, begin:begin + chunk].to(model.device)
+        part = residuals[:, begin : begin + chunk].to(model.device)
         final = unembed(model, part[-1]).log_softmax(-1)
         p = final.exp()
         for layer in range(n_rows):

@@ -55,10 +55,22 @@ class AttentionCapture(Probe):
         groups = [ctx.facts.head_to_group[h] for h in heads]
         n_groups = ctx.facts.n_kv_heads
         group_mean = torch.stack(
-            [pattern[:, :, [i for i, g in enumerate(groups) if g == group]].mean(2) if group in groups
-             else torch.full_like(pattern[:, :, 0], float("nan")) for group in range(n_groups)], 2)
-        coords = dict(prompt=list(range(len(ctx.prompts))), block=blocks, head=heads,
-                      group=list(range(n_groups)), query=ctx.str_tokens[0], key=ctx.str_tokens[0])
+            [
+                pattern[:, :, [i for i, g in enumerate(groups) if g == group]].mean(2)
+                if group in groups
+                else torch.full_like(pattern[:, :, 0], float("nan"))
+                for group in range(n_groups)
+            ],
+            2,
+        )
+        coords = dict(
+            prompt=list(range(len(ctx.prompts))),
+            block=blocks,
+            head=heads,
+            group=list(range(n_groups)),
+            query=ctx.str_tokens[0],
+            key=ctx.str_tokens[0],
+        )
         # The sink share averages over queries 1…n-1: query 0 can only attend to the first token.
         sink = pattern[..., 1:, 0].mean(-1) if pattern.shape[-1] > 1 else pattern[..., 0, 0]
         arrays = {
@@ -69,13 +81,18 @@ class AttentionCapture(Probe):
         }
         return AttentionResult(
             arrays=arrays,
-            meta={"readout": ctx.readout, "head_to_group": dict(zip(heads, groups)),
-                  "n_kv_heads": n_groups, "block_convention": "blocks counted from 0"},
+            meta={
+                "readout": ctx.readout,
+                "head_to_group": dict(zip(heads, groups, strict=True)),
+                "n_kv_heads": n_groups,
+                "block_convention": "blocks counted from 0",
+            },
         )
 
 
-def display_pattern(pattern: np.ndarray, *, hide_diagonal: bool = False, hide_sink: bool = False,
-                    renormalise: bool = False) -> np.ndarray:
+def display_pattern(
+    pattern: np.ndarray, *, hide_diagonal: bool = False, hide_sink: bool = False, renormalise: bool = False
+) -> np.ndarray:
     """Apply the study's display options to ``[..., query, key]`` patterns.
 
     Hidden entries become NaN (blank in a heatmap). With ``renormalise`` each row's remaining
@@ -114,21 +131,39 @@ class AttentionResult(Result):
         sink = self["sink_share"].sel(prompt=0).numpy()
         blocks = self["sink_share"].coords["block"]
         strongest = blocks[int(sink.mean(-1).argmax())]
-        return (f"attention of {len(blocks)} blocks × {sink.shape[-1]} heads on {self.model}; "
-                f"strongest sink: block {strongest} ({sink.mean(-1).max():.2f} of attention on the first token)")
+        return (
+            f"attention of {len(blocks)} blocks × {sink.shape[-1]} heads on {self.model}; "
+            f"strongest sink: block {strongest} ({sink.mean(-1).max():.2f} of attention on the first token)"
+        )
 
-    def figure(self, kind: str = "heads", block: int | None = None, prompt: int = 0, hide_diagonal: bool = False,
-               hide_sink: bool = False, renormalise: bool = False, group_means: bool = False, **_: Any):
+    def figure(
+        self,
+        kind: str = "heads",
+        block: int | None = None,
+        prompt: int = 0,
+        hide_diagonal: bool = False,
+        hide_sink: bool = False,
+        renormalise: bool = False,
+        group_means: bool = False,
+        **_: Any,
+    ):
         """``heads``: query × key per head of one block; ``sink``: sink share per block × head;
         ``readout``: attention from the readout position to every key, per block × head (one row per pair)."""
         blocks = self["pattern"].coords["block"]
         labels = self.tokens[prompt]
         if kind == "sink":
             sink = self["sink_share"].sel(prompt=prompt)
-            return plots.heatmap(sink.numpy(), x=[f"head {h} · g{self.meta['head_to_group'][h]}" for h in sink.coords["head"]],
-                                 y=[f"block {b}" for b in blocks], zmin=0, zmax=1, colorbar="share",
-                                 title=f"Attention sink: share of attention on the first token ({self.model})",
-                                 x_title="query head · kv group", y_title="block")
+            return plots.heatmap(
+                sink.numpy(),
+                x=[f"head {h} · g{self.meta['head_to_group'][h]}" for h in sink.coords["head"]],
+                y=[f"block {b}" for b in blocks],
+                zmin=0,
+                zmax=1,
+                colorbar="share",
+                title=f"Attention sink: share of attention on the first token ({self.model})",
+                x_title="query head · kv group",
+                y_title="block",
+            )
         if kind == "readout":
             attn = self["readout_attention"].sel(prompt=prompt).numpy()  # block head key
             rows = [f"block {b} · head {h}" for b in blocks for h in self["pattern"].coords["head"]]
@@ -136,9 +171,16 @@ class AttentionResult(Result):
             if hide_sink:
                 values = values.copy()
                 values[:, 0] = np.nan
-            return plots.heatmap(values, x=plots.tick_labels(labels), y=rows, colorbar="attention",
-                                 title=f"Attention from the readout position {self.meta['readout']} ({self.model})",
-                                 x_title="key: token", y_title="block · head", height=max(500, 12 * len(rows) + 200))
+            return plots.heatmap(
+                values,
+                x=plots.tick_labels(labels),
+                y=rows,
+                colorbar="attention",
+                title=f"Attention from the readout position {self.meta['readout']} ({self.model})",
+                x_title="key: token",
+                y_title="block · head",
+                height=max(500, 12 * len(rows) + 200),
+            )
         block = blocks[0] if block is None else block
         options = dict(hide_diagonal=hide_diagonal, hide_sink=hide_sink, renormalise=renormalise)
         if group_means:
@@ -155,7 +197,7 @@ class AttentionResult(Result):
         title += f" ({self.model}{'; ' + ', '.join(shown).replace('_', ' ') if shown else ''})"
         fig = plots.head_grid(data, heads=heads, groups=groups, query_labels=labels, key_labels=labels, title=title)
         if group_means:
-            for annotation, g in zip(fig.layout.annotations, groups):
+            for annotation, g in zip(fig.layout.annotations, groups, strict=False):
                 annotation.text = f"kv group {g} (mean)"
         return fig
 

@@ -34,14 +34,22 @@ class AttentionMask(Probe):
 
     def prepare(self, ctx: RunContext) -> list[int]:
         if self.keys is None:
-            raise ProbeError("AttentionMask needs the keys to mask: pass keys='9' (token text) or keys=[12] (positions).")
+            raise ProbeError(
+                "AttentionMask needs the keys to mask: pass keys='9' (token text) or keys=[12] (positions)."
+            )
         return resolve_blocks(ctx.facts, self.blocks)
 
     def interventions(self, ctx: RunContext):
         return [mask_keys(self.keys, blocks=ctx.plan, queries=self.queries, heads=self.heads)]
 
     def describe(self, plan: list[int] | None = None) -> str:
-        span = f"blocks {format_blocks(plan)}" if plan else "every block" if self.blocks is None else f"blocks {self.blocks}"
+        span = (
+            f"blocks {format_blocks(plan)}"
+            if plan
+            else "every block"
+            if self.blocks is None
+            else f"blocks {self.blocks}"
+        )
         return f"attention to {self.keys!r} masked in {span}"
 
     def result(self, record: ProbeRecord):
@@ -51,8 +59,10 @@ class AttentionMask(Probe):
         grid = torch.zeros(ctx.facts.n_layers, ctx.n_positions)
         for b in resolved.blocks:
             grid[b, keys[0]] = 1.0
-        result.arrays["masked"] = Named(grid, ("block", "key"), {"block": list(range(ctx.facts.n_layers)),
-                                                                  "key": ctx.str_tokens[0]})
-        result.meta.update(blocks=resolved.blocks, heads=resolved.heads or list(range(ctx.facts.n_heads)),
-                           key_positions=keys)
+        result.arrays["masked"] = Named(
+            grid, ("block", "key"), {"block": list(range(ctx.facts.n_layers)), "key": ctx.str_tokens[0]}
+        )
+        result.meta.update(
+            blocks=resolved.blocks, heads=resolved.heads or list(range(ctx.facts.n_heads)), key_positions=keys
+        )
         return result

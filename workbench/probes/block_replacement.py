@@ -52,8 +52,10 @@ class BlockReplacement(Probe):
         if self.mode not in MODES:
             raise ProbeError(f"Unknown block replacement mode {self.mode!r}: use one of {', '.join(MODES)}.")
         if self.blocks is None:
-            raise ProbeError(f"BlockReplacement needs the blocks to replace: pass blocks=[...] "
-                             f"({ctx.facts.name} has blocks 0–{ctx.facts.n_layers - 1}).")
+            raise ProbeError(
+                f"BlockReplacement needs the blocks to replace: pass blocks=[...] "
+                f"({ctx.facts.name} has blocks 0–{ctx.facts.n_layers - 1})."
+            )
         return resolve_blocks(ctx.facts, self.blocks)
 
     def interventions(self, ctx: RunContext) -> list[Intervention]:
@@ -67,7 +69,8 @@ class BlockReplacement(Probe):
     def result(self, record: ProbeRecord):
         result = super().result(record)
         n = record.context.facts.n_layers
-        result.arrays["replaced"] = Named(torch.tensor([float(b in record.plan) for b in range(n)]), ("block",),
-                                          {"block": list(range(n))})
+        result.arrays["replaced"] = Named(
+            torch.tensor([float(b in record.plan) for b in range(n)]), ("block",), {"block": list(range(n))}
+        )
         result.meta.update(blocks=record.plan, mode=self.mode)
         return result

@@ -14,8 +14,8 @@ import torch
 
 from workbench import plots
 from workbench.errors import ProbeError
-from workbench.probes.base import CLEAN, INTERVENED, ProbeRecord
 from workbench.metrics import kl_divergence
+from workbench.probes.base import CLEAN, INTERVENED, ProbeRecord
 from workbench.results import Named, Result
 
 TOP = 10
@@ -52,9 +52,14 @@ def intervention_result(record: ProbeRecord, description: str) -> InterventionRe
         description = f"{description} (no-op: nothing was edited)"
     return InterventionResult(
         arrays=distribution_arrays(record),
-        meta={"description": description, "interventions": record.interventions,
-              "edits": [resolved.intervention.to_dict() for resolved in record.resolved],
-              "notes": notes, "noop": noop, "readout": ctx.readout},
+        meta={
+            "description": description,
+            "interventions": record.interventions,
+            "edits": [resolved.intervention.to_dict() for resolved in record.resolved],
+            "notes": notes,
+            "noop": noop,
+            "readout": ctx.readout,
+        },
     )
 
 
@@ -65,18 +70,20 @@ class InterventionResult(Result):
     def distribution(self, phase: str = INTERVENED, prompt: int = 0) -> dict[str, float]:
         """Target token → probability at the readout position (``clean`` or ``intervened``)."""
         array = self["target_probs"].sel(phase=phase, prompt=prompt)
-        return {t: float(p) for t, p in zip(array.coords["target"], array.numpy())}
+        return {t: float(p) for t, p in zip(array.coords["target"], array.numpy(), strict=True)}
 
     def top_k(self, phase: str = INTERVENED, prompt: int = 0) -> list[tuple[str, float]]:
         toks = self["top_tokens"].sel(phase=phase, prompt=prompt).numpy()
         probs = self["top_probs"].sel(phase=phase, prompt=prompt).numpy()
-        return [(str(t), float(p)) for t, p in zip(toks, probs)]
+        return [(str(t), float(p)) for t, p in zip(toks, probs, strict=True)]
 
     def summary(self) -> str:
         kl = float(self["kl"].numpy()[0])
         before, after = self.top_k(CLEAN)[0], self.top_k(INTERVENED)[0]
-        return (f"{self.meta.get('description', self.probe)}: top token {before[0]!r} {before[1]:.3f} → "
-                f"{after[0]!r} {after[1]:.3f}, KL(clean ‖ intervened) = {kl:.4f} nats")
+        return (
+            f"{self.meta.get('description', self.probe)}: top token {before[0]!r} {before[1]:.3f} → "
+            f"{after[0]!r} {after[1]:.3f}, KL(clean ‖ intervened) = {kl:.4f} nats"
+        )
 
     def sites(self) -> Named | None:
         """Where the edit was made: a block × position grid (1 = edited), or None for whole-block edits."""
@@ -91,19 +98,36 @@ class InterventionResult(Result):
             if grid is None:
                 raise ProbeError(f"{self.probe} edits whole blocks; it has no block × position sites to draw.")
             dims = grid.dims
-            return plots.heatmap(grid.numpy(), x=plots.tick_labels(grid.coords[dims[1]]),
-                                 y=[f"block {b}" for b in grid.coords[dims[0]]], zmin=0, zmax=1, colorbar="edited",
-                                 title=f"Edited sites: {title}", x_title=f"{dims[1]}: token", y_title="block")
+            return plots.heatmap(
+                grid.numpy(),
+                x=plots.tick_labels(grid.coords[dims[1]]),
+                y=[f"block {b}" for b in grid.coords[dims[0]]],
+                zmin=0,
+                zmax=1,
+                colorbar="edited",
+                title=f"Edited sites: {title}",
+                x_title=f"{dims[1]}: token",
+                y_title="block",
+            )
         if kind == "distribution" and "target_probs" in self.arrays:
             before, after = self.distribution(CLEAN, prompt), self.distribution(INTERVENED, prompt)
-            return plots.bars({"clean": list(before.values()), "intervened": list(after.values())},
-                              labels=list(before), title=title, x_title="next token", y_title="probability")
+            return plots.bars(
+                {"clean": list(before.values()), "intervened": list(after.values())},
+                labels=list(before),
+                title=title,
+                x_title="next token",
+                y_title="probability",
+            )
         before, after = self.top_k(CLEAN, prompt), self.top_k(INTERVENED, prompt)
         labels = list(dict.fromkeys([t for t, _ in before] + [t for t, _ in after]))
         b, a = dict(before), dict(after)
-        return plots.bars({"clean": [b.get(t, 0.0) for t in labels], "intervened": [a.get(t, 0.0) for t in labels]},
-                          labels=labels, title=title + ": top tokens (0 = not in that top-10)",
-                          x_title="next token", y_title="probability")
+        return plots.bars(
+            {"clean": [b.get(t, 0.0) for t in labels], "intervened": [a.get(t, 0.0) for t in labels]},
+            labels=labels,
+            title=title + ": top tokens (0 = not in that top-10)",
+            x_title="next token",
+            y_title="probability",
+        )
 
     def figures(self) -> dict[str, Any]:
         out = {"distribution": self.figure("distribution"), "top": self.figure("top")}

@@ -42,8 +42,10 @@ class LogitLens(Probe):
     def prepare(self, ctx: RunContext) -> list[int]:
         """The absolute positions read (all by default; a subset saves the unembedding of the others)."""
         if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= ctx.facts.d_vocab:
-            raise ProbeError(f"k={self.k!r} top tokens per layer: pass a whole number from 1 to the vocabulary "
-                             f"size ({ctx.facts.d_vocab}).")
+            raise ProbeError(
+                f"k={self.k!r} top tokens per layer: pass a whole number from 1 to the vocabulary "
+                f"size ({ctx.facts.d_vocab})."
+            )
         return position_indices(ctx.n_positions, self.positions)
 
     def hooks(self, ctx: RunContext):
@@ -68,17 +70,23 @@ class LogitLens(Probe):
         """Every saved residual row read into logits by ``read(model, resid)`` (a fitted lens passes its own)."""
         ctx, phase = record.context, record.last_phase
         labels = resid_labels(ctx.facts.n_layers)
-        stack = [read(ctx.model, record.saved[phase][label], layer) if read is not self.unembed
-                 else read(ctx.model, record.saved[phase][label]) for layer, label in enumerate(labels[:-1])]
+        stack = [
+            read(ctx.model, record.saved[phase][label], layer)
+            if read is not self.unembed
+            else read(ctx.model, record.saved[phase][label])
+            for layer, label in enumerate(labels[:-1])
+        ]
         stack.append(record.logits[phase][:, keep].float())
         return self._summarise(ctx, stack, labels, keep)
 
     @staticmethod
-    def unembed(model, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos vocab"]:
+    def unembed(model, resid: Float[torch.Tensor, "*batch d_model"]) -> Float[torch.Tensor, "*batch vocab"]:
         """The model's own final norm and unembedding applied to a residual stream."""
         return model.unembed(resid)
 
-    def _summarise(self, ctx: RunContext, stack: list[torch.Tensor], labels: list[str], keep: list[int]) -> LogitLensResult:
+    def _summarise(
+        self, ctx: RunContext, stack: list[torch.Tensor], labels: list[str], keep: list[int]
+    ) -> LogitLensResult:
         final_logp = stack[-1].log_softmax(-1)
         top_p, top_tok, kl, t_prob, t_rank = [], [], [], [], []
         target_ids = torch.tensor(ctx.target_ids, dtype=torch.long, device=final_logp.device)
@@ -93,10 +101,16 @@ class LogitLens(Probe):
                 t_prob.append(logp[..., target_ids].exp())
                 # Rank = how many tokens have a strictly larger logit (0 = top); one target at a time
                 # keeps the comparison in cache (4× faster than one [.., target, vocab] tensor).
-                t_rank.append(torch.stack([(logits > target_logits[..., k:k + 1]).sum(-1)
-                                           for k in range(len(target_ids))], -1))
-        coords = dict(prompt=list(range(len(ctx.prompts))), layer=labels, position=[ctx.str_tokens[0][p] for p in keep],
-                      rank=list(range(self.k)), target=ctx.target_labels)
+                t_rank.append(
+                    torch.stack([(logits > target_logits[..., k : k + 1]).sum(-1) for k in range(len(target_ids))], -1)
+                )
+        coords = dict(
+            prompt=list(range(len(ctx.prompts))),
+            layer=labels,
+            position=[ctx.str_tokens[0][p] for p in keep],
+            rank=list(range(self.k)),
+            target=ctx.target_labels,
+        )
         dims = ("prompt", "layer", "position")
         arrays = {
             "top_probs": Named(torch.stack(top_p, 1), dims + ("rank",), coords),
@@ -108,7 +122,12 @@ class LogitLens(Probe):
             arrays["target_ranks"] = Named(torch.stack(t_rank, 1), dims + ("target",), coords)
         return LogitLensResult(
             arrays=arrays,
-            meta={"readout": ctx.readout, "positions": keep, "k": self.k, "layer_convention": "embeddings, after block i (from 0), final"},
+            meta={
+                "readout": ctx.readout,
+                "positions": keep,
+                "k": self.k,
+                "layer_convention": "embeddings, after block i (from 0), final",
+            },
         )
 
 
@@ -121,7 +140,7 @@ class LogitLensResult(Result):
         position = self.column(self.meta["readout"] if position is None else position)
         toks = self["top_tokens"].sel(prompt=prompt, layer=layer, position=position).numpy()
         probs = self["top_probs"].sel(prompt=prompt, layer=layer, position=position).numpy()
-        return [(str(t), float(p)) for t, p in zip(toks, probs)]
+        return [(str(t), float(p)) for t, p in zip(toks, probs, strict=True)]
 
     def column(self, position: int) -> int:
         """Index along the ``position`` axis of an absolute token position (negative counts from the end)."""
@@ -143,7 +162,9 @@ class LogitLensResult(Result):
 
     def summary(self) -> str:
         final = self.top_k("final")[:3]
-        return f"logit lens on {self.model}; final top-3 at the readout: " + ", ".join(f"{t!r} {p:.3f}" for t, p in final)
+        return f"logit lens on {self.model}; final top-3 at the readout: " + ", ".join(
+            f"{t!r} {p:.3f}" for t, p in final
+        )
 
     def figure(self, kind: str = "top_tokens", prompt: int = 0, **_: Any):
         """``top_tokens`` (layer × position, top-1 token and probability), ``targets``, ``ranks`` or ``kl``."""
@@ -154,22 +175,45 @@ class LogitLensResult(Result):
             probs = self["top_probs"].sel(prompt=prompt, rank=0).numpy()
             text = self["top_tokens"].sel(prompt=prompt, rank=0).numpy()
             text = np.vectorize(lambda t: plots.show_token(t)[:8])(text)
-            return plots.heatmap(probs, x=positions, y=layers, text=text, colorbar="p(top-1)", zmin=0, zmax=1,
-                                 width=max(900, 75 * len(positions) + 250),
-                                 title=f"Logit lens: top-1 token per layer and position ({self.model})",
-                                 x_title="position: token", y_title="residual stream")
+            return plots.heatmap(
+                probs,
+                x=positions,
+                y=layers,
+                text=text,
+                colorbar="p(top-1)",
+                zmin=0,
+                zmax=1,
+                width=max(900, 75 * len(positions) + 250),
+                title=f"Logit lens: top-1 token per layer and position ({self.model})",
+                x_title="position: token",
+                y_title="residual stream",
+            )
         if kind in ("targets", "ranks"):
-            array = self["target_probs" if kind == "targets" else "target_ranks"].sel(prompt=prompt, position=self.column(pos))
+            array = self["target_probs" if kind == "targets" else "target_ranks"].sel(
+                prompt=prompt, position=self.column(pos)
+            )
             what = "probability" if kind == "targets" else "rank (0 = top)"
-            return plots.heatmap(array.numpy(), x=array.coords["target"], y=layers, colorbar=what,
-                                 text=np.vectorize(lambda v: f"{v:.2f}" if kind == "targets" else f"{int(v)}")(array.numpy()),
-                                 title=f"Logit lens: target {what} per layer at position {pos} ({self.model})",
-                                 x_title="target token", y_title="residual stream")
+            return plots.heatmap(
+                array.numpy(),
+                x=array.coords["target"],
+                y=layers,
+                colorbar=what,
+                text=np.vectorize(lambda v: f"{v:.2f}" if kind == "targets" else f"{int(v)}")(array.numpy()),
+                title=f"Logit lens: target {what} per layer at position {pos} ({self.model})",
+                x_title="target token",
+                y_title="residual stream",
+            )
         if kind == "kl":
             kl = self["kl_to_final"].sel(prompt=prompt).numpy()
-            return plots.heatmap(kl, x=positions, y=layers, colorbar="KL (nats)",
-                                 title=f"Logit lens: KL(final ‖ layer) per position ({self.model})",
-                                 x_title="position: token", y_title="residual stream")
+            return plots.heatmap(
+                kl,
+                x=positions,
+                y=layers,
+                colorbar="KL (nats)",
+                title=f"Logit lens: KL(final ‖ layer) per position ({self.model})",
+                x_title="position: token",
+                y_title="residual stream",
+            )
         raise ProbeError(f"Unknown logit-lens figure {kind!r}: use top_tokens, targets, ranks or kl.")
 
     def figures(self) -> dict[str, Any]:

@@ -56,7 +56,9 @@ class ActivationPatch(Probe):
 
     def prepare(self, ctx: RunContext) -> Intervention:
         if not self.source:
-            raise ProbeError("ActivationPatch needs a source prompt: pass source='…' (same token length as the prompt).")
+            raise ProbeError(
+                "ActivationPatch needs a source prompt: pass source='…' (same token length as the prompt)."
+            )
         if self.site not in PATCH_SITES:
             raise ProbeError(f"Unknown patching site {self.site!r}: use one of {', '.join(PATCH_SITES)}.")
         if self.heads is not None and not all(site.heads for site in expand_site(self.site)):
@@ -81,8 +83,14 @@ class ActivationPatch(Probe):
         grid = torch.zeros(ctx.facts.n_layers, ctx.n_positions)
         for b in resolved.blocks:
             grid[b, resolved.positions[0]] = 1.0
-        result.arrays["patched"] = Named(grid, ("block", "position"), {"block": list(range(ctx.facts.n_layers)),
-                                                                        "position": ctx.str_tokens[0]})
-        result.meta.update(source=self.source, site=self.site, blocks=resolved.blocks,
-                           positions=resolved.positions[0], heads=resolved.heads)
+        result.arrays["patched"] = Named(
+            grid, ("block", "position"), {"block": list(range(ctx.facts.n_layers)), "position": ctx.str_tokens[0]}
+        )
+        result.meta.update(
+            source=self.source,
+            site=self.site,
+            blocks=resolved.blocks,
+            positions=resolved.positions[0],
+            heads=resolved.heads,
+        )
         return result

@@ -80,14 +80,24 @@ class AnomalousTokens:
         import plotly.graph_objects as go
 
         fig = go.Figure()
-        fig.add_trace(go.Scatter(
-            x=[t.centroid_rank for t in self.tokens], y=[t.centroid_distance for t in self.tokens],
-            mode="markers+text", text=[repr(t.text) for t in self.tokens], textposition="top center",
-            marker=dict(size=10, color="crimson"), name="found at negative T",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[t.centroid_rank for t in self.tokens],
+                y=[t.centroid_distance for t in self.tokens],
+                mode="markers+text",
+                text=[repr(t.text) for t in self.tokens],
+                textposition="top center",
+                marker=dict(size=10, color="crimson"),
+                name="found at negative T",
+            )
+        )
         fig.update_layout(
-            title=f"{self.model}: tokens found at T={self.temperature:g}, by distance of their embedding to the centroid",
-            xaxis_title="rank by distance to the centroid (0 = closest)", yaxis_title="distance", template="plotly_white",
+            title=(
+                f"{self.model}: tokens found at T={self.temperature:g}, by distance of their embedding to the centroid"
+            ),
+            xaxis_title="rank by distance to the centroid (0 = closest)",
+            yaxis_title="distance",
+            template="plotly_white",
         )
         return fig
 
@@ -103,7 +113,7 @@ def embedding_matrix(model: Any) -> Float[torch.Tensor, "vocab d_model"]:
     return lm.bridge.W_E.detach().float()
 
 
-def centroid_distances(model: Any) -> Float[torch.Tensor, "vocab"]:
+def centroid_distances(model: Any) -> Float[torch.Tensor, " vocab"]:
     """Euclidean distance of every token embedding to the mean embedding."""
     embedding = embedding_matrix(model)
     return (embedding - embedding.mean(dim=0)).norm(dim=-1)
@@ -156,8 +166,11 @@ def find_anomalous_tokens(
     closest_ids = order[:n_top].tolist()
     rows = [
         AnomalousToken(
-            token_id=int(t), text=lm.decode([int(t)]), count=int(c),
-            centroid_distance=float(distances[t]), centroid_rank=int(ranks[t]),
+            token_id=int(t),
+            text=lm.decode([int(t)]),
+            count=int(c),
+            centroid_distance=float(distances[t]),
+            centroid_rank=int(ranks[t]),
             best_prob_t1=float(best[t]) if t < lm.d_vocab else 0.0,
             best_prompt=best_prompt[t] if t < lm.d_vocab else "",
         )

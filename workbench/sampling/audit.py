@@ -18,6 +18,7 @@ Two ways to get answers:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import secrets as secrets_module
@@ -28,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import chisquare
-
 from tqdm.auto import tqdm
 
 from workbench.errors import BudgetError, SamplingError
@@ -147,8 +147,10 @@ class RandomnessAudit:
 
     def __str__(self) -> str:
         lines = [
-            f"randomness audit of {self.model} ({self.method}, {self.samples} samples, values {self.values[0]}–{self.values[-1]})",
-            f"model exact (T=1): entropy {self.model_exact_entropy_bits:.3f} bits vs log2(range) {self.uniform_entropy_bits:.3f}; "
+            f"randomness audit of {self.model} ({self.method}, {self.samples} samples, "
+            f"values {self.values[0]}–{self.values[-1]})",
+            f"model exact (T=1): entropy {self.model_exact_entropy_bits:.3f} bits "
+            f"vs log2(range) {self.uniform_entropy_bits:.3f}; "
             f"P(answer parses) {self.model_valid_mass:.3f}",
         ]
         for r in self.rows():
@@ -253,17 +255,16 @@ def _starts_with_digit(lm) -> torch.Tensor:
     else:
         texts = [lm.decode([i]) for i in range(lm.d_vocab)]
     mask = torch.tensor([t[:1].isdigit() for t in texts], dtype=torch.bool)
-    try:
+    with contextlib.suppress(AttributeError):  # a model object that refuses new attributes: no cache
         lm._digit_start_mask = mask
-    except AttributeError:
-        pass
     return mask
 
 
 def _require_contexts(contexts: int, values: Sequence[int], max_contexts: int, at_least: bool = False) -> None:
     if contexts > max_contexts:
         raise BudgetError(
-            f"The exact law over [{values[0]}, {values[-1]}] needs {'at least ' if at_least else ''}{contexts:,} forward rows "
+            f"The exact law over [{values[0]}, {values[-1]}] needs {'at least ' if at_least else ''}"
+            f"{contexts:,} forward rows "
             f"(one per number prefix), more than max_contexts = {max_contexts:,}: narrow the range, or raise "
             f"max_contexts (--max-contexts) to run them in batches under the memory budget."
         )
@@ -304,7 +305,9 @@ def exact_number_distributions(
     digit_start = _starts_with_digit(lm).to(base.device)
     joint = np.zeros((len(samplers), len(values)))
     mass = np.ones((1, len(samplers)))  # P(prefix) under each sampler, for the prefixes of the current level
-    bar = tqdm(total=sum(len(level) for level in levels), desc="exact law", unit="context", disable=not progress, leave=False)
+    bar = tqdm(
+        total=sum(len(level) for level in levels), desc="exact law", unit="context", disable=not progress, leave=False
+    )
     for depth, nodes in enumerate(levels):
         following = levels[depth + 1] if depth + 1 < len(levels) else []
         position = {prefix: i for i, prefix in enumerate(following)}
@@ -319,16 +322,20 @@ def exact_number_distributions(
             prefix_ids = torch.tensor(batch, dtype=torch.long, device=base.device).reshape(len(batch), depth)
             rows = torch.cat([base.expand(len(batch), -1), prefix_ids], dim=1)
             logits = lm.next_token_logits(rows).float()
-            children = [(i, token, position[prefix + (token,)]) for i, prefix in enumerate(batch) for token in extensions.get(prefix, [])]
+            children = [
+                (i, token, position[prefix + (token,)])
+                for i, prefix in enumerate(batch)
+                for token in extensions.get(prefix, [])
+            ]
             ends = [(i, terminal[prefix]) for i, prefix in enumerate(batch) if prefix in terminal]
             for k, sampler in enumerate(samplers):
                 probs = sampler.probs(logits, input_ids=rows).double()
                 parent = mass[start : start + len(batch), k]
                 if children:
-                    rows_i, tokens, targets = (list(x) for x in zip(*children))
+                    rows_i, tokens, targets = (list(x) for x in zip(*children, strict=True))
                     next_mass[targets, k] = parent[rows_i] * probs[rows_i, tokens].cpu().numpy()
                 if ends:
-                    rows_i, value_i = (list(x) for x in zip(*ends))
+                    rows_i, value_i = (list(x) for x in zip(*ends, strict=True))
                     non_digit = (1.0 - probs[rows_i][:, digit_start].sum(dim=-1)).cpu().numpy()
                     joint[k, value_i] = np.maximum(parent[rows_i] * non_digit, 0.0)
             bar.update(len(batch))
@@ -343,13 +350,20 @@ def exact_number_distributions(
 
 @torch.no_grad()
 def exact_number_distribution(
-    model: Any, prompt: str, values: Sequence[int], sampler: Sampler | None = None, *, max_contexts: int = DEFAULT_MAX_CONTEXTS
+    model: Any,
+    prompt: str,
+    values: Sequence[int],
+    sampler: Sampler | None = None,
+    *,
+    max_contexts: int = DEFAULT_MAX_CONTEXTS,
 ) -> tuple[list[float], float]:
     """P(the continuation starts with exactly the digits of n) for each n, under ``sampler`` (T=1 default).
 
     Returns the distribution given a valid answer, and the total probability of a valid answer.
     """
-    return exact_number_distributions(model, prompt, values, [sampler or make_sampler(1.0)], max_contexts=max_contexts)[0]
+    return exact_number_distributions(model, prompt, values, [sampler or make_sampler(1.0)], max_contexts=max_contexts)[
+        0
+    ]
 
 
 def parse_answer(text: str, values: Sequence[int]) -> int | None:
@@ -408,7 +422,8 @@ def randomness_audit(
         if split:
             raise SamplingError(f"Numbers such as {split} are several tokens for {lm.name}: use method='generate'.")
         raise SamplingError(
-            f"The {n_values:,} numbers cannot all be single tokens of {lm.name}'s {lm.d_vocab:,}-token vocabulary: use method='generate'."
+            f"The {n_values:,} numbers cannot all be single tokens of {lm.name}'s {lm.d_vocab:,}-token vocabulary: "
+            "use method='generate'."
         )
     method = ("first-token" if one_token else "generate") if method == "auto" else method
     if method == "generate":
@@ -431,7 +446,7 @@ def randomness_audit(
         model_exact, model_valid = laws[0]
         results = [
             _generated_stats(lm, s, law, prompt, values, longest, samples, batch_size, progress)
-            for s, law in zip(chosen, laws[1:])
+            for s, law in zip(chosen, laws[1:], strict=True)
         ]
     return RandomnessAudit(
         model=lm.name,
@@ -467,7 +482,9 @@ def _first_token_stats(lm, sampler: Sampler, logits, base, ids, values, samples,
     return histogram_stats(sampler.describe(), valid.tolist(), int(counts.sum()), exact, valid_mass, examples)
 
 
-def _generated_stats(lm, sampler: Sampler, law, prompt, values, longest, samples, batch_size, progress) -> HistogramStats:
+def _generated_stats(
+    lm, sampler: Sampler, law, prompt, values, longest, samples, batch_size, progress
+) -> HistogramStats:
     """Generate ``samples`` answers chunk by chunk and keep only the counts and five failed examples."""
     exact, valid_mass = law
     valid = range(values[0], values[-1] + 1)
@@ -476,8 +493,15 @@ def _generated_stats(lm, sampler: Sampler, law, prompt, values, longest, samples
     index = {v: i for i, v in enumerate(values)}
     failed, examples = 0, {}
     for chunk in generation_chunks(
-        lm, prompt, sampler, max_new_tokens=longest + 1, stop=non_digit, n=samples,
-        stop_at_eos=True, batch_size=batch_size, progress=progress,
+        lm,
+        prompt,
+        sampler,
+        max_new_tokens=longest + 1,
+        stop=non_digit,
+        n=samples,
+        stop_at_eos=True,
+        batch_size=batch_size,
+        progress=progress,
     ):
         for text in chunk.texts:
             answer = parse_answer(text, valid)
@@ -487,7 +511,9 @@ def _generated_stats(lm, sampler: Sampler, law, prompt, values, longest, samples
                     examples.setdefault(text, None)
             else:
                 counts[index[answer]] += 1
-    return histogram_stats(sampler.describe(), counts, failed, exact if valid_mass > 0 else None, valid_mass, list(examples))
+    return histogram_stats(
+        sampler.describe(), counts, failed, exact if valid_mass > 0 else None, valid_mass, list(examples)
+    )
 
 
 def audit_figure(audit: RandomnessAudit):
@@ -512,22 +538,45 @@ def audit_figure(audit: RandomnessAudit):
         return heights if width == 1 else [float(sum(heights[a:b])) for a, b in bins]
 
     for col, (label, heights, exact) in enumerate(panels, start=1):
-        fig.add_trace(go.Bar(x=x, y=binned(heights), name=label, showlegend=False, marker_color="#4C78A8" if col > 1 else "#F58518"), row=1, col=col)
+        fig.add_trace(
+            go.Bar(
+                x=x, y=binned(heights), name=label, showlegend=False, marker_color="#4C78A8" if col > 1 else "#F58518"
+            ),
+            row=1,
+            col=col,
+        )
         if exact is not None:
             fig.add_trace(
-                go.Scatter(x=x, y=binned(exact), mode="markers", marker=dict(symbol="line-ew-open", size=14, color="black"),
-                           name="exact law of the sampler", showlegend=col == 2),
-                row=1, col=col,
+                go.Scatter(
+                    x=x,
+                    y=binned(exact),
+                    mode="markers",
+                    marker=dict(symbol="line-ew-open", size=14, color="black"),
+                    name="exact law of the sampler",
+                    showlegend=col == 2,
+                ),
+                row=1,
+                col=col,
             )
         if width == 1:
             fig.add_hline(y=uniform[0], line_dash="dash", line_color="gray", row=1, col=col)
         else:
-            fig.add_trace(go.Scatter(x=x, y=uniform, mode="lines", line=dict(dash="dash", color="gray"), showlegend=False,
-                                     name="uniform"), row=1, col=col)
-    fig.update_yaxes(title_text="probability / frequency" + ("" if width == 1 else f" per bin of {width}"), row=1, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=x, y=uniform, mode="lines", line=dict(dash="dash", color="gray"), showlegend=False, name="uniform"
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_yaxes(
+        title_text="probability / frequency" + ("" if width == 1 else f" per bin of {width}"), row=1, col=1
+    )
     binning = "" if width == 1 else f"; bins of {width} numbers"
     fig.update_layout(
         title=f"Is {audit.model}'s random number random? {audit.samples} answers per source; dashed: uniform{binning}",
-        bargap=0.15, height=380, width=max(700, 260 * len(panels)), template="plotly_white",
+        bargap=0.15,
+        height=380,
+        width=max(700, 260 * len(panels)),
+        template="plotly_white",
     )
     return fig

@@ -108,9 +108,13 @@ def beam_search(
     lm = as_next_token_model(model)
     width = whole_number("Beam width", width, 1)
     max_new_tokens = whole_number("max_new_tokens", max_new_tokens, 1)
-    length_penalty = finite_number("length_penalty", length_penalty, "pass a finite number (1.0 is transformers' default)")
+    length_penalty = finite_number(
+        "length_penalty", length_penalty, "pass a finite number (1.0 is transformers' default)"
+    )
     early_stopping = _check_early_stopping(early_stopping)
-    returned = width if num_return_sequences is None else whole_number("num_return_sequences", num_return_sequences, 1, width)
+    returned = (
+        width if num_return_sequences is None else whole_number("num_return_sequences", num_return_sequences, 1, width)
+    )
     if fwd_hooks and not hasattr(lm, "hooked"):
         raise SamplingError(f"{lm.name} has no hook points: fwd_hooks need a workbench Model (TransformerLens bridge).")
     prompt_row = prompt_tokens(lm, prompt)
@@ -137,8 +141,11 @@ def beam_search(
     steps = 0
     context = lm.hooked(fwd_hooks) if hasattr(lm, "hooked") else nullcontext()
     edits = lm.hooked(compile_hooks(resolved, Binding.every_row(len(resolved)))) if resolved else nullcontext()
-    with context, edits, tqdm(total=max_new_tokens, desc="beam search", unit="step", disable=not progress,
-                              leave=False) as bar:
+    with (
+        context,
+        edits,
+        tqdm(total=max_new_tokens, desc="beam search", unit="step", disable=not progress, leave=False) as bar,
+    ):
         for step in range(max_new_tokens):
             steps = step + 1
             values, beam_index, token = _top_candidates(lm, prompt_row, running, running_scores, keep, chunk)
@@ -164,29 +171,42 @@ def beam_search(
             full = len(pool) >= width
             if full and early_stopping is True:
                 break
-            if full and not _can_improve(running_scores[0], pool[-1][0], early_stopping, length_penalty, generated, max_new_tokens):
+            if full and not _can_improve(
+                running_scores[0], pool[-1][0], early_stopping, length_penalty, generated, max_new_tokens
+            ):
                 break
     beams = [
         Beam(tokens=tokens, text=lm.decode(tokens), logprob=logprob, score=float(score), finished=finished)
         for score, logprob, tokens, finished in pool[:returned]
     ]
     return BeamSearchResult(
-        prompt_tokens=prompt_row[0].tolist(), width=width, length_penalty=length_penalty,
-        early_stopping=early_stopping, max_new_tokens=max_new_tokens, steps=steps, beams=beams,
+        prompt_tokens=prompt_row[0].tolist(),
+        width=width,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        max_new_tokens=max_new_tokens,
+        steps=steps,
+        beams=beams,
     )
 
 
 def _stop_ids(lm, stop, stop_at_eos: bool) -> set[int]:
     ids, strings = stop_token_sets(lm, stop, stop_at_eos)
     if strings:
-        raise SamplingError(f"Beam search stops on token ids, not text ({strings[0]!r}): pass ids, e.g. tokenizer.encode(text).")
+        raise SamplingError(
+            f"Beam search stops on token ids, not text ({strings[0]!r}): pass ids, e.g. tokenizer.encode(text)."
+        )
     return ids
 
 
 def _top_candidates(
-    lm, prompt_row: Int[torch.Tensor, "1 pos"], running: Int[torch.Tensor, "beams step"],
-    running_scores: Float[torch.Tensor, "beams"], keep: int, chunk: int,
-) -> tuple[Float[torch.Tensor, "keep"], Int[torch.Tensor, "keep"], Int[torch.Tensor, "keep"]]:
+    lm,
+    prompt_row: Int[torch.Tensor, "1 pos"],
+    running: Int[torch.Tensor, "beams step"],
+    running_scores: Float[torch.Tensor, " beams"],
+    keep: int,
+    chunk: int,
+) -> tuple[Float[torch.Tensor, " keep"], Int[torch.Tensor, " keep"], Int[torch.Tensor, " keep"]]:
     """The ``keep`` best (beam, token) extensions by total log-probability, best first.
 
     Beams run ``chunk`` at a time and each chunk's best ``keep`` are merged into the running best
@@ -208,15 +228,22 @@ def _top_candidates(
     return values, flat // vocab, flat % vocab
 
 
-def _can_improve(best_running, worst_pooled, early_stopping, length_penalty: float, generated: int, max_new_tokens: int) -> bool:
+def _can_improve(
+    best_running, worst_pooled, early_stopping, length_penalty: float, generated: int, max_new_tokens: int
+) -> bool:
     """transformers' rule: could the best live beam still beat the worst pooled hypothesis?"""
     length = max_new_tokens if early_stopping == "never" and length_penalty > 0 else generated
     return bool(best_running / (length**length_penalty) > worst_pooled)
 
 
 @torch.no_grad()
-def sequence_logprob(model: Any, prompt: str | torch.Tensor, continuation: Sequence[int], fwd_hooks: list | None = None,
-                     interventions: Sequence | None = None) -> float:
+def sequence_logprob(
+    model: Any,
+    prompt: str | torch.Tensor,
+    continuation: Sequence[int],
+    fwd_hooks: list | None = None,
+    interventions: Sequence | None = None,
+) -> float:
     """log P(continuation | prompt), recomputed step by step with fresh forwards (a check on any decoder)."""
     lm = as_next_token_model(model)
     row = prompt_tokens(lm, prompt)
@@ -230,4 +257,3 @@ def sequence_logprob(model: Any, prompt: str | torch.Tensor, continuation: Seque
             total += float(lm.next_token_logits(row).float().log_softmax(dim=-1)[0, int(token)])
             row = torch.cat([row, torch.tensor([[int(token)]], device=row.device)], dim=1)
     return total
-

@@ -62,7 +62,7 @@ class BigramModel:
     @classmethod
     def from_text(
         cls, corpus: str | Iterable[str], tokenizer: Any = None, alpha: float = 0.0, name: str | None = None
-    ) -> "BigramModel":
+    ) -> BigramModel:
         """Count pairs in ``corpus`` (a string, or lines/documents each ending in an end-of-text token)."""
         documents = [corpus] if isinstance(corpus, str) else list(corpus)
         if not any(d.strip() for d in documents):
@@ -82,7 +82,7 @@ class BigramModel:
         for ids in encoded:
             seq = ids + ([eos] if eos is not None and len(documents) > 1 else [])
             unigrams.update(seq)
-            for a, b in zip(seq, seq[1:]):
+            for a, b in zip(seq, seq[1:], strict=False):
                 pairs[a][b] += 1
         label = name or ("bigram (words)" if tokenizer is None else "bigram (model tokens)")
         return cls(dict(pairs), unigrams, vocab=vocab, tokenizer=tokenizer, alpha=alpha, name=label, eos_token_id=eos)
@@ -100,7 +100,7 @@ class BigramModel:
             return self.tokenizer.decode(list(ids))
         return "".join("" if i in (0, 1) else self.vocab[i] for i in (int(x) for x in ids))
 
-    def _row(self, counts: Counter) -> Float[torch.Tensor, "vocab"]:
+    def _row(self, counts: Counter) -> Float[torch.Tensor, " vocab"]:
         row = torch.full((self.d_vocab,), self.alpha, dtype=torch.float64)
         if counts:
             ids = torch.tensor(list(counts.keys()), dtype=torch.long)
@@ -113,7 +113,7 @@ class BigramModel:
         rows = [self._row(self.pair_counts[t]) if t in self.pair_counts else self._unigram for t in last]
         return torch.stack(rows)
 
-    def probs(self, previous: int) -> Float[torch.Tensor, "vocab"]:
+    def probs(self, previous: int) -> Float[torch.Tensor, " vocab"]:
         return self.next_token_logits(torch.tensor([[previous]]))[0].softmax(dim=-1)
 
     @property
@@ -121,4 +121,7 @@ class BigramModel:
         return sum(sum(c.values()) for c in self.pair_counts.values())
 
     def __repr__(self) -> str:
-        return f"BigramModel({self.name!r}: vocab {self.d_vocab}, {len(self.pair_counts)} contexts, {self.n_pairs} pairs, α={self.alpha:g})"
+        return (
+            f"BigramModel({self.name!r}: vocab {self.d_vocab}, {len(self.pair_counts)} contexts, "
+            f"{self.n_pairs} pairs, α={self.alpha:g})"
+        )

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 
 from workbench.errors import SamplingError
 from workbench.memory import format_bytes, require_within_budget
+from workbench.sampling.audit import DEFAULT_PROMPT
 from workbench.sampling.checks import whole_number
 from workbench.sampling.lm import as_next_token_model, check_context, model_device, prompt_tokens, single_token
 from workbench.sampling.processors import MinP, Temperature, TopK, TopNSigma, TopP
-from workbench.sampling.audit import DEFAULT_PROMPT
 
 
 @dataclass
@@ -53,7 +53,8 @@ def default_temperatures(n: int = 41, bound: float = 2.0) -> list[float]:
 
 
 def temperature_grid(low: float, high: float, steps: int) -> list[float]:
-    """``steps`` evenly spaced temperatures from ``low`` to ``high`` (an odd count over a symmetric range keeps T = 0)."""
+    """``steps`` evenly spaced temperatures from ``low`` to ``high`` (an odd count over a symmetric range
+    keeps T = 0)."""
     steps = whole_number("steps", steps, 1)
     for name, value in (("The lowest temperature", low), ("The highest temperature", high)):
         if not np.isfinite(float(value)):
@@ -95,8 +96,10 @@ def temperature_sweep(
         raise SamplingError("No token given: pass at least one single-token text (default: the digits).")
     per_step = _bytes_per_temperature(len(texts), 4)
     require_within_budget(
-        len(temps) * per_step, f"A sweep over {len(temps):,} temperatures",
-        f"pass fewer temperatures (each keeps about {format_bytes(per_step)})", model_device(lm),
+        len(temps) * per_step,
+        f"A sweep over {len(temps):,} temperatures",
+        f"pass fewer temperatures (each keeps about {format_bytes(per_step)})",
+        model_device(lm),
     )
     ids = []
     for text in texts:
@@ -128,8 +131,16 @@ def temperature_sweep(
             kept[name].append(int(alive.sum()))
             kept_tokens[name].append(alive[index].tolist())
     return TemperatureSweep(
-        model=lm.name, prompt=prompt, temperatures=temps, token_ids=ids, token_texts=texts,
-        restricted=restricted, probs=probs, set_mass=mass, kept=kept, kept_tokens=kept_tokens,
+        model=lm.name,
+        prompt=prompt,
+        temperatures=temps,
+        token_ids=ids,
+        token_texts=texts,
+        restricted=restricted,
+        probs=probs,
+        set_mass=mass,
+        kept=kept,
+        kept_tokens=kept_tokens,
     )
 
 
@@ -139,7 +150,11 @@ def sweep_figure(sweep: TemperatureSweep):
     from plotly.subplots import make_subplots
 
     fig = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.55, 0.45],
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        row_heights=[0.55, 0.45],
         subplot_titles=(
             "P(token | T)" + (" within the set" if sweep.restricted else " in the full vocabulary"),
             "tokens kept by each filter applied after temperature T",
@@ -148,11 +163,17 @@ def sweep_figure(sweep: TemperatureSweep):
     z = np.asarray(sweep.probs).T
     fig.add_trace(
         go.Heatmap(
-            x=sweep.temperatures, y=sweep.token_texts, z=z, colorscale="Viridis", zmin=0, zmax=1,
+            x=sweep.temperatures,
+            y=sweep.token_texts,
+            z=z,
+            colorscale="Viridis",
+            zmin=0,
+            zmax=1,
             colorbar=dict(title="P", len=0.55, y=0.78),
             hovertemplate="T=%{x}<br>token %{y}<br>P=%{z:.3f}<extra></extra>",
         ),
-        row=1, col=1,
+        row=1,
+        col=1,
     )
     for name, sizes in sweep.kept.items():
         fig.add_trace(go.Scatter(x=sweep.temperatures, y=sizes, mode="lines+markers", name=name), row=2, col=1)
@@ -160,7 +181,10 @@ def sweep_figure(sweep: TemperatureSweep):
     fig.update_xaxes(title_text="temperature T (0 = greedy, < 0 = order reversed)", row=2, col=1)
     prompt = sweep.prompt if len(sweep.prompt) <= 80 else sweep.prompt[:77] + "…"
     fig.update_layout(
-        title=f"{sweep.model}: temperature explorer<br><sup>{prompt!r}</sup>", height=760, width=1000,
-        template="plotly_white", legend=dict(orientation="h", yanchor="top", y=-0.12, xanchor="left", x=0),
+        title=f"{sweep.model}: temperature explorer<br><sup>{prompt!r}</sup>",
+        height=760,
+        width=1000,
+        template="plotly_white",
+        legend=dict(orientation="h", yanchor="top", y=-0.12, xanchor="left", x=0),
     )
     return fig

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from workbench.errors import SamplingError
 from workbench.interventions.compile import Binding, compile_hooks
-from workbench.sampling.checks import whole_number
 from workbench.memory import format_bytes, require_within_budget, rows_per_batch
+from workbench.sampling.checks import whole_number
 from workbench.sampling.lm import (
     as_next_token_model,
     check_context,
@@ -71,7 +71,7 @@ class Generation:
             "tokens": [self.row_tokens(i) for i in range(len(self.lengths))],
             "texts": self.texts,
             "stopped": self.stopped,
-            "logprobs": [self.logprobs[i, : n].tolist() for i, n in enumerate(self.lengths)],
+            "logprobs": [self.logprobs[i, :n].tolist() for i, n in enumerate(self.lengths)],
         }
 
 
@@ -84,7 +84,10 @@ def stop_token_sets(lm, stop, stop_at_eos: bool) -> tuple[set[int], list[str]]:
             raise SamplingError(f"Stop item {item!r} is neither text nor a token id: pass strings or ints.")
         if isinstance(item, numbers.Integral):
             if not 0 <= item < lm.d_vocab:
-                raise SamplingError(f"Stop token id {item} is not in {lm.name}'s vocabulary of {lm.d_vocab}: pass ids from 0 to {lm.d_vocab - 1}.")
+                raise SamplingError(
+                    f"Stop token id {item} is not in {lm.name}'s vocabulary of {lm.d_vocab}: "
+                    f"pass ids from 0 to {lm.d_vocab - 1}."
+                )
             ids.add(int(item))
         elif item:
             strings.append(item)
@@ -122,7 +125,9 @@ def generation_chunks(
     lm = as_next_token_model(model)
     sampler = sampler or greedy()
     if not isinstance(sampler, Sampler):
-        raise SamplingError(f"{sampler!r} is not a Sampler: pass make_sampler(...), greedy() or parse_sampler('t=0.7').")
+        raise SamplingError(
+            f"{sampler!r} is not a Sampler: pass make_sampler(...), greedy() or parse_sampler('t=0.7')."
+        )
     max_new_tokens = whole_number("max_new_tokens", max_new_tokens, 0)
     n = whole_number("n", n, 1)
     if batch_size is not None:
@@ -145,11 +150,21 @@ def generation_chunks(
         with hook_context:
             for begin, end in _chunks(total, size, n if resolved else total):
                 rows = torch.arange(begin, end, device=prompts.device)
-                edits = lm.hooked(compile_hooks(resolved, Binding.every_row(len(resolved), begin // n))) \
-                    if resolved else nullcontext()
+                edits = (
+                    lm.hooked(compile_hooks(resolved, Binding.every_row(len(resolved), begin // n)))
+                    if resolved
+                    else nullcontext()
+                )
                 with edits:
                     chunk = _generate_rows(
-                        lm, prompts[rows // n], rows.tolist(), sampler, max_new_tokens, stop_ids, stop_strings, pad_id,
+                        lm,
+                        prompts[rows // n],
+                        rows.tolist(),
+                        sampler,
+                        max_new_tokens,
+                        stop_ids,
+                        stop_strings,
+                        pad_id,
                         bar,
                     )
                 chunk.hooks, chunk.interventions = hook_names, edit_specs
@@ -172,18 +187,24 @@ def resolve_interventions(lm, prompt, prompts: torch.Tensor, interventions) -> l
     from workbench.interventions import Intervention, resolve
 
     if not hasattr(lm, "model"):
-        raise SamplingError(f"{lm.name} has no hook points: interventions need a workbench Model (TransformerLens bridge).")
+        raise SamplingError(
+            f"{lm.name} has no hook points: interventions need a workbench Model (TransformerLens bridge)."
+        )
     items = list(interventions)
     for item in items:
         if not isinstance(item, Intervention):
-            raise SamplingError(f"{item!r} is not an Intervention: build them with workbench.interventions (e.g. identity(blocks=3)).")
+            raise SamplingError(
+                f"{item!r} is not an Intervention: build them with workbench.interventions (e.g. identity(blocks=3))."
+            )
     if isinstance(prompt, str):
         texts = [prompt]
     elif isinstance(prompt, torch.Tensor):
         texts = [lm.model.tokenizer.decode(row, skip_special_tokens=True) for row in prompts.tolist()]
         if not torch.equal(lm.model.to_tokens(texts).to(prompts.device), prompts):
-            raise SamplingError("These token ids do not decode to text that encodes back to them: pass the prompt as "
-                                "text to use interventions.")
+            raise SamplingError(
+                "These token ids do not decode to text that encodes back to them: pass the prompt as "
+                "text to use interventions."
+            )
     else:
         texts = list(prompt)
     return [resolve(item, lm.model, texts, prompts) for item in items]
@@ -262,8 +283,17 @@ def generate(
     _require_output_fits(lm, n_rows, max_new)
     chunks = list(
         generation_chunks(
-            lm, prompt, sampler, max_new_tokens, stop, n=n, stop_at_eos=stop_at_eos,
-            fwd_hooks=fwd_hooks, batch_size=batch_size, progress=progress, interventions=interventions,
+            lm,
+            prompt,
+            sampler,
+            max_new_tokens,
+            stop,
+            n=n,
+            stop_at_eos=stop_at_eos,
+            fwd_hooks=fwd_hooks,
+            batch_size=batch_size,
+            progress=progress,
+            interventions=interventions,
         )
     )
     first = chunks[0]
@@ -297,7 +327,8 @@ def _require_output_fits(lm, rows: int, max_new_tokens: int) -> None:
     require_within_budget(
         rows * per_row,
         f"Keeping {rows} generated rows of {max_new_tokens} tokens",
-        f"ask for fewer rows or tokens, or use generation_chunks(...) to process {format_bytes(per_row)} rows chunk by chunk",
+        f"ask for fewer rows or tokens, or use generation_chunks(...) "
+        f"to process {format_bytes(per_row)} rows chunk by chunk",
         model_device(lm),
     )
 

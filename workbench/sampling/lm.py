@@ -136,12 +136,14 @@ def check_context(lm: NextTokenModel, prompt_length: int, new_tokens: int = 0) -
         return
     if new_tokens:
         raise SamplingError(
-            f"The prompt is {prompt_length} tokens and {new_tokens} new tokens would make {prompt_length + new_tokens}, "
+            f"The prompt is {prompt_length} tokens and {new_tokens} new tokens "
+            f"would make {prompt_length + new_tokens}, "
             f"more than {lm.name}'s context of {n_ctx} tokens: shorten the prompt or ask for at most "
             f"{max(n_ctx - prompt_length, 0)} new tokens."
         )
     raise SamplingError(
-        f"The prompt is {prompt_length} tokens, more than {lm.name}'s context of {n_ctx} tokens: shorten it to at most {n_ctx}."
+        f"The prompt is {prompt_length} tokens, more than {lm.name}'s context of {n_ctx} tokens: "
+        f"shorten it to at most {n_ctx}."
     )
 
 

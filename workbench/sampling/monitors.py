@@ -57,11 +57,11 @@ def _as_probs(x: torch.Tensor, is_probs: bool) -> torch.Tensor:
 
 
 def distribution_stats(
-    logits: Float[torch.Tensor, "vocab"],
+    logits: Float[torch.Tensor, " vocab"],
     *,
     k: int = 10,
     tokens: Sequence[int] | None = None,
-    reference: Float[torch.Tensor, "size"] | None = None,
+    reference: Float[torch.Tensor, " size"] | None = None,
     reference_name: str | None = None,
     is_probs: bool = False,
 ) -> DistributionStats:
@@ -72,9 +72,13 @@ def distribution_stats(
     """
     values = torch.as_tensor(logits).detach().double().cpu()
     if values.dim() != 1:
-        raise SamplingError(f"distribution_stats takes one distribution (1-D), got shape {tuple(values.shape)}: index a row first.")
+        raise SamplingError(
+            f"distribution_stats takes one distribution (1-D), got shape {tuple(values.shape)}: index a row first."
+        )
     if torch.isnan(values).any():
-        raise SamplingError("The logits contain NaN: check the model output (a NaN usually means an overflow upstream).")
+        raise SamplingError(
+            "The logits contain NaN: check the model output (a NaN usually means an overflow upstream)."
+        )
     if tokens is not None:
         index = torch.as_tensor(list(tokens), dtype=torch.long)
         if index.numel() == 0 or int(index.max()) >= values.numel() or int(index.min()) < 0:
@@ -96,7 +100,10 @@ def distribution_stats(
     else:
         q = torch.as_tensor(reference).detach().double().cpu()
         if q.shape != p.shape or (q < 0).any() or not math.isclose(float(q.sum()), 1.0, rel_tol=1e-6, abs_tol=1e-6):
-            raise SamplingError(f"reference must be a probability vector of length {size} summing to 1: got shape {tuple(q.shape)}, sum {float(q.sum()):.6g}.")
+            raise SamplingError(
+                f"reference must be a probability vector of length {size} summing to 1: "
+                f"got shape {tuple(q.shape)}, sum {float(q.sum()):.6g}."
+            )
         ref_name = reference_name or "given reference"
     both = positive & (q > 0)
     kl = float((p[both] * (p[both] / q[both]).log()).sum()) if not (positive & (q == 0)).any() else float("inf")

@@ -74,7 +74,11 @@ class Temperature:
         return torch.where(kept, scaled, torch.full_like(logits, NEG_INF))
 
     def __str__(self) -> str:
-        return f"temperature={self.temperature:g}" if not (self.temperature == 0 and math.copysign(1, self.temperature) < 0) else "temperature=-0"
+        return (
+            f"temperature={self.temperature:g}"
+            if not (self.temperature == 0 and math.copysign(1, self.temperature) < 0)
+            else "temperature=-0"
+        )
 
 
 def _keep_extreme(logits: torch.Tensor, kept: torch.Tensor, lowest: bool) -> torch.Tensor:
@@ -217,7 +221,9 @@ def check_seed(seed: int | None) -> int | None:
     if seed is None:
         return None
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < SEED_LIMIT:
-        raise SamplingError(f"seed is {seed!r}: pass a whole number from 0 to 2**63 - 1 (or none for fresh randomness).")
+        raise SamplingError(
+            f"seed is {seed!r}: pass a whole number from 0 to 2**63 - 1 (or none for fresh randomness)."
+        )
     return int(seed)
 
 
@@ -306,7 +312,7 @@ class Sampler:
         logits: Float[torch.Tensor, "batch vocab"],
         input_ids: Int[torch.Tensor, "batch pos"] | None = None,
         generators: list[torch.Generator] | None = None,
-    ) -> Int[torch.Tensor, "batch"]:
+    ) -> Int[torch.Tensor, " batch"]:
         """One token per row, row *i* drawn with ``generators[i]`` (its sample's own stream)."""
         if generators is None:
             return self.sample(logits, input_ids)
@@ -370,12 +376,24 @@ def greedy() -> Sampler:
 
 
 _KEYS = {
-    "t": "temperature", "temp": "temperature", "temperature": "temperature",
-    "k": "top_k", "top_k": "top_k", "topk": "top_k",
-    "p": "top_p", "top_p": "top_p", "topp": "top_p",
-    "min_p": "min_p", "minp": "min_p",
-    "n_sigma": "top_n_sigma", "top_n_sigma": "top_n_sigma", "nsigma": "top_n_sigma", "sigma": "top_n_sigma",
-    "rep": "repetition_penalty", "repetition_penalty": "repetition_penalty", "penalty": "repetition_penalty",
+    "t": "temperature",
+    "temp": "temperature",
+    "temperature": "temperature",
+    "k": "top_k",
+    "top_k": "top_k",
+    "topk": "top_k",
+    "p": "top_p",
+    "top_p": "top_p",
+    "topp": "top_p",
+    "min_p": "min_p",
+    "minp": "min_p",
+    "n_sigma": "top_n_sigma",
+    "top_n_sigma": "top_n_sigma",
+    "nsigma": "top_n_sigma",
+    "sigma": "top_n_sigma",
+    "rep": "repetition_penalty",
+    "repetition_penalty": "repetition_penalty",
+    "penalty": "repetition_penalty",
     "seed": "seed",
 }
 
@@ -402,5 +420,7 @@ def parse_sampler(text: str, seed: int | None = None) -> Sampler:
         try:
             kwargs[target] = int(value) if target in ("top_k", "seed") else float(value)
         except ValueError:
-            raise SamplingError(f"{key}={value!r} in sampler spec {text!r} is not a number: pass e.g. {key}=1.") from None
+            raise SamplingError(
+                f"{key}={value!r} in sampler spec {text!r} is not a number: pass e.g. {key}=1."
+            ) from None
     return make_sampler(**kwargs, name=spec)

@@ -28,16 +28,24 @@ BUNDLED = Path(__file__).parent / "data" / "random_number_prompts.jsonl"
 METRICS = ("digits_above:{source_bound}", "prob:{bound}", "kl")
 
 
-def headline_conditions(model, *, block: int | None = None, patch_blocks: Sequence[int] | None = None,
-                        mask_blocks: Sequence[int] | None = None) -> dict[str, list[iv.Intervention]]:
+def headline_conditions(
+    model,
+    *,
+    block: int | None = None,
+    patch_blocks: Sequence[int] | None = None,
+    mask_blocks: Sequence[int] | None = None,
+) -> dict[str, list[iv.Intervention]]:
     """The three headline interventions as ``{field}`` templates (one description serves every row);
     blocks default to the study's (21; 6, 14; 13 on), scaled to the model's depth."""
     from workbench.studies.random_number import scale_block  # the study's own rule; imported late (no cycle)
 
     n = model.facts.n_layers
     block = resolve_blocks(model.facts, block)[0] if block is not None else scale_block(21, n)
-    patch = resolve_blocks(model.facts, patch_blocks) if patch_blocks is not None else \
-        sorted({scale_block(b, n) for b in (6, 14)})
+    patch = (
+        resolve_blocks(model.facts, patch_blocks)
+        if patch_blocks is not None
+        else sorted({scale_block(b, n) for b in (6, 14)})
+    )
     mask = resolve_blocks(model.facts, mask_blocks) if mask_blocks is not None else list(range(scale_block(13, n), n))
     return {
         "identity_block": [iv.identity(block)],
@@ -56,10 +64,20 @@ def load_study_dataset(dataset: Dataset | str | Path | None) -> Dataset:
     return load_dataset(dataset)
 
 
-def run_dataset_effects(model, dataset: Dataset | str | Path | None = None, *, block: int | None = None,
-                        patch_blocks: Sequence[int] | None = None, mask_blocks: Sequence[int] | None = None,
-                        metrics: Sequence[str] = METRICS, confidence: float = 0.95, resamples: int = 9999,
-                        seed: int = 0, skip_bad_rows: bool = False, out: str | Path | None = None):
+def run_dataset_effects(
+    model,
+    dataset: Dataset | str | Path | None = None,
+    *,
+    block: int | None = None,
+    patch_blocks: Sequence[int] | None = None,
+    mask_blocks: Sequence[int] | None = None,
+    metrics: Sequence[str] = METRICS,
+    confidence: float = 0.95,
+    resamples: int = 9999,
+    seed: int = 0,
+    skip_bad_rows: bool = False,
+    out: str | Path | None = None,
+):
     """The headline experiment over ``dataset`` (the bundled one by default; rows need ``prompt``,
     ``source``, ``bound`` and ``source_bound``): an :class:`~workbench.experiments.ExperimentRun` whose
     ``effects()`` is ``results.json``'s section and whose ``summary`` draws the forest plot.
@@ -68,14 +86,21 @@ def run_dataset_effects(model, dataset: Dataset | str | Path | None = None, *, b
 
     dataset = load_study_dataset(dataset)
     experiment = Experiment(
-        dataset=dataset, conditions=headline_conditions(model, block=block, patch_blocks=patch_blocks,
-                                                        mask_blocks=mask_blocks),
-        metrics=list(metrics), model=model.facts.name, name="random-number study: headline effects over a dataset",
-        confidence=confidence, resamples=resamples, seed=seed)
+        dataset=dataset,
+        conditions=headline_conditions(model, block=block, patch_blocks=patch_blocks, mask_blocks=mask_blocks),
+        metrics=list(metrics),
+        model=model.facts.name,
+        name="random-number study: headline effects over a dataset",
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
     return run_experiment(experiment, out, model=model, skip_bad_rows=skip_bad_rows)
 
 
-def dataset_effects(model, dataset: Dataset | str | Path | None = None, **options: Any) -> dict[str, dict[str, dict[str, Any]]]:
+def dataset_effects(
+    model, dataset: Dataset | str | Path | None = None, **options: Any
+) -> dict[str, dict[str, dict[str, Any]]]:
     """``{condition: {metric: {mean, ci_low, ci_high, n, p_value}}}``: each headline effect (condition −
     clean, per row) as a mean over ``dataset`` with its bootstrap interval and paired test (options as
     :func:`run_dataset_effects`)."""

@@ -165,16 +165,21 @@ def plan_study(model: Model, options: StudyOptions) -> Plan:
     except TokenError as exc:
         raise TokenError(f"The bound {options.bound!r} cannot be located in the prompt: {exc}") from None
     start = options.prompt.find(options.bound)
-    source_prompt = options.prompt[:start] + options.source_bound + options.prompt[start + len(options.bound):]
+    source_prompt = options.prompt[:start] + options.source_bound + options.prompt[start + len(options.bound) :]
     digit_token_ids(model)  # a model whose digits are not single tokens cannot answer the question
     check_extras(model, options)
     sweep = list(options.sweep_prompts)
     if options.prompts_file is not None:
         sweep += read_prompts_file(options.prompts_file)
     return Plan(
-        block=block, patch_blocks=patch_blocks, late_blocks=list(range(late_from, n)),
-        mask_blocks=list(range(mask_from, n)), bound_position=bound_position, source_prompt=source_prompt,
-        sweep_prompts=sweep, notes=notes,
+        block=block,
+        patch_blocks=patch_blocks,
+        late_blocks=list(range(late_from, n)),
+        mask_blocks=list(range(mask_from, n)),
+        bound_position=bound_position,
+        source_prompt=source_prompt,
+        sweep_prompts=sweep,
+        notes=notes,
     )
 
 
@@ -191,8 +196,10 @@ def check_extras(model: Model, options: StudyOptions) -> None:
         else:
             Lens.load(options.lens, model)
     if options.fit_lens and options.lens_tokens < 256:
-        raise WorkbenchError(f"--lens-tokens {options.lens_tokens}: a lens needs at least 256 tokens to fit "
-                             "(the default, 8192, takes a few minutes on a CPU).")
+        raise WorkbenchError(
+            f"--lens-tokens {options.lens_tokens}: a lens needs at least 256 tokens to fit "
+            "(the default, 8192, takes a few minutes on a CPU)."
+        )
     if options.dataset is not None:
         from workbench.studies.dataset_effects import load_study_dataset
 
@@ -200,7 +207,7 @@ def check_extras(model: Model, options: StudyOptions) -> None:
 
 
 def digit_distribution(probs: torch.Tensor, digit_ids: list[int]) -> dict[str, float]:
-    return {d: float(probs[i]) for d, i in zip(DIGITS, digit_ids)}
+    return {d: float(probs[i]) for d, i in zip(DIGITS, digit_ids, strict=True)}
 
 
 def digit_stats(dist: dict[str, float]) -> dict[str, Any]:
@@ -223,7 +230,9 @@ def above(dist: dict[str, float], threshold: str) -> float:
     return sum(p for d, p in dist.items() if int(d) > int(threshold))
 
 
-def run_study(model: Model, options: StudyOptions | None = None, progress: Callable[[str], None] | None = None) -> StudyResult:
+def run_study(
+    model: Model, options: StudyOptions | None = None, progress: Callable[[str], None] | None = None
+) -> StudyResult:
     """Run sections 1–7 of the study on ``model``; ``progress(step)`` is called before each step.
 
     Two stages: :func:`measure` computes every number and probe result (the record); the figures
@@ -241,7 +250,9 @@ def run_study(model: Model, options: StudyOptions | None = None, progress: Calla
 # --- measuring: each step returns data ----------------------------------------------------------------
 
 
-def measure(model: Model, options: StudyOptions, plan: Plan, step: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+def measure(
+    model: Model, options: StudyOptions, plan: Plan, step: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every number of the study (the record written to ``results.json``) and the probe results behind them."""
     digit_ids = digit_token_ids(model)
     prompt = options.prompt
@@ -256,8 +267,9 @@ def measure(model: Model, options: StudyOptions, plan: Plan, step: Callable[[str
     clean_logits = observed.logits["clean"]
 
     step(f"block {plan.block} as the identity")
-    identity = run(model, prompt, BlockReplacement(blocks=[plan.block]), clean_logits=clean_logits,
-                   targets=list(DIGITS))["block_replacement"]
+    identity = run(
+        model, prompt, BlockReplacement(blocks=[plan.block]), clean_logits=clean_logits, targets=list(DIGITS)
+    )["block_replacement"]
     step("identity sweep over every block")
     sweep_rows = identity_sweep(model, prompt, clean, clean_logits, digit_ids)
 
@@ -278,8 +290,14 @@ def measure(model: Model, options: StudyOptions, plan: Plan, step: Callable[[str
         from workbench.studies.dataset_effects import run_dataset_effects
 
         over = run_dataset_effects(
-            model, options.dataset, block=plan.block, patch_blocks=plan.patch_blocks, mask_blocks=plan.mask_blocks,
-            resamples=options.resamples, skip_bad_rows=options.skip_bad_rows)
+            model,
+            options.dataset,
+            block=plan.block,
+            patch_blocks=plan.patch_blocks,
+            mask_blocks=plan.mask_blocks,
+            resamples=options.resamples,
+            skip_bad_rows=options.skip_bad_rows,
+        )
         extra["dataset_effects"] = over.effects()
         extra["dataset_summary"] = over.summary  # the forest plot, stamped with the run's manifest hash
     record = make_record(model, options, plan, dists, clean, results, sweep_rows, sweep, extra)
@@ -294,8 +312,9 @@ def fitted_lens_view(model: Model, options: StudyOptions):
     lens = options.lens
     if lens is None:
         lens = fit_lens(model, None, method="linear", tokens=options.lens_tokens, seed=0, progress=True)
-    return run(model, options.prompt, TunedLens(lens=lens, k=options.top_k, positions=[-1]),
-               targets=list(DIGITS))["tuned_lens"]
+    return run(model, options.prompt, TunedLens(lens=lens, k=options.top_k, positions=[-1]), targets=list(DIGITS))[
+        "tuned_lens"
+    ]
 
 
 def lens_check(result, n_layers: int) -> dict[str, Any]:
@@ -308,17 +327,23 @@ def lens_check(result, n_layers: int) -> dict[str, Any]:
     layers = comparison.layers
     middle = layers.index(f"after block {n_layers // 2}")
     logit, other = stays["logit lens"], stays[fitted]
-    said = (f"A digit stays in the top-{comparison.k} from {logit or 'no layer before the output'} under the logit "
-            f"lens and from {other or 'no layer before the output'} under the {fitted}")
+    said = (
+        f"A digit stays in the top-{comparison.k} from {logit or 'no layer before the output'} under the logit "
+        f"lens and from {other or 'no layer before the output'} under the {fitted}"
+    )
     if logit is None:
         survives = None
         verdict = f"{said}: the logit lens makes no 'late' claim here to check."
     else:
         survives = other is None or layers.index(other) >= middle
-        verdict = (f"{said}: \"the digits appear late\" {'survives' if survives else 'does not survive'} the better "
-                   f"lens (criterion: not before block {n_layers // 2}, the middle of the network).")
-    verdict += (f" Mean KL to the output over the layers: logit lens {comparison.kl['logit lens'].mean():.2f} nats, "
-                f"{fitted} {comparison.kl[fitted].mean():.2f} nats.")
+        verdict = (
+            f'{said}: "the digits appear late" {"survives" if survives else "does not survive"} the better '
+            f"lens (criterion: not before block {n_layers // 2}, the middle of the network)."
+        )
+    verdict += (
+        f" Mean KL to the output over the layers: logit lens {comparison.kl['logit lens'].mean():.2f} nats, "
+        f"{fitted} {comparison.kl[fitted].mean():.2f} nats."
+    )
     return {**comparison.to_dict(), "lens_file": result.meta.get("lens"), "survives": survives, "verdict": verdict}
 
 
@@ -331,8 +356,9 @@ def prompt_distributions(model: Model, prompts: list[str], digit_ids: list[int])
     return dists
 
 
-def identity_sweep(model: Model, prompt: str, clean: dict[str, float], clean_logits: torch.Tensor,
-                   digit_ids: list[int]) -> list[dict[str, Any]]:
+def identity_sweep(
+    model: Model, prompt: str, clean: dict[str, float], clean_logits: torch.Tensor, digit_ids: list[int]
+) -> list[dict[str, Any]]:
     """Section 3: each block in turn replaced by the identity; KL of the digits (bits) and of the full output."""
     rows = []
     clean_digits = torch.tensor(list(clean.values()))
@@ -341,8 +367,13 @@ def identity_sweep(model: Model, prompt: str, clean: dict[str, float], clean_log
         moved = torch.tensor(list(digit_distribution(replaced.probs()[0], digit_ids).values()))
         # The digits renormalised over the ten: log-probabilities are logits the one KL renormalises.
         kl_digits = kl_divergence(clean_digits.clamp_min(1e-30).log(), moved.clamp_min(1e-30).log(), bits=True)
-        rows.append({"block": b, "kl_digits": float(kl_digits),
-                     "kl_full": float(replaced["block_replacement"]["kl"].numpy()[0])})
+        rows.append(
+            {
+                "block": b,
+                "kl_digits": float(kl_digits),
+                "kl_full": float(replaced["block_replacement"]["kl"].numpy()[0]),
+            }
+        )
     return rows
 
 
@@ -379,9 +410,17 @@ def prompt_sweep(model: Model, prompts: list[str], digit_ids: list[int]) -> list
     return rows
 
 
-def make_record(model: Model, options: StudyOptions, plan: Plan, dists: dict, clean: dict[str, float],
-                results: dict[str, Any], sweep_rows: list[dict], sweep: list[dict],
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_record(
+    model: Model,
+    options: StudyOptions,
+    plan: Plan,
+    dists: dict,
+    clean: dict[str, float],
+    results: dict[str, Any],
+    sweep_rows: list[dict],
+    sweep: list[dict],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The numbers a reader (and ``results.json``) gets; the figures need nothing else but the probe results."""
     facts, n = model.facts, model.facts.n_layers
     lens, attention = results["logit_lens"], results["attention"]
@@ -401,19 +440,36 @@ def make_record(model: Model, options: StudyOptions, plan: Plan, dists: dict, cl
         "prompt": options.prompt,
         "tokens": lens.tokens[0],
         "layer_convention": "blocks counted from 0; lens rows: embeddings, after block i, final",
-        "options": {"block": plan.block, "patch_blocks": plan.patch_blocks, "late_blocks": plan.late_blocks,
-                    "mask_blocks": plan.mask_blocks, "bound": bound, "bound_position": plan.bound_position,
-                    "source_bound": src, "source_prompt": plan.source_prompt, "notes": plan.notes,
-                    "hide_sink": options.hide_sink, "hide_diagonal": options.hide_diagonal},
+        "options": {
+            "block": plan.block,
+            "patch_blocks": plan.patch_blocks,
+            "late_blocks": plan.late_blocks,
+            "mask_blocks": plan.mask_blocks,
+            "bound": bound,
+            "bound_position": plan.bound_position,
+            "source_bound": src,
+            "source_prompt": plan.source_prompt,
+            "notes": plan.notes,
+            "hide_sink": options.hide_sink,
+            "hide_diagonal": options.hide_diagonal,
+        },
         "prompt_distributions": dict(dists),
         "distributions": names,
         "above_source_bound": {k: above(v, src) for k, v in names.items()},
         "logit_lens": [{"layer": label, "top": [[t, p] for t, p in lens.top_k(label)]} for label in resid_labels(n)],
         "identity_sweep": sorted(sweep_rows, key=lambda r: -r["kl_digits"]),
         "attention": {
-            "sink_share": {f"block {b}": row for b, row in zip(attention["sink_share"].coords["block"],
-                                                               attention["sink_share"].sel(prompt=0).numpy().tolist())},
-            "to_bound": {f"block {b}": row for b, row in zip(to_bound.coords["block"], to_bound.numpy().tolist())},
+            "sink_share": {
+                f"block {b}": row
+                for b, row in zip(
+                    attention["sink_share"].coords["block"],
+                    attention["sink_share"].sel(prompt=0).numpy().tolist(),
+                    strict=True,
+                )
+            },
+            "to_bound": {
+                f"block {b}": row for b, row in zip(to_bound.coords["block"], to_bound.numpy().tolist(), strict=True)
+            },
         },
         "prompt_sweep": sweep,
         **(extra or {}),
@@ -425,9 +481,16 @@ def make_record(model: Model, options: StudyOptions, plan: Plan, dists: dict, cl
 def plan_from_record(record: dict[str, Any]) -> Plan:
     """The plan a recorded study ran with (for a study loaded from ``results.json``)."""
     o = record["options"]
-    return Plan(block=o["block"], patch_blocks=o["patch_blocks"], late_blocks=o["late_blocks"],
-                mask_blocks=o["mask_blocks"], bound_position=o["bound_position"], source_prompt=o["source_prompt"],
-                sweep_prompts=[r["prompt"] for r in record["prompt_sweep"]], notes=o["notes"])
+    return Plan(
+        block=o["block"],
+        patch_blocks=o["patch_blocks"],
+        late_blocks=o["late_blocks"],
+        mask_blocks=o["mask_blocks"],
+        bound_position=o["bound_position"],
+        source_prompt=o["source_prompt"],
+        sweep_prompts=[r["prompt"] for r in record["prompt_sweep"]],
+        notes=o["notes"],
+    )
 
 
 # --- figures: drawn from the record and the probe results alone -----------------------------------------
@@ -435,50 +498,89 @@ def plan_from_record(record: dict[str, Any]) -> Plan:
 
 def study_figures(record: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
     """Every captioned figure of the report, in order, from the record alone (no model needed)."""
-    return [*_distribution_figures(record), *_lens_figures(results["logit_lens"]),
-            *_identity_figures(record, results["identity"]), *_attention_figures(record, results["attention"]),
-            *_intervention_figures(record), *_sweep_figures(record), *_lens_check_figures(record),
-            *_dataset_figures(record)]
+    return [
+        *_distribution_figures(record),
+        *_lens_figures(results["logit_lens"]),
+        *_identity_figures(record, results["identity"]),
+        *_attention_figures(record, results["attention"]),
+        *_intervention_figures(record),
+        *_sweep_figures(record),
+        *_lens_check_figures(record),
+        *_dataset_figures(record),
+    ]
 
 
 def _distribution_figures(record):
     name = record["model"]["name"]
     dists = record["prompt_distributions"]
-    yield Figure("distributions", "Digit probabilities per prompt",
-                 "Probability of each digit token as the next token, at the last position of each prompt. A uniform "
-                 "generator would give 0.1 to each digit.",
-                 plots.bars({_short(t): list(d.values()) for t, d in dists.items()}, labels=list(DIGITS),
-                            title=f"Next-token probability of each digit ({name})", x_title="digit", y_title="probability"),
-                 "1. Output distribution")
+    yield Figure(
+        "distributions",
+        "Digit probabilities per prompt",
+        "Probability of each digit token as the next token, at the last position of each prompt. A uniform "
+        "generator would give 0.1 to each digit.",
+        plots.bars(
+            {_short(t): list(d.values()) for t, d in dists.items()},
+            labels=list(DIGITS),
+            title=f"Next-token probability of each digit ({name})",
+            x_title="digit",
+            y_title="probability",
+        ),
+        "1. Output distribution",
+    )
 
 
 def _lens_figures(lens):
     section = "2. Logit lens"
-    yield Figure("lens_top_tokens", "Top-1 token per layer and position", (
-        "Each residual stream (rows: embeddings, after block i counted from 0, final output) read through the "
-        "final norm and the unembedding; the cell shows the most likely token and its probability."),
-        lens.figure("top_tokens"), section)
-    yield Figure("lens_digits", "Digit probability per layer",
-                 "Probability of each digit at the last position, per residual stream: digits appear only in late blocks.",
-                 lens.figure("targets"), section)
-    yield Figure("lens_ranks", "Rank of each digit per layer",
-                 "Rank of each digit among all tokens (0 = most likely) at the last position, per residual stream.",
-                 lens.figure("ranks"), section)
+    yield Figure(
+        "lens_top_tokens",
+        "Top-1 token per layer and position",
+        (
+            "Each residual stream (rows: embeddings, after block i counted from 0, final output) read through the "
+            "final norm and the unembedding; the cell shows the most likely token and its probability."
+        ),
+        lens.figure("top_tokens"),
+        section,
+    )
+    yield Figure(
+        "lens_digits",
+        "Digit probability per layer",
+        "Probability of each digit at the last position, per residual stream: digits appear only in late blocks.",
+        lens.figure("targets"),
+        section,
+    )
+    yield Figure(
+        "lens_ranks",
+        "Rank of each digit per layer",
+        "Rank of each digit among all tokens (0 = most likely) at the last position, per residual stream.",
+        lens.figure("ranks"),
+        section,
+    )
 
 
 def _identity_figures(record, identity):
     section, name, block = "3. Identity block", record["model"]["name"], record["options"]["block"]
-    yield Figure("identity", f"Block {block} replaced by the identity",
-                 f"Digit probabilities at the last position with block {block}'s output set equal to its input.",
-                 identity.figure("distribution"), section)
+    yield Figure(
+        "identity",
+        f"Block {block} replaced by the identity",
+        f"Digit probabilities at the last position with block {block}'s output set equal to its input.",
+        identity.figure("distribution"),
+        section,
+    )
     rows = sorted(record["identity_sweep"], key=lambda r: r["block"])
-    yield Figure("identity_sweep", "Which block moves the digit distribution most",
-                 "KL divergence (bits) between the clean digit distribution and the one with each block replaced by the "
-                 "identity (digits renormalised over the ten).",
-                 plots.bars({"KL(clean ‖ replaced), digits": [r["kl_digits"] for r in rows]},
-                            labels=[f"block {r['block']}" for r in rows],
-                            title=f"Identity replacement of each block ({name})", x_title="block replaced",
-                            y_title="KL (bits)"), section)
+    yield Figure(
+        "identity_sweep",
+        "Which block moves the digit distribution most",
+        "KL divergence (bits) between the clean digit distribution and the one with each block replaced by the "
+        "identity (digits renormalised over the ten).",
+        plots.bars(
+            {"KL(clean ‖ replaced), digits": [r["kl_digits"] for r in rows]},
+            labels=[f"block {r['block']}" for r in rows],
+            title=f"Identity replacement of each block ({name})",
+            x_title="block replaced",
+            y_title="KL (bits)",
+        ),
+        section,
+    )
 
 
 def _attention_figures(record, attention):
@@ -486,50 +588,94 @@ def _attention_figures(record, attention):
     hide_sink, bound, position = o["hide_sink"], o["bound"], o["bound_position"]
     display = dict(hide_sink=hide_sink, hide_diagonal=o["hide_diagonal"], renormalise=hide_sink)
     for b in range(facts["n_layers"]):
-        yield Figure(f"attention_block_{b}", f"Block {b}: attention per query head",
-                     f"Query × key attention of each head of block {b}, titled with the key/value group it reads"
-                     + (" (first token and diagonal hidden, rows renormalised)" if hide_sink else "") + ".",
-                     attention.figure("heads", block=b, **display), section)
-    yield Figure("attention_sink", "Attention sink per block and head",
-                 "Share of attention on the first token, averaged over query positions 1…n−1.", attention.figure("sink"),
-                 section)
+        yield Figure(
+            f"attention_block_{b}",
+            f"Block {b}: attention per query head",
+            f"Query × key attention of each head of block {b}, titled with the key/value group it reads"
+            + (" (first token and diagonal hidden, rows renormalised)" if hide_sink else "")
+            + ".",
+            attention.figure("heads", block=b, **display),
+            section,
+        )
+    yield Figure(
+        "attention_sink",
+        "Attention sink per block and head",
+        "Share of attention on the first token, averaged over query positions 1…n−1.",
+        attention.figure("sink"),
+        section,
+    )
     to_bound = attention.attention_to(position)
-    yield Figure("attention_to_bound", f"Attention from the last position to {bound!r}",
-                 f"Attention weight from the last position to the bound {bound!r} (position {position}) per block and head.",
-                 plots.heatmap(to_bound.numpy(),
-                               x=[f"head {h} · g{facts['head_to_group'][h]}" for h in to_bound.coords["head"]],
-                               y=[f"block {b}" for b in to_bound.coords["block"]], zmin=0, colorbar="attention",
-                               title=f"Attention from the last position to {bound!r} ({facts['name']})",
-                               x_title="query head · kv group", y_title="block"), section)
+    yield Figure(
+        "attention_to_bound",
+        f"Attention from the last position to {bound!r}",
+        f"Attention weight from the last position to the bound {bound!r} (position {position}) per block and head.",
+        plots.heatmap(
+            to_bound.numpy(),
+            x=[f"head {h} · g{facts['head_to_group'][h]}" for h in to_bound.coords["head"]],
+            y=[f"block {b}" for b in to_bound.coords["block"]],
+            zmin=0,
+            colorbar="attention",
+            title=f"Attention from the last position to {bound!r} ({facts['name']})",
+            x_title="query head · kv group",
+            y_title="block",
+        ),
+        section,
+    )
 
 
 def _intervention_figures(record):
     section, name, o = "5–6. Patching and masking", record["model"]["name"], record["options"]
     bound, src, n = o["bound"], o["source_bound"], record["model"]["n_layers"]
     names, above_src = record["distributions"], record["above_source_bound"]
-    yield Figure("interventions", "Digit distribution under each intervention",
-                 f"Digit probabilities at the last position: clean; keys/values at {bound!r} patched from the prompt with "
-                 f"{src!r} in blocks {o['patch_blocks']} (then also blocks {o['late_blocks'][0]}–{n - 1}); attention to "
-                 f"{bound!r} masked from block {o['mask_blocks'][0]}; patch and mask together.",
-                 plots.bars({k: list(v.values()) for k, v in names.items()}, labels=list(DIGITS),
-                            title=f"Interventions on the digit distribution ({name})", x_title="digit",
-                            y_title="probability"), section)
-    yield Figure("above_source", f"Probability of digits above {src}",
-                 f"Total probability of the digits greater than {src} under each intervention.",
-                 plots.bars({f"p(digit > {src})": list(above_src.values())}, labels=list(above_src),
-                            title=f"Probability of digits above {src} ({name})", x_title="intervention",
-                            y_title="probability"), section)
+    yield Figure(
+        "interventions",
+        "Digit distribution under each intervention",
+        f"Digit probabilities at the last position: clean; keys/values at {bound!r} patched from the prompt with "
+        f"{src!r} in blocks {o['patch_blocks']} (then also blocks {o['late_blocks'][0]}–{n - 1}); attention to "
+        f"{bound!r} masked from block {o['mask_blocks'][0]}; patch and mask together.",
+        plots.bars(
+            {k: list(v.values()) for k, v in names.items()},
+            labels=list(DIGITS),
+            title=f"Interventions on the digit distribution ({name})",
+            x_title="digit",
+            y_title="probability",
+        ),
+        section,
+    )
+    yield Figure(
+        "above_source",
+        f"Probability of digits above {src}",
+        f"Total probability of the digits greater than {src} under each intervention.",
+        plots.bars(
+            {f"p(digit > {src})": list(above_src.values())},
+            labels=list(above_src),
+            title=f"Probability of digits above {src} ({name})",
+            x_title="intervention",
+            y_title="probability",
+        ),
+        section,
+    )
 
 
 def _sweep_figures(record):
     sweep = record["prompt_sweep"]
-    yield Figure("prompt_sweep", "Digit distribution across odd prompts",
-                 "Each row: one prompt; cells: probability of each digit (renormalised over the ten digits).",
-                 plots.heatmap([[r["distribution"][d] / max(r["digit_mass"], 1e-30) for d in DIGITS] for r in sweep],
-                               x=list(DIGITS), y=[_short(r["prompt"], 60) for r in sweep], zmin=0,
-                               colorbar="p(digit | digit)",
-                               title=f"Prompt sweep: digit distributions ({record['model']['name']})",
-                               x_title="digit", y_title="prompt", width=1100), "7. Prompt sweep")
+    yield Figure(
+        "prompt_sweep",
+        "Digit distribution across odd prompts",
+        "Each row: one prompt; cells: probability of each digit (renormalised over the ten digits).",
+        plots.heatmap(
+            [[r["distribution"][d] / max(r["digit_mass"], 1e-30) for d in DIGITS] for r in sweep],
+            x=list(DIGITS),
+            y=[_short(r["prompt"], 60) for r in sweep],
+            zmin=0,
+            colorbar="p(digit | digit)",
+            title=f"Prompt sweep: digit distributions ({record['model']['name']})",
+            x_title="digit",
+            y_title="prompt",
+            width=1100,
+        ),
+        "7. Prompt sweep",
+    )
 
 
 def _lens_check_figures(record):
@@ -538,11 +684,15 @@ def _lens_check_figures(record):
     from workbench.probes.tuned_lens import LensComparison
 
     check = record["lens_check"]
-    yield Figure("lens_check", "Logit lens vs a fitted lens",
-                 "KL divergence to the output distribution per residual stream (top) and the rank of the best digit "
-                 f"(bottom; below the dashed line it is in the top-{check['k']}), at the last position, for the logit "
-                 f"lens and a fitted lens ({check.get('lens_file') or check['lens']}). {check['verdict']}",
-                 LensComparison.from_dict(check).figure(), "2b. Does a better lens agree?")
+    yield Figure(
+        "lens_check",
+        "Logit lens vs a fitted lens",
+        "KL divergence to the output distribution per residual stream (top) and the rank of the best digit "
+        f"(bottom; below the dashed line it is in the top-{check['k']}), at the last position, for the logit "
+        f"lens and a fitted lens ({check.get('lens_file') or check['lens']}). {check['verdict']}",
+        LensComparison.from_dict(check).figure(),
+        "2b. Does a better lens agree?",
+    )
 
 
 def _dataset_figures(record):
@@ -551,11 +701,15 @@ def _dataset_figures(record):
     from workbench.experiments.report import forest_plot
 
     summary = record["dataset_summary"]
-    yield Figure("dataset_effects", "Headline effects over the dataset",
-                 f"Each headline intervention's effect (intervened − clean, per prompt) as a mean over "
-                 f"{summary['n_items']} prompts with its {summary['method']['confidence']:.0%} bootstrap interval; "
-                 "filled markers stay significant (paired test against the clean run) after Benjamini–Hochberg.",
-                 forest_plot(summary), "8. Over a dataset of prompts")
+    yield Figure(
+        "dataset_effects",
+        "Headline effects over the dataset",
+        f"Each headline intervention's effect (intervened − clean, per prompt) as a mean over "
+        f"{summary['n_items']} prompts with its {summary['method']['confidence']:.0%} bootstrap interval; "
+        "filled markers stay significant (paired test against the clean run) after Benjamini–Hochberg.",
+        forest_plot(summary),
+        "8. Over a dataset of prompts",
+    )
 
 
 def _dataset_size(effects: dict[str, Any]) -> int:
@@ -582,12 +736,15 @@ def headline(record: dict[str, Any]) -> list[str]:
     patch_keys = [k for k in d if k.startswith("patch_") and k != "patch_and_mask"]
     lines.append(
         f"p(digit > {src}): clean {above['clean']:.3f}; patched {above[patch_keys[0]]:.3f}; "
-        f"patched incl. late blocks {above[patch_keys[1]]:.3f}; masked {above[[k for k in d if k.startswith('mask_')][0]]:.3f}; "
+        f"patched incl. late blocks {above[patch_keys[1]]:.3f}; "
+        f"masked {above[[k for k in d if k.startswith('mask_')][0]]:.3f}; "
         f"patch and mask {above['patch_and_mask']:.3f}."
     )
     top_block = record["identity_sweep"][0]
-    lines.append(f"The block whose removal moves the digit distribution most: block {top_block['block']} "
-                 f"(KL {top_block['kl_digits']:.3f} bits).")
+    lines.append(
+        f"The block whose removal moves the digit distribution most: block {top_block['block']} "
+        f"(KL {top_block['kl_digits']:.3f} bits)."
+    )
     sweep = record["prompt_sweep"]
     firsts = [r["top5"][0][0] for r in sweep]
     lines.append(f"Prompt sweep: {len(sweep)} prompts; top digit per prompt: " + ", ".join(firsts) + ".")
@@ -600,8 +757,10 @@ def headline(record: dict[str, Any]) -> list[str]:
             cell = metrics.get("digits_above:{source_bound}") or next(iter(metrics.values()))
             low, high = (f"{v:+.3f}" if v is not None else "–" for v in (cell["ci_low"], cell["ci_high"]))
             parts.append(f"{condition} {cell['mean']:+.3f} [{low}, {high}]")
-        lines.append(f"Over {_dataset_size(effects)} prompts, the change in p(digit above the source's bound), mean "
-                     "[95% interval]: " + "; ".join(parts) + ".")
+        lines.append(
+            f"Over {_dataset_size(effects)} prompts, the change in p(digit above the source's bound), mean "
+            "[95% interval]: " + "; ".join(parts) + "."
+        )
     return lines
 
 

@@ -38,8 +38,14 @@ def check_report_folder(out: str | Path) -> Path:
     return check_folder(out, KIND)
 
 
-def write_report(study, out: str | Path, *, static: bool = True, progress: Callable[[str], None] | None = None,
-                 figures_html: str = "shared") -> Path:
+def write_report(
+    study,
+    out: str | Path,
+    *,
+    static: bool = True,
+    progress: Callable[[str], None] | None = None,
+    figures_html: str = "shared",
+) -> Path:
     """Write ``report.html``, ``figures/`` (HTML, and PNG + SVG when a browser exists) and ``results.json``.
 
     ``report.html`` carries plotly.js itself; ``figures_html`` says how ``figures/*.html`` get it
@@ -47,8 +53,12 @@ def write_report(study, out: str | Path, *, static: bool = True, progress: Calla
     step = progress or (lambda _: None)
     with output_folder(out, KIND) as tmp:
         step("writing figures")
-        _, note = write_figures({fig.key: fig.figure for fig in study.figures}, tmp / "figures",
-                                static=("png", "svg") if static else (), plotlyjs=figures_html)
+        _, note = write_figures(
+            {fig.key: fig.figure for fig in study.figures},
+            tmp / "figures",
+            static=("png", "svg") if static else (),
+            plotlyjs=figures_html,
+        )
         if note:
             study.record["warnings"] = [note]
         else:
@@ -78,8 +88,9 @@ def load_study(path: str | Path):
     results = {name: result_from_dict(result) for name, result in data.pop("probe_results").items()}
     data.pop(MARK_KEY)
     record = decode(data)
-    return StudyResult(record=record, figures=study_figures(record, results), results=results,
-                       plan=plan_from_record(record))
+    return StudyResult(
+        record=record, figures=study_figures(record, results), results=results, plan=plan_from_record(record)
+    )
 
 
 def render_html(study) -> str:
@@ -90,14 +101,15 @@ def render_html(study) -> str:
     facts = record["model"]
     e = html.escape
     parts = [
-        "<!DOCTYPE html><html><head><meta name=\"generator\" content=\"workbench\"><meta charset='utf-8'>",
+        '<!DOCTYPE html><html><head><meta name="generator" content="workbench"><meta charset=\'utf-8\'>',
         f"<title>Is an LLM's random number random? — {e(facts['name'])}</title>",
         f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
         f"<h1>Is an LLM's random number random?</h1><p>Model <b>{e(facts['name'])}</b> "
         f"({facts['n_layers']} blocks, {facts['n_heads']} query heads in {facts['n_kv_heads']} key/value groups, "
         f"d_model {facts['d_model']}, vocabulary {facts['d_vocab']}; source <code>{e(facts['source'])}</code>).</p>",
         f"<p>Prompt: <code>{e(record['prompt'])}</code> — tokens: "
-        + " | ".join(f"<code>{i}:{e(show_token(t))}</code>" for i, t in enumerate(record["tokens"])) + "</p>",
+        + " | ".join(f"<code>{i}:{e(show_token(t))}</code>" for i, t in enumerate(record["tokens"]))
+        + "</p>",
         "<p class='caption'>Layer convention: blocks are counted from 0 (as in TransformerLens); logit-lens rows are "
         "<i>embeddings</i>, <i>after block i</i> and <i>final</i> (the model's own output).</p>",
         "<h2>Summary</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in record["headline"]) + "</ul>",
@@ -112,16 +124,21 @@ def render_html(study) -> str:
         parts.append("<h2>Does a better lens agree?</h2><p>" + e(record["lens_check"]["verdict"]) + "</p>")
     if "dataset_effects" in record:
         parts.append(_dataset_table(record))
-    parts.append("<h2>Contents</h2><ul>" + "".join(
-        f"<li><a href='#{f.key}'>{e(f.section)} — {e(f.title)}</a></li>" for f in study.figures) + "</ul>")
+    parts.append(
+        "<h2>Contents</h2><ul>"
+        + "".join(f"<li><a href='#{f.key}'>{e(f.section)} — {e(f.title)}</a></li>" for f in study.figures)
+        + "</ul>"
+    )
     section = None
     for fig in study.figures:
         if fig.section != section:
             section = fig.section
             parts.append(f"<h2>{e(section)}</h2>")
         div = fig.figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{fig.key}")
-        parts.append(f"<div class='figure' id='{fig.key}'><h3>{e(fig.title)}</h3>"
-                     f"<p class='caption'>{e(fig.caption)}</p>{div}</div>")
+        parts.append(
+            f"<div class='figure' id='{fig.key}'><h3>{e(fig.title)}</h3>"
+            f"<p class='caption'>{e(fig.caption)}</p>{div}</div>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -131,16 +148,23 @@ def _distribution_table(record) -> str:
     digits = [str(d) for d in range(10)]
     rows = "".join(
         f"<tr><th>{e(name)}</th>" + "".join(f"<td>{dist[d]:.3f}</td>" for d in digits) + "</tr>"
-        for name, dist in record["distributions"].items())
-    return ("<h2>Digit distributions at the last position</h2><table><tr><th>condition</th>"
-            + "".join(f"<th>{d}</th>" for d in digits) + f"</tr>{rows}</table>")
+        for name, dist in record["distributions"].items()
+    )
+    return (
+        "<h2>Digit distributions at the last position</h2><table><tr><th>condition</th>"
+        + "".join(f"<th>{d}</th>" for d in digits)
+        + f"</tr>{rows}</table>"
+    )
 
 
 def _lens_table(record) -> str:
     e = html.escape
     rows = "".join(
-        f"<tr><th>{e(row['layer'])}</th>" + "".join(f"<td><code>{e(show_token(t))}</code> {p:.3f}</td>" for t, p in row["top"][:5])
-        + "</tr>" for row in record["logit_lens"])
+        f"<tr><th>{e(row['layer'])}</th>"
+        + "".join(f"<td><code>{e(show_token(t))}</code> {p:.3f}</td>" for t, p in row["top"][:5])
+        + "</tr>"
+        for row in record["logit_lens"]
+    )
     return "<h2>Logit lens: top-5 tokens at the last position</h2><table>" + rows + "</table>"
 
 
@@ -149,10 +173,14 @@ def _sweep_table(record) -> str:
     rows = "".join(
         f"<tr><td><code>{e(r['prompt'])}</code></td><td>"
         + ", ".join(f"{d} ({p:.2f})" for d, p in r["top5"])
-        + f"</td><td>{r['entropy_bits']:.2f}</td><td>{r['total_variation_from_uniform']:.2f}</td><td>{r['digit_mass']:.2f}</td></tr>"
-        for r in record["prompt_sweep"])
-    return ("<h2>Prompt sweep</h2><table><tr><th>prompt</th><th>top-5 digits</th><th>entropy (bits, max 3.32)</th>"
-            "<th>TV from uniform</th><th>digit mass</th></tr>" + rows + "</table>")
+        + f"</td><td>{r['entropy_bits']:.2f}</td><td>{r['total_variation_from_uniform']:.2f}</td>"
+        + f"<td>{r['digit_mass']:.2f}</td></tr>"
+        for r in record["prompt_sweep"]
+    )
+    return (
+        "<h2>Prompt sweep</h2><table><tr><th>prompt</th><th>top-5 digits</th><th>entropy (bits, max 3.32)</th>"
+        "<th>TV from uniform</th><th>digit mass</th></tr>" + rows + "</table>"
+    )
 
 
 def _dataset_table(record) -> str:
@@ -160,12 +188,19 @@ def _dataset_table(record) -> str:
     effects = record["dataset_effects"]
     metrics = list(next(iter(effects.values()), {}))
     rows = "".join(
-        f"<tr><th>{e(condition)}</th>" + "".join(
+        f"<tr><th>{e(condition)}</th>"
+        + "".join(
             f"<td>{_num(c['mean'], '+.4f')} [{_num(c['ci_low'], '+.4f')}, {_num(c['ci_high'], '+.4f')}] "
-            f"<small>p {_num(c['p_value'], '.2g')}, n {c['n']}</small></td>" for c in (cells[m] for m in metrics)) + "</tr>"
-        for condition, cells in effects.items())
-    return ("<h2>Headline effects over the dataset (condition − clean: mean [95% interval])</h2><table><tr><th>"
-            "condition</th>" + "".join(f"<th><code>{e(m)}</code></th>" for m in metrics) + f"</tr>{rows}</table>")
+            f"<small>p {_num(c['p_value'], '.2g')}, n {c['n']}</small></td>"
+            for c in (cells[m] for m in metrics)
+        )
+        + "</tr>"
+        for condition, cells in effects.items()
+    )
+    return (
+        "<h2>Headline effects over the dataset (condition − clean: mean [95% interval])</h2><table><tr><th>"
+        "condition</th>" + "".join(f"<th><code>{e(m)}</code></th>" for m in metrics) + f"</tr>{rows}</table>"
+    )
 
 
 def _num(value, spec: str) -> str:

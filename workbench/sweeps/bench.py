@@ -16,7 +16,6 @@ from workbench.sweeps.sweep import patch_sweep
 from workbench.tokens import digit_token_ids
 
 
-
 def _timed(fn):
     began = time.perf_counter()
     out = fn()
@@ -40,7 +39,9 @@ def patching_sweep(model, prompt: str, source: str, *, site: str = "resid_pre", 
     baseline_fn = getattr(patching, baseline_name)
     patch_sweep(model, prompt, source, site=site, blocks=[0], metric="digits_above:5")  # warm-up
     ours, ours_s = _timed(lambda: patch_sweep(model, prompt, source, site=site, metric="digits_above:5"))
-    full, full_s = _timed(lambda: patch_sweep(model, prompt, source, site=site, metric="digits_above:5", reuse_prefix=False))
+    full, full_s = _timed(
+        lambda: patch_sweep(model, prompt, source, site=site, metric="digits_above:5", reuse_prefix=False)
+    )
 
     def baseline():
         with torch.no_grad():
@@ -51,9 +52,16 @@ def patching_sweep(model, prompt: str, source: str, *, site: str = "resid_pre", 
     theirs = theirs.detach().float().cpu()
     diff = float((ours["metric"].values - theirs).abs().max())
     return {
-        "model": model.facts.name, "device": str(model.device), "site": site, "cells": int(theirs.numel()),
-        "ours_s": ours_s, "ours_full_grid_s": full_s, "baseline_s": baseline_s, "speedup": baseline_s / ours_s,
-        "speedup_full_grid": baseline_s / full_s, "max_abs_diff": diff,
+        "model": model.facts.name,
+        "device": str(model.device),
+        "site": site,
+        "cells": int(theirs.numel()),
+        "ours_s": ours_s,
+        "ours_full_grid_s": full_s,
+        "baseline_s": baseline_s,
+        "speedup": baseline_s / ours_s,
+        "speedup_full_grid": baseline_s / full_s,
+        "max_abs_diff": diff,
         "max_abs_diff_full_grid": float((full["metric"].values - theirs).abs().max()),
         "baseline": f"transformer_lens.patching.{baseline_name} on the TransformerBridge",
         "torch_threads": torch.get_num_threads(),
@@ -122,12 +130,20 @@ def probe_overhead(model, prompt: str, *, repeats: int = 10, device: str | None 
     run_min, run_med = best(lambda: run(model, prompt, [LogitLens(), AttentionCapture()]))
     _, cache = cached()
     return {
-        "model": model.facts.name, "device": str(model.device), "positions": int(tokens.shape[-1]),
-        "plain_forward_s": plain_min, "observers_forward_s": obs_min, "run_with_cache_s": cache_min,
-        "workbench_run_s": run_min, "observer_ratio": obs_min / plain_min,
-        "observer_ratio_median": obs_med / plain_med, "workbench_run_ratio": run_min / plain_min,
-        "observer_kept_bytes": _tensor_bytes(kept.values()), "observer_hooks": len(kept),
-        "run_with_cache_bytes": _tensor_bytes(cache.values()), "run_with_cache_entries": len(cache),
+        "model": model.facts.name,
+        "device": str(model.device),
+        "positions": int(tokens.shape[-1]),
+        "plain_forward_s": plain_min,
+        "observers_forward_s": obs_min,
+        "run_with_cache_s": cache_min,
+        "workbench_run_s": run_min,
+        "observer_ratio": obs_min / plain_min,
+        "observer_ratio_median": obs_med / plain_med,
+        "workbench_run_ratio": run_min / plain_min,
+        "observer_kept_bytes": _tensor_bytes(kept.values()),
+        "observer_hooks": len(kept),
+        "run_with_cache_bytes": _tensor_bytes(cache.values()),
+        "run_with_cache_entries": len(cache),
         "memory_ratio": _tensor_bytes(kept.values()) / _tensor_bytes(cache.values()),
         "torch_threads": torch.get_num_threads(),
     }
@@ -143,8 +159,11 @@ def separate_runs(model, prompt: str, source: str, *, repeats: int = 5, device: 
     n = model.facts.n_layers
 
     def probes():
-        return [BlockReplacement(blocks=n // 2), AttentionMask(keys=[1], blocks=list(range(n // 2, n))),
-                ActivationPatch(source=source, blocks=[0, n // 2])]
+        return [
+            BlockReplacement(blocks=n // 2),
+            AttentionMask(keys=[1], blocks=list(range(n // 2, n))),
+            ActivationPatch(source=source, blocks=[0, n // 2]),
+        ]
 
     tokens = model.to_tokens(prompt)
     batch = tokens.repeat(4, 1)
@@ -161,9 +180,19 @@ def separate_runs(model, prompt: str, source: str, *, repeats: int = 5, device: 
     apart = best(lambda: [run(model, prompt, probe) for probe in probes()])
     forward = best(plain)
     out = run(model, prompt, probes(), separate=True)
-    diff = max(float((out.conditions[p.name].logits["intervened"] - run(model, prompt, p).logits["intervened"]).abs().max())
-               for p in probes())
-    return {"model": model.facts.name, "device": str(model.device), "interventions": 3,
-            "separate_run_s": together, "three_runs_s": apart, "batched_forward_s": forward,
-            "speedup_vs_three_runs": apart / together, "cost_in_batched_forwards": together / forward,
-            "max_abs_diff": diff, "torch_threads": torch.get_num_threads()}
+    diff = max(
+        float((out.conditions[p.name].logits["intervened"] - run(model, prompt, p).logits["intervened"]).abs().max())
+        for p in probes()
+    )
+    return {
+        "model": model.facts.name,
+        "device": str(model.device),
+        "interventions": 3,
+        "separate_run_s": together,
+        "three_runs_s": apart,
+        "batched_forward_s": forward,
+        "speedup_vs_three_runs": apart / together,
+        "cost_in_batched_forwards": together / forward,
+        "max_abs_diff": diff,
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -146,7 +146,9 @@ def _slice_kwargs(kwargs: dict, p: int, n: int, family: str) -> dict:
         elif isinstance(value, torch.Tensor) and n not in value.shape:
             out[name] = value
         else:
-            raise EngineCheckError(f"the fast engine cannot slice the argument {name!r} that {family} passes its layers")
+            raise EngineCheckError(
+                f"the fast engine cannot slice the argument {name!r} that {family} passes its layers"
+            )
     return out
 
 
@@ -156,8 +158,10 @@ class Engine:
     def __init__(self, model, tokens: torch.Tensor, readout: int = -1, check: bool = True):
         devices = getattr(model.facts, "devices", ())
         if len(devices) > 1:  # its cached residuals and KV prefix live on one device
-            raise EngineCheckError(f"{model.facts.name} is split over {', '.join(devices)} and the fast engine keeps "
-                                   "every tensor on one device")
+            raise EngineCheckError(
+                f"{model.facts.name} is split over {', '.join(devices)} and the fast engine keeps "
+                "every tensor on one device"
+            )
         self.model = model
         self.bridge = model.bridge
         self.device = model.device
@@ -191,7 +195,9 @@ class Engine:
                 try:
                     bound = signature.bind_partial(*args, **kwargs)
                 except TypeError as exc:
-                    raise EngineCheckError(f"{self.family}'s layers take arguments the engine cannot name ({exc})") from None
+                    raise EngineCheckError(
+                        f"{self.family}'s layers take arguments the engine cannot name ({exc})"
+                    ) from None
                 named = dict(bound.arguments)
                 named.update(named.pop(_var_keyword(signature), None) or {})
                 hidden = named.pop(next(iter(signature.parameters)))
@@ -219,8 +225,10 @@ class Engine:
             for handle in handles:
                 handle.remove()
         if len(calls) != self.n_layers or len(recorder.kv) != self.n_layers or "resid" not in final:
-            raise EngineCheckError(f"{self.family}'s blocks did not all report their inputs and keys/values "
-                                   f"({len(calls)} of {self.n_layers} blocks, {len(recorder.kv)} caches)")
+            raise EngineCheckError(
+                f"{self.family}'s blocks did not all report their inputs and keys/values "
+                f"({len(calls)} of {self.n_layers} blocks, {len(recorder.kv)} caches)"
+            )
         self.resid_pre = [calls[i][0][0] for i in range(self.n_layers)]  # [pos, d_model]
         self.cache_names = [_cache_parameter(_signature(block)) for block in blocks]
         self.layer_kwargs = [calls[i][1] for i in range(self.n_layers)]
@@ -232,12 +240,18 @@ class Engine:
     def check(self) -> None:
         """An unedited cell from the middle must give the bridge's own readout logits."""
         scale = max(1.0, float(self.clean_logits.abs().max()))
-        for start, suffix in {(0, 0), (self.n_layers // 2, min(self.n // 2, self.readout)), (self.n_layers - 1, self.readout)}:
+        for start, suffix in {
+            (0, 0),
+            (self.n_layers // 2, min(self.n // 2, self.readout)),
+            (self.n_layers - 1, self.readout),
+        }:
             got = self._run_batch([Cell([], start, suffix)])[0]
             diff = float((got - self.clean_logits[0]).abs().max())
             if not diff <= TOLERANCE * scale:
-                raise EngineCheckError(f"an unedited run of {self.family} from block {start}, position {suffix} "
-                                       f"differs from the bridge's logits by {diff:.2e} (tolerance {TOLERANCE * scale:.1e})")
+                raise EngineCheckError(
+                    f"an unedited run of {self.family} from block {start}, position {suffix} "
+                    f"differs from the bridge's logits by {diff:.2e} (tolerance {TOLERANCE * scale:.1e})"
+                )
 
     # ----- cells ----------------------------------------------------------------------------------------
     def max_tokens(self) -> int:
@@ -266,7 +280,7 @@ class Engine:
             per_row = self.n - suffix
             size = max(1, budget // per_row)
             for begin in range(0, len(members), size):
-                batch = members[begin:begin + size]
+                batch = members[begin : begin + size]
                 logits = self._run_batch([cells[i] for i in batch])
                 for j, i in enumerate(batch):
                     out[i] = logits[j]

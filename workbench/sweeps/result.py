@@ -15,8 +15,9 @@ from workbench.results import Named, Result
 KINDS = ("delta", "metric", "normalized")
 
 
-def sweep_arrays(values: torch.Tensor, dims: tuple[str, ...], coords: dict, base: float,
-                 source: float | None) -> dict[str, Named]:
+def sweep_arrays(
+    values: torch.Tensor, dims: tuple[str, ...], coords: dict, base: float, source: float | None
+) -> dict[str, Named]:
     """``metric`` per cell, ``delta`` = metric − base and, with a source prompt, ``normalized`` =
     (metric − base) / (source − base): 0 = nothing moved, 1 = the cell alone recovers the source."""
     values = values.detach().float().cpu()
@@ -46,15 +47,17 @@ class SweepResult(Result):
         out = []
         for i in order:
             index = np.unravel_index(i, array.shape)
-            out.append(({d: array.coords[d][j] for d, j in zip(array.dims, index)}, float(flat[i])))
+            out.append(({d: array.coords[d][j] for d, j in zip(array.dims, index, strict=True)}, float(flat[i])))
         return out
 
     def summary(self) -> str:
         cell, value = self.top_cells(1)[0]
         where = ", ".join(f"{d} {v!r}" for d, v in cell.items())
-        return (f"{self.meta.get('description', self.probe)} on {self.model}, {self.meta.get('cells')} cells "
-                f"({self.meta.get('method')}, {self.meta.get('seconds', 0):.2f} s); metric {self.meta.get('metric')}: "
-                f"base {self.meta.get('base'):.4f}; largest change {value:+.4f} at {where}")
+        return (
+            f"{self.meta.get('description', self.probe)} on {self.model}, {self.meta.get('cells')} cells "
+            f"({self.meta.get('method')}, {self.meta.get('seconds', 0):.2f} s); metric {self.meta.get('metric')}: "
+            f"base {self.meta.get('base'):.4f}; largest change {value:+.4f} at {where}"
+        )
 
     def figure(self, kind: str = "delta", **_: Any):
         """Heatmap of ``delta`` (default), ``metric`` or ``normalized``; a third dimension (heads by
@@ -71,12 +74,28 @@ class SweepResult(Result):
             rows = [f"{r} · head {h}" for r in rows for h in heads]
             dims = [f"{dims[0]} · {dims[2]}", dims[1]]
         columns = array.coords[array.dims[1]]
-        x = plots.tick_labels(columns) if any(isinstance(c, str) for c in columns) else [f"{dims[1]} {c}" for c in columns]
-        label = {"delta": f"Δ {self.meta.get('metric')}", "metric": str(self.meta.get("metric")),
-                 "normalized": "normalized Δ"}[kind]
+        x = (
+            plots.tick_labels(columns)
+            if any(isinstance(c, str) for c in columns)
+            else [f"{dims[1]} {c}" for c in columns]
+        )
+        label = {
+            "delta": f"Δ {self.meta.get('metric')}",
+            "metric": str(self.meta.get("metric")),
+            "normalized": "normalized Δ",
+        }[kind]
         title = f"{self.meta.get('description', self.probe)}: {label} ({self.model}, {self.meta.get('method')})"
-        return plots.heatmap(values, x=x, y=rows, title=title, x_title=dims[1], y_title=dims[0], colorbar=label,
-                             diverging=kind != "metric", height=max(420, 16 * len(rows) + 200))
+        return plots.heatmap(
+            values,
+            x=x,
+            y=rows,
+            title=title,
+            x_title=dims[1],
+            y_title=dims[0],
+            colorbar=label,
+            diverging=kind != "metric",
+            height=max(420, 16 * len(rows) + 200),
+        )
 
     def figures(self) -> dict[str, Any]:
         return {kind: self.figure(kind) for kind in KINDS if kind in self.arrays}

@@ -26,7 +26,13 @@ import torch
 
 from workbench.errors import SweepError
 from workbench.interventions import (
-    Intervention, MaskKeys, Operation, Patch, compile_hooks, queries_with_visible_key, resolve,
+    Intervention,
+    MaskKeys,
+    Operation,
+    Patch,
+    compile_hooks,
+    queries_with_visible_key,
+    resolve,
 )
 from workbench.interventions.sites import head_kind
 from workbench.layers import resolve_blocks, resolve_heads
@@ -54,8 +60,15 @@ class Evaluation:
     note: str = ""
 
 
-def evaluate_cells(model, prompt: str, cells: Sequence[Sequence[Intervention]], *, readout: int = -1,
-                   method: str = "auto", skip_prefix: bool = True) -> Evaluation:
+def evaluate_cells(
+    model,
+    prompt: str,
+    cells: Sequence[Sequence[Intervention]],
+    *,
+    readout: int = -1,
+    method: str = "auto",
+    skip_prefix: bool = True,
+) -> Evaluation:
     """The readout logits of ``prompt`` under each cell's interventions (each cell alone), on the fast
     engine or with one hooked forward per cell. This is the one loop every sweep runs."""
     if method not in METHODS:
@@ -91,10 +104,23 @@ def _cell(template: Intervention, **where) -> Intervention:
     return dataclasses.replace(template, **where)
 
 
-def intervention_sweep(model, prompt: str, template: Intervention | dict, *, over: Sequence[str] = ("block", "position"),
-                       blocks=None, positions=None, heads=None, metric=None, readout: int = -1,
-                       method: str = "auto", skip_prefix: bool = True, source_value_prompt: str | None = None,
-                       description: str | None = None, probe: str = "intervention_sweep") -> SweepResult:
+def intervention_sweep(
+    model,
+    prompt: str,
+    template: Intervention | dict,
+    *,
+    over: Sequence[str] = ("block", "position"),
+    blocks=None,
+    positions=None,
+    heads=None,
+    metric=None,
+    readout: int = -1,
+    method: str = "auto",
+    skip_prefix: bool = True,
+    source_value_prompt: str | None = None,
+    description: str | None = None,
+    probe: str = "intervention_sweep",
+) -> SweepResult:
     """``template`` applied cell by cell over ``over`` (a subset of block, position, head, in that order):
     each cell is the template with that block (position, head). Unswept axes keep the template's own
     selection (or ``blocks``/``positions``/``heads`` when given)."""
@@ -110,8 +136,11 @@ def intervention_sweep(model, prompt: str, template: Intervention | dict, *, ove
     names = [model.tokenizer.decode([t]) for t in tokens[0].tolist()]
     block_list = resolve_blocks(model.facts, blocks if blocks is not None else template.blocks)
     pos_list = position_indices(n, positions) if positions is not None else None
-    head_list = (resolve_heads(model.facts, heads if heads is not None else template.heads, head_kind(template.site))
-                 if "head" in over or heads is not None else None)
+    head_list = (
+        resolve_heads(model.facts, heads if heads is not None else template.heads, head_kind(template.site))
+        if "head" in over or heads is not None
+        else None
+    )
     axes = {"block": block_list, "position": pos_list if pos_list is not None else list(range(n)), "head": head_list}
     coords = {dim: axes[dim] for dim in over}
     cells = [[]]
@@ -139,22 +168,49 @@ def intervention_sweep(model, prompt: str, template: Intervention | dict, *, ove
     if "position" in coords:
         coords["position"] = [names[p] for p in coords["position"]]
     shape = [len(axes[d]) for d in over]
-    meta = dict(description=description or f"{template.op.describe()} at {template.site}, cell by cell",
-                sweep="intervention", site=template.site, template=template.to_dict(), metric=metric.name, base=base,
-                method=evaluation.method, cells=len(interventions), seconds=evaluation.seconds, readout=readout,
-                positions=pos_list if pos_list is not None else list(range(n)), block_convention="blocks counted from 0")
+    meta = dict(
+        description=description or f"{template.op.describe()} at {template.site}, cell by cell",
+        sweep="intervention",
+        site=template.site,
+        template=template.to_dict(),
+        metric=metric.name,
+        base=base,
+        method=evaluation.method,
+        cells=len(interventions),
+        seconds=evaluation.seconds,
+        readout=readout,
+        positions=pos_list if pos_list is not None else list(range(n)),
+        block_convention="blocks counted from 0",
+    )
     if source_value is not None:
         meta["source_value"] = source_value
     if evaluation.note:
         meta["note"] = evaluation.note
-    return SweepResult(probe=probe, model=model.facts.name, prompts=[prompt], tokens=[names],
-                       arrays=sweep_arrays(values.reshape(shape), tuple(over), coords, base, source_value), meta=meta)
+    return SweepResult(
+        probe=probe,
+        model=model.facts.name,
+        prompts=[prompt],
+        tokens=[names],
+        arrays=sweep_arrays(values.reshape(shape), tuple(over), coords, base, source_value),
+        meta=meta,
+    )
 
 
 def patch_sweep(
-    model, prompt: str, source: str | None = None, *, site: str = "resid_pre", metric=None, blocks=None,
-    positions=None, heads=None, by_position: bool = False, readout: int = -1, method: str = "auto",
-    reuse_prefix: bool = True, operation: Operation | None = None,
+    model,
+    prompt: str,
+    source: str | None = None,
+    *,
+    site: str = "resid_pre",
+    metric=None,
+    blocks=None,
+    positions=None,
+    heads=None,
+    by_position: bool = False,
+    readout: int = -1,
+    method: str = "auto",
+    reuse_prefix: bool = True,
+    operation: Operation | None = None,
 ) -> SweepResult:
     """Activation patching of ``site`` from ``source`` into ``prompt``, cell by cell (or any other
     ``operation``, e.g. a plugin's, over the same grid).
@@ -172,19 +228,37 @@ def patch_sweep(
             raise SweepError("A patching sweep needs a source prompt (or an operation= to sweep instead).")
         align_prompts(model, prompt, source)
         operation = Patch(source)
-    over = ("block", "position", "head") if site in HEAD_SITES and by_position else \
-        ("block", "head") if site in HEAD_SITES else ("block", "position")
+    over = (
+        ("block", "position", "head")
+        if site in HEAD_SITES and by_position
+        else ("block", "head")
+        if site in HEAD_SITES
+        else ("block", "position")
+    )
     what = f"{site} {operation.describe()}" + (" per position" if "position" in over else ", all positions")
-    result = intervention_sweep(model, prompt, Intervention(site, operation), over=over, blocks=blocks,
-                                positions=positions, heads=heads, metric=metric, readout=readout, method=method,
-                                skip_prefix=reuse_prefix, source_value_prompt=source if isinstance(operation, Patch) else None,
-                                description=what, probe="patch_sweep")
+    result = intervention_sweep(
+        model,
+        prompt,
+        Intervention(site, operation),
+        over=over,
+        blocks=blocks,
+        positions=positions,
+        heads=heads,
+        metric=metric,
+        readout=readout,
+        method=method,
+        skip_prefix=reuse_prefix,
+        source_value_prompt=source if isinstance(operation, Patch) else None,
+        description=what,
+        probe="patch_sweep",
+    )
     result.meta.update(sweep="patch", source=source)
     return result
 
 
-def block_sweep(model, prompt: str, *, modes=("identity",), blocks=None, metric=None, readout: int = -1,
-                method: str = "auto") -> SweepResult:
+def block_sweep(
+    model, prompt: str, *, modes=("identity",), blocks=None, metric=None, readout: int = -1, method: str = "auto"
+) -> SweepResult:
     """Each block replaced alone, per mode: a ``mode × block`` grid. A mode is a name of
     :data:`~workbench.probes.block_replacement.MODES` or an intervention template (any operation,
     plugin ones included) whose blocks the sweep fills in."""
@@ -203,18 +277,42 @@ def block_sweep(model, prompt: str, *, modes=("identity",), blocks=None, metric=
     values = metric(evaluation.logits, evaluation.clean).reshape(len(modes), len(block_list))
     base = float(metric(evaluation.clean[None], evaluation.clean)[0])
     names = [model.tokenizer.decode([t]) for t in tokens[0].tolist()]
-    meta = dict(description="block replacement, one block at a time", sweep="block", site=None, metric=metric.name,
-                base=base, method=evaluation.method, cells=len(cells), seconds=evaluation.seconds, readout=readout,
-                templates=[t.to_dict() for t in templates], block_convention="blocks counted from 0")
+    meta = dict(
+        description="block replacement, one block at a time",
+        sweep="block",
+        site=None,
+        metric=metric.name,
+        base=base,
+        method=evaluation.method,
+        cells=len(cells),
+        seconds=evaluation.seconds,
+        readout=readout,
+        templates=[t.to_dict() for t in templates],
+        block_convention="blocks counted from 0",
+    )
     if evaluation.note:
         meta["note"] = evaluation.note
-    return SweepResult(probe="block_sweep", model=model.facts.name, prompts=[prompt], tokens=[names],
-                       arrays=sweep_arrays(values, ("mode", "block"), {"mode": labels, "block": block_list}, base, None),
-                       meta=meta)
+    return SweepResult(
+        probe="block_sweep",
+        model=model.facts.name,
+        prompts=[prompt],
+        tokens=[names],
+        arrays=sweep_arrays(values, ("mode", "block"), {"mode": labels, "block": block_list}, base, None),
+        meta=meta,
+    )
 
 
-def mask_sweep(model, prompt: str, *, keys=None, blocks=None, cumulative: bool = False, metric=None,
-               readout: int = -1, method: str = "auto") -> SweepResult:
+def mask_sweep(
+    model,
+    prompt: str,
+    *,
+    keys=None,
+    blocks=None,
+    cumulative: bool = False,
+    metric=None,
+    readout: int = -1,
+    method: str = "auto",
+) -> SweepResult:
     """Attention to one key position set to −∞ (every head, every query that keeps a visible key),
     in one block (or, with ``cumulative``, in that block and every later one): a ``block × key`` grid."""
     model = load_model(model)
@@ -229,19 +327,40 @@ def mask_sweep(model, prompt: str, *, keys=None, blocks=None, cumulative: bool =
     for b in block_list:
         for k in key_list:
             queries = queries_with_visible_key(list(range(n)), [k])
-            cells.append([Intervention("attn_scores", MaskKeys((k,)), tuple(range(b, last)) if cumulative else (b,),
-                                       tuple(queries))])
+            cells.append(
+                [
+                    Intervention(
+                        "attn_scores", MaskKeys((k,)), tuple(range(b, last)) if cumulative else (b,), tuple(queries)
+                    )
+                ]
+            )
     evaluation = evaluate_cells(model, prompt, cells, readout=readout, method=method)
     values = metric(evaluation.logits, evaluation.clean).reshape(len(block_list), len(key_list))
     base = float(metric(evaluation.clean[None], evaluation.clean)[0])
     names = [model.tokenizer.decode([t]) for t in tokens[0].tolist()]
-    meta = dict(description="attention to one key masked " + ("from the block on" if cumulative else "in one block"),
-                sweep="mask", site="attn_scores", metric=metric.name, base=base, method=evaluation.method,
-                cells=len(cells), seconds=evaluation.seconds, readout=readout, keys=key_list, cumulative=cumulative,
-                block_convention="blocks counted from 0")
+    meta = dict(
+        description="attention to one key masked " + ("from the block on" if cumulative else "in one block"),
+        sweep="mask",
+        site="attn_scores",
+        metric=metric.name,
+        base=base,
+        method=evaluation.method,
+        cells=len(cells),
+        seconds=evaluation.seconds,
+        readout=readout,
+        keys=key_list,
+        cumulative=cumulative,
+        block_convention="blocks counted from 0",
+    )
     if evaluation.note:
         meta["note"] = evaluation.note
-    return SweepResult(probe="mask_sweep", model=model.facts.name, prompts=[prompt], tokens=[names],
-                       arrays=sweep_arrays(values, ("block", "key"), {"block": block_list,
-                                                                      "key": [names[k] for k in key_list]}, base, None),
-                       meta=meta)
+    return SweepResult(
+        probe="mask_sweep",
+        model=model.facts.name,
+        prompts=[prompt],
+        tokens=[names],
+        arrays=sweep_arrays(
+            values, ("block", "key"), {"block": block_list, "key": [names[k] for k in key_list]}, base, None
+        ),
+        meta=meta,
+    )
