@@ -345,7 +345,13 @@ def load_run(path: str | Path):
 
     data = read_json(path, "run")
     ctx = data["context"]
-    facts = ModelFacts(**{**ctx["facts"], "head_to_group": tuple(ctx["facts"]["head_to_group"])})
+    facts = ModelFacts(
+        **{
+            **ctx["facts"],
+            "head_to_group": tuple(ctx["facts"]["head_to_group"]),
+            "devices": tuple(ctx["facts"].get("devices", ())),
+        }
+    )
     context = RunContext(
         model=Model(bridge=None, facts=facts),
         prompts=ctx["prompts"],

@@ -129,7 +129,7 @@ def sign_flip_test(
     return p
 
 
-def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
+def benjamini_hochberg(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Benjamini–Hochberg adjusted p-values (NaN entries stay NaN and do not count as tests)."""
     p = np.asarray(p_values, dtype=float)
     out = np.full(p.shape, np.nan)

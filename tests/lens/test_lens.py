@@ -188,7 +188,9 @@ def test_every_split_gets_rows_even_from_a_tiny_corpus(tiny_qwen2):
     parts = Corpus(rows=rows, source="three rows", settings={}).split((0.8, 0.1, 0.1), seed=0)
     assert [len(p) for p in parts] == [1, 1, 1]
     assert sorted(torch.cat(parts)[:, 0].tolist()) == [0, 5, 10]
-    parts = Corpus(rows=torch.zeros(50, 4), source="fifty", settings={}).split((0.8, 0.1, 0.1), seed=1)
+    parts = Corpus(rows=torch.zeros(50, 4, dtype=torch.long), source="fifty", settings={}).split(
+        (0.8, 0.1, 0.1), seed=1
+    )
     assert [len(p) for p in parts] == [40, 5, 5]
     with pytest.raises(LensError, match="too few"):
-        Corpus(rows=torch.zeros(2, 4), source="two", settings={}).split((0.8, 0.1, 0.1))
+        Corpus(rows=torch.zeros(2, 4, dtype=torch.long), source="two", settings={}).split((0.8, 0.1, 0.1))

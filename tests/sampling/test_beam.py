@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from workbench_typecheck import unchecked
 
 from workbench.errors import SamplingError
 from workbench.interventions import identity, scale
@@ -117,7 +118,7 @@ def test_finished_hypotheses_never_take_a_live_slot(tiny_qwen2):
 
 def test_bad_early_stopping_and_return_counts(tiny_qwen2):
     with pytest.raises(SamplingError, match="early_stopping is 'sometimes'"):
-        beam_search(tiny_qwen2, PROMPT, width=2, early_stopping="sometimes")
+        unchecked(beam_search)(tiny_qwen2, PROMPT, width=2, early_stopping="sometimes")
     with pytest.raises(SamplingError, match="num_return_sequences is 3: pass a whole number from 1 to 2"):
         beam_search(tiny_qwen2, PROMPT, width=2, num_return_sequences=3)
     with pytest.raises(SamplingError, match="Stop token id 100000 is not in"):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from scipy.stats import chisquare
+from workbench_typecheck import unchecked
 
 from workbench.errors import SamplingError
 from workbench.sampling import (
@@ -185,7 +186,7 @@ def test_draws_follow_the_processed_distribution():
         lambda: TopP(1.5),
         lambda: TopP(float("nan")),
         lambda: TopK(-1),
-        lambda: TopK(2.5),
+        lambda: unchecked(TopK)(2.5),
         lambda: TopNSigma(-0.1),
         lambda: MinP(1.5),
         lambda: RepetitionPenalty(0.0),

@@ -40,17 +40,19 @@ def random_number(
         help="Folder for report.html, figures/ and results.json: new, empty, or an earlier report.",
     ),
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="Extra prompt for the distribution step (repeatable)."),
-    prompts: Path = typer.Option(None, "--prompts", help="File of extra sweep prompts, one per line."),
-    block: int = typer.Option(None, help="Block replaced by the identity (study: 21, scaled on shallower models)."),
-    patch_blocks: str = typer.Option(None, help="Blocks whose keys/values are patched (study: 6,14)."),
-    late_from: int = typer.Option(None, help="Also patch every block from this one on (study: 21)."),
-    mask_from: int = typer.Option(None, help="Mask attention to the bound from this block on (study: 13)."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="File of extra sweep prompts, one per line."),
+    block: int | None = typer.Option(
+        None, help="Block replaced by the identity (study: 21, scaled on shallower models)."
+    ),
+    patch_blocks: str | None = typer.Option(None, help="Blocks whose keys/values are patched (study: 6,14)."),
+    late_from: int | None = typer.Option(None, help="Also patch every block from this one on (study: 21)."),
+    mask_from: int | None = typer.Option(None, help="Mask attention to the bound from this block on (study: 13)."),
     bound: str = typer.Option("9", help="The upper bound's text in the prompt."),
     source_bound: str = typer.Option("5", help="The bound of the patching source prompt."),
     show_sink: bool = typer.Option(
         False, "--show-sink", help="Keep the first token and the diagonal in attention grids."
     ),
-    device: str = typer.Option(None, help="cpu, cuda or mps."),
+    device: str | None = typer.Option(None, help="cpu, cuda or mps."),
     static: bool = typer.Option(True, help="Also write PNG and SVG figures (needs Chromium)."),
     figures_html: Literal["shared", "inline", "cdn"] = typer.Option(
         "shared",
@@ -60,7 +62,7 @@ def random_number(
             "(self-contained, 4.8 MB each) or from the CDN."
         ),
     ),
-    lens: Path = typer.Option(
+    lens: Path | None = typer.Option(
         None,
         "--lens",
         help=(
@@ -76,7 +78,7 @@ def random_number(
         ),
     ),
     lens_tokens: int = typer.Option(8192, "--lens-tokens", help="Tokens of sampled text for --fit-lens."),
-    dataset: str = typer.Option(
+    dataset: str | None = typer.Option(
         None,
         "--dataset",
         help=(

@@ -154,12 +154,13 @@ class Grid:
     order). Unswept axes keep the template's selection; ``blocks``/``heads`` default to all of them,
     ``positions`` (needed to sweep positions) are indices or ``{field}`` text."""
 
+    # Typed as accepted (a TOML table, a list, one value); __post_init__ stores the Intervention and tuples.
     name: str
-    template: Intervention
-    over: tuple[str, ...] = ("block",)
-    blocks: tuple[int, ...] | None = None
-    heads: tuple[int, ...] | None = None
-    positions: tuple[int | str, ...] | None = None
+    template: Intervention | Mapping[str, Any]
+    over: Sequence[str] | str = ("block",)
+    blocks: Sequence[int] | int | None = None
+    heads: Sequence[int] | int | None = None
+    positions: Sequence[int | str] | int | str | None = None
 
     def __post_init__(self) -> None:
         template = self.template if isinstance(self.template, Intervention) else _intervention(self.template, self.name)
@@ -239,7 +240,7 @@ class Experiment:
     ``alpha`` shape the statistics."""
 
     dataset: Any
-    conditions: Mapping[str, Any] = field(default_factory=dict)
+    conditions: Mapping[str, Any] | Sequence[Any] = field(default_factory=dict)  # stored as Condition tuples
     grids: Sequence[Grid] = ()
     metrics: Sequence[str] = ("kl",)
     readout: int = -1

@@ -7,13 +7,13 @@ the :class:`~workbench.probes.tuned_lens.TunedLens` probe reads a prompt through
 
 from workbench.lenses.collect import collect_residuals, residual_batches, residual_stack
 from workbench.lenses.corpus import Corpus, corpus_from_file, corpus_from_text, make_corpus, sample_corpus
-from workbench.lenses.fit import METHODS, TunedSettings, fit_lens, fit_linear, fit_tuned
+from workbench.lenses.fit import LENS_METHODS, TunedSettings, fit_lens, fit_linear, fit_tuned
 from workbench.lenses.lens import Lens, check_lens_path, kl_per_layer
 
 __all__ = [
     "Corpus",
     "Lens",
-    "METHODS",
+    "LENS_METHODS",
     "TunedSettings",
     "check_lens_path",
     "collect_residuals",

@@ -232,7 +232,7 @@ def kv_copy(model, check: Int[torch.Tensor, "batch pos"]):
 @torch.no_grad()
 def sample_with_cache(
     plain, prompt: Int[torch.Tensor, "row pos"], new_tokens: int, sampler
-) -> Int[torch.Tensor, "row pos"]:
+) -> Int[torch.Tensor, "row longer"]:
     """``prompt`` continued by ``new_tokens`` drawn by ``sampler``, reading ``plain`` with its KV cache."""
     import inspect
 

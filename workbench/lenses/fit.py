@@ -47,7 +47,7 @@ RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 SPLIT = (0.8, 0.1, 0.1)  # train, validation (ridge choice), test (the KL a lens reports)
 MAX_VALIDATION_TOKENS = 512
 CHECKPOINT_FORMAT = "workbench.lens-checkpoint/1"
-METHODS = ("linear", "tuned")
+LENS_METHODS = ("linear", "tuned")
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def fit_lens(
     from workbench.models import load_model
 
     spec = model if isinstance(model, str) else None
-    if method not in METHODS:
+    if method not in LENS_METHODS:
         raise LensError(f"Unknown lens method {method!r}: use linear or tuned.")
     if tokens < 16:
         raise LensError(f"--tokens {tokens} is too few to fit a lens: pass at least a few thousand.")

@@ -49,7 +49,7 @@ class LogitLens(Probe):
         return position_indices(ctx.n_positions, self.positions)
 
     def hooks(self, ctx: RunContext):
-        keep = ctx.plan
+        keep = self.positions_read(ctx.plan)
 
         def save_as(key: str):
             def hook(resid: Float[torch.Tensor, "batch pos d_model"], hook: Any) -> None:
@@ -61,6 +61,10 @@ class LogitLens(Probe):
         return [("blocks.0.hook_resid_pre", save_as("embeddings"))] + [
             (f"blocks.{i}.hook_resid_post", save_as(f"after block {i}")) for i in range(n)
         ]
+
+    def positions_read(self, plan: Any) -> list[int]:
+        """The absolute positions this run reads, from the plan :meth:`prepare` returned."""
+        return plan
 
     @torch.no_grad()
     def result(self, record: ProbeRecord) -> LogitLensResult:

@@ -42,9 +42,8 @@ class TunedLens(LogitLens):
             return keep, self.lens
         return keep, Lens.load(self.lens, ctx.model)
 
-    def hooks(self, ctx: RunContext):
-        keep, _ = ctx.plan
-        return LogitLens.hooks(self, _PlanView(ctx, keep))
+    def positions_read(self, plan: tuple[list[int], Lens]) -> list[int]:
+        return plan[0]
 
     def describe(self, plan: Any = None) -> str:
         lens = plan[1] if plan is not None else self.lens
@@ -55,16 +54,6 @@ class TunedLens(LogitLens):
         fitted = self.read_layers(record, keep, lens.logits)
         plain = self.read_layers(record, keep, self.unembed)
         return TunedLensResult.combine(fitted, plain, lens)
-
-
-class _PlanView:
-    """A run context whose ``plan`` is the logit lens' part of this probe's plan (the positions)."""
-
-    def __init__(self, ctx: RunContext, plan: list[int]) -> None:
-        self._ctx, self.plan = ctx, plan
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ctx, name)
 
 
 @dataclass(repr=False)

@@ -11,7 +11,7 @@ same relative depth and say so, while a block given explicitly must exist.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,14 +70,14 @@ class StudyOptions:
     """Every knob of the study; ``None`` means the study's value, scaled to the model's depth."""
 
     prompt: str = STUDY_PROMPT
-    extra_prompts: list[str] = field(default_factory=list)
+    extra_prompts: Sequence[str] = field(default_factory=list)
     bound: str = "9"
     source_bound: str = "5"
     block: int | None = None
     patch_blocks: list[int] | None = None
     late_from: int | None = None
     mask_from: int | None = None
-    sweep_prompts: list[str] = field(default_factory=lambda: list(SWEEP_PROMPTS))
+    sweep_prompts: Sequence[str] = field(default_factory=lambda: list(SWEEP_PROMPTS))
     prompts_file: Path | None = None
     hide_sink: bool = True
     hide_diagonal: bool = True
