@@ -182,7 +182,7 @@ def resolve_readout(n: int, readout: int) -> int:
     return readout % n
 
 
-def target_ids(model, targets: str | int | list[str | int]) -> tuple[list[int], list[str]]:
+def target_ids(model, targets: str | int | Sequence[str | int]) -> tuple[list[int], list[str]]:
     """Token ids and labels of the targets a result reports on. A string is ONE target (never a list of
     its characters) and must be a single token; an int is a token id."""
     items = [targets] if isinstance(targets, (str, int)) else list(targets)
