@@ -196,15 +196,17 @@ def from_records(records: Iterable[Mapping[str, Any]], name: str = "records") ->
     if not records:
         raise DatasetError(f"{name} holds no rows: write at least one item with a prompt.")
     if not any("prompt" in r for r in records):
-        columns = sorted({k for r in records for k in r})
+        found = sorted({k for r in records for k in r})
         raise DatasetError(
-            f"{name} has no 'prompt' column (its columns: {', '.join(map(str, columns)) or 'none'}): "
+            f"{name} has no 'prompt' column (its columns: {', '.join(map(str, found)) or 'none'}): "
             "name the column of prompts 'prompt'."
         )
     reserved = sorted({k for r in records for k in r} & set(RESERVED_COLUMNS))
     if reserved:
         raise DatasetError(f"{name} has a column named {reserved[0]!r}, a name the results table uses: rename it.")
-    items, bad, seen = [], [], {}
+    items: list[Item] = []
+    bad: list[BadRow] = []
+    seen: dict[str, int] = {}  # row id -> index of its first row
     columns: dict[str, None] = {}
     for index, record in enumerate(records):
         record = {str(k): _plain(v) for k, v in record.items()}

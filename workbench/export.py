@@ -14,6 +14,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 from workbench.errors import ExportError
 from workbench.outputs import check_file, json_mark, write_file
@@ -118,7 +119,7 @@ PLOTLYJS_MODES = ("inline", "shared", "cdn")
 
 
 def write_figures(
-    figures: dict[str, object],
+    figures: dict[str, Any],  # plotly Figures (plotly is imported only when a figure is written)
     folder: str | Path,
     *,
     static: tuple[str, ...] = ("png", "svg"),

@@ -41,7 +41,12 @@ class Metric:
         self, logits: Float[torch.Tensor, "batch vocab"], clean: Float[torch.Tensor, "*#batch vocab"] | None = None
     ) -> Float[torch.Tensor, " batch"]:
         logits = logits.float()
-        out = self.fn(logits, clean.float()) if self.needs_clean else self.fn(logits)
+        if not self.needs_clean:
+            out = self.fn(logits)
+        elif clean is None:
+            raise ProbeError(f"Metric {self.name!r} compares with the unedited run: pass its readout logits as clean=.")
+        else:
+            out = self.fn(logits, clean.float())
         out = torch.as_tensor(out)
         if out.shape != logits.shape[:1]:
             raise ProbeError(

@@ -308,15 +308,15 @@ def load_model(
     if isinstance(spec, Model):
         return spec
     torch_dtype = _resolve_dtype(dtype)
-    device = placement(device, device_map, n_devices, max_memory) or resolve_device(device)
+    where = placement(device, device_map, n_devices, max_memory) or resolve_device(device)
     text = str(spec)
     if text in TINY_SPECS:
         hf_model, tokenizer = build_tiny_model(text, seed=seed, dtype=torch_dtype)
-        return _boot(hf_model, tokenizer, name=text, source=f"built in process (seed {seed or 0})", device=device)
+        return _boot(hf_model, tokenizer, name=text, source=f"built in process (seed {seed or 0})", device=where)
     if text == "smollm2":
         path = smollm2_gguf_path()
         hf_model, tokenizer = _load_gguf(path, torch_dtype, cache)
-        return _boot(hf_model, tokenizer, name="SmolLM2-135M-Instruct", source=f"gguf:{path}", device=device)
+        return _boot(hf_model, tokenizer, name="SmolLM2-135M-Instruct", source=f"gguf:{path}", device=where)
     path = Path(text).expanduser()
     if path.exists():
         if path.is_file() and path.suffix != ".gguf":
@@ -324,10 +324,10 @@ def load_model(
         ggufs = [path] if path.is_file() else sorted(path.glob("*.gguf"))
         if path.is_dir() and (path / "config.json").is_file():
             hf_model, tokenizer = _load_hf_folder(path, torch_dtype)
-            return _boot(hf_model, tokenizer, name=path.name, source=f"folder:{path}", device=device)
+            return _boot(hf_model, tokenizer, name=path.name, source=f"folder:{path}", device=where)
         if len(ggufs) == 1:
             hf_model, tokenizer = _load_gguf(ggufs[0], torch_dtype, cache)
-            return _boot(hf_model, tokenizer, name=ggufs[0].stem, source=f"gguf:{ggufs[0]}", device=device)
+            return _boot(hf_model, tokenizer, name=ggufs[0].stem, source=f"gguf:{ggufs[0]}", device=where)
         raise ModelSpecError(
             f"{path} holds neither a config.json nor exactly one .gguf ({len(ggufs)} found): "
             "point at a Hugging Face folder or at one .gguf file."
@@ -336,7 +336,7 @@ def load_model(
         raise ModelNotFoundError(f"No model file or folder at {path}: check the path (it is relative to {Path.cwd()}).")
     if _looks_like_hub_id(text):
         hf_model, tokenizer = _load_hub(text, torch_dtype)
-        return _boot(hf_model, tokenizer, name=text.split("/")[-1], source=f"hub:{text}", device=device)
+        return _boot(hf_model, tokenizer, name=text.split("/")[-1], source=f"hub:{text}", device=where)
     known = ", ".join(SHORT_NAMES)
     raise ModelSpecError(
         f"Unknown model spec {text!r}: use one of {known}, a path to a .gguf file or Hugging Face folder, "
@@ -545,8 +545,11 @@ def _load_gguf(path: Path, dtype: torch.dtype, cache: bool):
         raise GGUFError(
             f"{path.name} holds no weight tensors, only metadata: the file is incomplete; convert it again."
         )
+    hf_model: Any
+    info: dict[str, Any]
     try:
-        hf_model, info = AutoModelForCausalLM.from_pretrained(
+        # transformers annotates the model alone, but output_loading_info=True returns (model, loading info).
+        hf_model, info = AutoModelForCausalLM.from_pretrained(  # type: ignore[misc]
             path.parent, gguf_file=path.name, dtype=dtype, output_loading_info=True
         )
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

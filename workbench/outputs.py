@@ -220,9 +220,9 @@ def _require_replaceable(folder: Path, kind: str, shown: str) -> None:
             f"Output folder {shown} holds a workbench {listed['kind']} output, not a {kind} output: choose another "
             "folder (nothing was changed)."
         )
-    if foreign := _first_unlisted(folder, listed["files"]):
+    if unlisted := _first_unlisted(folder, listed["files"]):
         raise ExportError(
-            f"Output folder {shown} holds {foreign}, which the workbench did not write (or which changed since): "
+            f"Output folder {shown} holds {unlisted}, which the workbench did not write (or which changed since): "
             "move it away or choose another folder (nothing was changed)."
         )
 
@@ -357,7 +357,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-_LIBC = None
+_LIBC: ctypes.CDLL | bool | None = None  # False: no libc to load
 
 
 def _libc():

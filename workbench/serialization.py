@@ -177,9 +177,9 @@ def decode_array(data: dict[str, Any]) -> torch.Tensor | np.ndarray:
 def _numpy_dtype(data: dict[str, Any]) -> np.dtype:
     dtype = data["dtype"]
     if data["type"] == "tensor":
-        return (
-            np.float32 if dtype == "bfloat16" else np.dtype(torch.empty(0, dtype=getattr(torch, dtype)).numpy().dtype)
-        )
+        if dtype == "bfloat16":  # numpy has no bfloat16: read as float32, converted back by the caller
+            return np.dtype(np.float32)
+        return np.dtype(torch.empty(0, dtype=getattr(torch, dtype)).numpy().dtype)
     return np.dtype(dtype)
 
 

@@ -310,7 +310,9 @@ def tiny_config(name: str, vocab_size: int, eos_token_id: int, bos_token_id: int
         tie_word_embeddings=spec.tied,
     )
     aliases = config_class.attribute_map  # e.g. GPT-2's n_positions for max_position_embeddings
-    kwargs = {aliases.get(key, key): value for key, value in standard.items() if key in known and value is not None}
+    kwargs: dict[str, Any] = {
+        aliases.get(key, key): value for key, value in standard.items() if key in known and value is not None
+    }
     kwargs |= spec.config | overrides
     config = config_class(**kwargs)
     config.name_or_path = name
@@ -328,7 +330,9 @@ def build_tiny_model(name: str, seed: int | None = None, dtype: torch.dtype = to
     spec = TINY_FAMILIES[name]
     tokenizer = build_tokenizer(spec.tokenizer_bos)
     config = tiny_config(name, len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id, **overrides)
-    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    # transformers annotates every auto mapping's value as the tokenizers' (slow, fast) pair; a model mapping
+    # returns the model class.
+    model_class: type[torch.nn.Module] = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # type: ignore[assignment]
     config.architectures = [model_class.__name__]  # as a saved config.json says; the bridge picks its adapter by it
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(spec.seed if seed is None else seed)

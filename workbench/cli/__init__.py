@@ -13,6 +13,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Protocol, cast
 
 import typer
 
@@ -107,17 +108,29 @@ def main(argv: list[str] | None = None) -> None:
         )
     except Exception as exc:
         kind = _click_error(exc)
+        # A click exception is recognised by its class name (Typer vendors its own click), so the type is told here.
+        click_exc = cast(_ClickException, exc)
         if kind == "NoArgsIsHelpError":
-            exc.show()
-            sys.exit(exc.exit_code)
+            click_exc.show()
+            sys.exit(click_exc.exit_code)
         if kind == "Abort":
             _fail("error: aborted.", 1)
         if kind is not None:  # a usage error: unknown option, a value of the wrong type ...
             where = getattr(getattr(exc, "ctx", None), "command_path", None) or "workbench"
-            _fail(f"error: {one_line(exc.format_message())} (see `{where} --help`)", exc.exit_code)
+            _fail(f"error: {one_line(click_exc.format_message())} (see `{where} --help`)", click_exc.exit_code)
         # The last guard: a bug, said in one line.
         _fail(f"internal error: {type(exc).__name__}: {one_line(exc)}, rerun with `--debug` for the traceback.", 1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+class _ClickException(Protocol):
+    """What the CLI uses of click's ClickException (Typer's vendored copy or click's own)."""
+
+    exit_code: int
+
+    def show(self) -> None: ...
+
+    def format_message(self) -> str: ...
 
 
 def _click_error(exc: Exception) -> str | None:

@@ -159,6 +159,6 @@ def random_number(
 try:
     from workbench.cli.sampling import register_randomness
 except ImportError:  # the sampling lab is optional for this command group
-    register_randomness = None
-if register_randomness is not None:
+    pass
+else:
     register_randomness(study_app)

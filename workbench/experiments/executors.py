@@ -100,7 +100,7 @@ class RayExecutor:
         self.actors: list[Any] = []
         self.infos: list[WorkerInfo] = []
         self._started_ray = False
-        self._key = None
+        self._key: tuple[Any, ...] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {

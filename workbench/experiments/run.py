@@ -21,7 +21,7 @@ from workbench.errors import DatasetError, ExperimentError
 from workbench.experiments import storage
 from workbench.experiments.executors import LocalExecutor, RayExecutor, make_executor
 from workbench.experiments.runner import TARGETS_METRIC, Shard, Work, plan_shards
-from workbench.experiments.spec import Experiment
+from workbench.experiments.spec import Experiment, ModelOptions
 from workbench.experiments.summary import dataset_effects, summarize_table
 
 Progress = Callable[[int, int, str], None]
@@ -83,8 +83,8 @@ def run_experiment(
     existing = storage.check_out_dir(out) if out is not None else False
     runner = executor if not isinstance(executor, str) else make_executor(executor, workers, address)
     dataset = experiment.load_dataset()
-    old = storage.read_manifest(out) if existing and not force else None
-    if old is not None:  # the cheap half of the identity, before the model loads
+    old = storage.read_manifest(out) if out is not None and existing and not force else None
+    if out is not None and old is not None:  # the cheap half of the identity, before the model loads
         early = {"analysis": experiment.analysis(), "dataset": {"sha256": dataset.sha256}}
         storage.refuse_if_different(
             out, {"analysis": old["analysis"], "dataset": {"sha256": old["dataset"]["sha256"]}}, early
@@ -92,6 +92,7 @@ def run_experiment(
     step(0, 0, "loading the model")
     if model is None:
         options = experiment.model
+        assert isinstance(options, ModelOptions), "Experiment.__post_init__ stores the model as ModelOptions"
         if isinstance(runner, RayExecutor):  # the driver only tokenizes and fingerprints: the CPU will do
             options = dataclasses.replace(options, device="cpu", device_map=None, n_devices=None, max_memory=None)
         model = options.load()

@@ -28,7 +28,7 @@ from jaxtyping import Float
 from workbench.datasets import Dataset, Item
 from workbench.errors import ExperimentError
 from workbench.experiments.spec import Condition, Experiment
-from workbench.interventions import Binding, compile_hooks, resolve
+from workbench.interventions import Binding, Resolved, compile_hooks, resolve
 from workbench.memory import require_within_budget, rows_per_batch
 from workbench.metrics import Metric, resolve_metric
 from workbench.tokens import resolve_readout, to_tokens
@@ -194,7 +194,10 @@ def compute_shard(work: Work, shard: Shard) -> pa.Table:
     n = len(items)
     readout = resolve_readout(tokens.shape[-1], experiment.readout)
     edited = [c for c in shard.conditions if not work.conditions[c].is_clean]
-    resolved, rows, noop, captures = [], [], {}, {}
+    resolved: list[Resolved] = []
+    rows: list[list[tuple[int, int]] | int] = []  # Binding's rows: (batch row, prompt) pairs per intervention
+    noop: dict[tuple[int, int], bool] = {}  # (condition, prompt) -> no intervention of it changes anything
+    captures: dict[Any, Any] = {}
     for block, index in enumerate(edited, start=1):
         condition = work.conditions[index]
         these = [resolve(iv, model, prompts, tokens, fields, captures) for iv in condition.interventions]
@@ -234,6 +237,7 @@ def metric_values(
     """Each metric of the experiment for each item's row (``{field}`` metrics filled per item)."""
     out = {}
     for spec in work.experiment.metrics:
+        per_item: list[str | tuple[str, ...]]  # a metric spec, or the item's targets
         if spec == TARGETS_METRIC:
             per_item = [_targets_metric(work, item) for item in items]
         elif "{" in spec:

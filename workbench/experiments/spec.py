@@ -116,11 +116,13 @@ class DatasetSource:
         return path if path.is_absolute() or self.base is None else Path(self.base) / path
 
     def load(self) -> Dataset:
-        if self.path is not None:
-            return load_dataset(self.resolved_path())
-        return from_template(
-            self.template, self.grid if self.grid is not None else self.values, source=self.source, targets=self.targets
-        )
+        path = self.resolved_path()
+        if path is not None:
+            return load_dataset(path)
+        rows = self.grid if self.grid is not None else self.values
+        # __post_init__ refuses a source with neither path nor template, or a template with neither grid nor values
+        assert self.template is not None and rows is not None, "checked in DatasetSource.__post_init__"
+        return from_template(self.template, rows, source=self.source, targets=self.targets)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "base"}
@@ -183,17 +185,26 @@ class Grid:
                 "(rows differ in length, so there is no 'every position')."
             )
 
+    @property
+    def _template(self) -> Intervention:
+        template = self.template
+        assert isinstance(template, Intervention), "Grid.__post_init__ stores the template as an Intervention"
+        return template
+
     def cells(self, facts) -> list[Condition]:
         from workbench.layers import resolve_blocks, resolve_heads
 
-        blocks = resolve_blocks(facts, self.blocks if self.blocks is not None else self.template.blocks)
+        template = self._template
+        blocks = resolve_blocks(facts, self.blocks if self.blocks is not None else template.blocks)
         axes: dict[str, list] = {"block": blocks}
         if "head" in self.over:
-            axes["head"] = resolve_heads(
-                facts, self.heads if self.heads is not None else self.template.heads, head_kind(self.template.site)
-            )
+            kind = head_kind(template.site)
+            assert kind is not None, "Grid.__post_init__ refuses to sweep heads at a site without them"
+            axes["head"] = resolve_heads(facts, self.heads if self.heads is not None else template.heads, kind)
         if "position" in self.over:
-            axes["position"] = list(self.positions)
+            positions = self.positions
+            assert isinstance(positions, tuple), "Grid.__post_init__ stores positions, needed to sweep them, as a tuple"
+            axes["position"] = list(positions)
         cells: list[dict[str, Any]] = [{}]
         for axis in self.over:
             cells = [{**cell, axis: value} for cell in cells for value in axes[axis]]
@@ -213,7 +224,7 @@ class Grid:
             out.append(
                 Condition(
                     f"{self.name}[{label}]",
-                    (dataclasses.replace(self.template, **where),),
+                    (dataclasses.replace(template, **where),),
                     grid=self.name,
                     block=cell.get("block"),
                     head=cell.get("head"),
@@ -223,7 +234,7 @@ class Grid:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"template": self.template.to_dict(), "over": list(self.over)}
+        out: dict[str, Any] = {"template": self._template.to_dict(), "over": list(self.over)}
         for key in ("blocks", "heads", "positions"):
             if getattr(self, key) is not None:
                 out[key] = list(getattr(self, key))
@@ -274,7 +285,7 @@ class Experiment:
             duplicate = next(n for n in names if names.count(n) > 1)
             raise ExperimentError(f"Two conditions or grids are named {duplicate!r}: give each its own name.")
         for grid in grids:
-            _check_dataset_ready(grid.name, grid.template)
+            _check_dataset_ready(grid.name, grid._template)
         object.__setattr__(self, "grids", grids)
         metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics)
         if not metrics or not all(isinstance(m, str) and m for m in metrics):
@@ -303,17 +314,29 @@ class Experiment:
 
     # ----- the parts a run needs ------------------------------------------------------------------------
     @property
+    def _stored_conditions(self) -> tuple[Condition, ...]:
+        conditions = self.conditions
+        assert isinstance(conditions, tuple), "Experiment.__post_init__ stores the conditions as Condition tuples"
+        return conditions
+
+    @property
+    def _model_options(self) -> ModelOptions:
+        model = self.model
+        assert isinstance(model, ModelOptions), "Experiment.__post_init__ stores the model as ModelOptions"
+        return model
+
+    @property
     def clean_name(self) -> str:
-        return next((c.name for c in self.conditions if c.is_clean), CLEAN)
+        return next((c.name for c in self._stored_conditions if c.is_clean), CLEAN)
 
     def all_conditions(self, facts) -> list[Condition]:
         """The clean condition first, then the named conditions, then every grid cell."""
-        named = [c for c in self.conditions if not c.is_clean]
+        named = [c for c in self._stored_conditions if not c.is_clean]
         return [Condition(self.clean_name, ())] + named + [cell for grid in self.grids for cell in grid.cells(facts)]
 
     def templates(self) -> list[Intervention]:
         """Every intervention as written (grid templates included), for checking rows before the run."""
-        return [iv for c in self.conditions for iv in c.interventions] + [g.template for g in self.grids]
+        return [iv for c in self._stored_conditions for iv in c.interventions] + [g._template for g in self.grids]
 
     def load_dataset(self) -> Dataset:
         return self.dataset if isinstance(self.dataset, Dataset) else self.dataset.load()
@@ -327,7 +350,9 @@ class Experiment:
             "seed": self.seed,
             "targets": list(self.targets) if self.targets is not None else None,
             "clean": self.clean_name,
-            "conditions": {c.name: [iv.to_dict() for iv in c.interventions] for c in self.conditions if not c.is_clean},
+            "conditions": {
+                c.name: [iv.to_dict() for iv in c.interventions] for c in self._stored_conditions if not c.is_clean
+            },
             "grids": {g.name: g.to_dict() for g in self.grids},
         }
 
@@ -338,7 +363,7 @@ class Experiment:
         dataset = self.dataset.to_dict() if isinstance(self.dataset, DatasetSource) else {"records": self.dataset.name}
         return {
             "name": self.name,
-            "model": self.model.to_dict(),
+            "model": self._model_options.to_dict(),
             "dataset": dataset,
             **self.analysis(),
             "stats": {k: v for k, v in self.stats_options().items() if k != "seed"},
@@ -348,7 +373,7 @@ class Experiment:
     def with_model(self, **changes: Any) -> Experiment:
         """The same experiment with model options replaced (the CLI's --model, --device, --device-map)."""
         changes = {k: v for k, v in changes.items() if v is not None}
-        return dataclasses.replace(self, model=dataclasses.replace(self.model, **changes)) if changes else self
+        return dataclasses.replace(self, model=dataclasses.replace(self._model_options, **changes)) if changes else self
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Experiment:
@@ -426,13 +451,13 @@ def _conditions(conditions: Any) -> tuple[Condition, ...]:
     else:
         if not isinstance(conditions, Mapping):
             raise ExperimentError("conditions must map names to lists of interventions (an empty list: the clean run).")
-        out = []
+        built: list[Condition] = []
         for name, value in conditions.items():
             if not isinstance(name, str) or not name or "[" in name:
                 raise ExperimentError(f"Condition name {name!r}: use a non-empty name without brackets.")
             items = [] if value is None else [value] if isinstance(value, (Intervention, Mapping)) else list(value)
-            out.append(Condition(name, tuple(_intervention(v, name) for v in items)))
-        out = tuple(out)
+            built.append(Condition(name, tuple(_intervention(v, name) for v in items)))
+        out = tuple(built)
     cleans = [c.name for c in out if c.is_clean]
     if len(cleans) > 1:
         raise ExperimentError(f"Conditions {cleans} are all empty (the clean run): keep one, it names the clean run.")

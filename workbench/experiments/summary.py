@@ -120,7 +120,7 @@ def _axes(cells, members) -> list[str]:
 
 
 def _coords(cells, condition) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for axis in ("block", "head"):
         value = cells.loc[condition, axis]
         if not _missing(value):

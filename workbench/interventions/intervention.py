@@ -78,24 +78,34 @@ class Intervention:
         if self.positions is not None and not all(site.has_positions for site in sites):
             raise InterventionError(f"Site {self.site!r} has no position axis: leave positions out.")
 
+    @property
+    def operation(self) -> Operation:
+        """``op`` as stored: __post_init__ turns a name or a dict into the Operation."""
+        op = self.op
+        assert isinstance(op, Operation), "Intervention.__post_init__ stores op as an Operation"
+        return op
+
     def describe(self) -> str:
         where = [f"{self.site}"]
-        if self.blocks is not None:
+        blocks, positions, heads = self.blocks, self.positions, self.heads
+        # __post_init__ stores blocks, positions and heads as tuples (or None)
+        assert all(v is None or isinstance(v, tuple) for v in (blocks, positions, heads)), "stored as tuples"
+        if isinstance(blocks, tuple):
             where.append(
-                f"block{'s' if len(self.blocks) > 1 else ''} {format_blocks(self.blocks)}"
-                if all(isinstance(b, int) and b >= 0 for b in self.blocks)
-                else f"blocks {list(self.blocks)}"
+                f"block{'s' if len(blocks) > 1 else ''} {format_blocks(blocks)}"
+                if all(isinstance(b, int) and b >= 0 for b in blocks)
+                else f"blocks {list(blocks)}"
             )
         else:
             where.append("every block")
-        if self.positions is not None:
-            where.append(f"positions {list(self.positions)}")
-        if self.heads is not None:
-            where.append(f"heads {list(self.heads)}")
-        return f"{' '.join(where[:1])} {self.op.describe()} at {', '.join(where[1:])}"
+        if isinstance(positions, tuple):
+            where.append(f"positions {list(positions)}")
+        if isinstance(heads, tuple):
+            where.append(f"heads {list(heads)}")
+        return f"{' '.join(where[:1])} {self.operation.describe()} at {', '.join(where[1:])}"
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"site": self.site, "op": self.op.to_dict()}
+        out: dict[str, Any] = {"site": self.site, "op": self.operation.to_dict()}
         for key in ("blocks", "positions", "heads"):
             if getattr(self, key) is not None:
                 out[key] = list(getattr(self, key))
@@ -131,13 +141,13 @@ class Resolved:
 
     @property
     def op(self) -> Operation:
-        return self.intervention.op
+        return self.intervention.operation
 
     def first_position(self) -> int | None:
         """The earliest position whose computation the edit changes in any prompt (None: it changes
         nothing); the fast engine recomputes from there, reusing the clean run before it."""
-        firsts = [self.op.first_position(p, self.state, i) for i, p in enumerate(self.positions)]
-        firsts = [f for f in firsts if f is not None]
+        candidates = [self.op.first_position(p, self.state, i) for i, p in enumerate(self.positions)]
+        firsts = [f for f in candidates if f is not None]
         return min(firsts) if firsts else None
 
     def is_noop(self) -> bool:
@@ -254,7 +264,11 @@ def resolve(
         model.require_editable_attention(f"Editing {intervention.site}")
     blocks = resolve_blocks(facts, intervention.blocks)
     kind = head_kind(intervention.site)
-    heads = resolve_heads(facts, intervention.heads, kind) if intervention.heads is not None else None
+    if intervention.heads is not None:
+        assert kind is not None, "Intervention.__post_init__ refuses heads= at a site without a head axis"
+        heads = resolve_heads(facts, intervention.heads, kind)
+    else:
+        heads = None
     n = int(tokens.shape[-1])
     if all(site.has_positions for site in sites):
         positions = [
@@ -277,10 +291,10 @@ def resolve(
         fields=list(fields) if fields is not None else None,
         captures=captures,
     )
-    state = intervention.op.prepare(prep)
+    state = intervention.operation.prepare(prep)
     every = (
         intervention.positions is None
-        and intervention.op.extends_to_new_positions
+        and intervention.operation.extends_to_new_positions
         and prep.positions == [list(range(n)) for _ in prompts]
     )
     return Resolved(

@@ -123,14 +123,18 @@ def fit_lens(
     if tokens < 16:
         raise LensError(f"--tokens {tokens} is too few to fit a lens: pass at least a few thousand.")
     out = check_lens_path(out) if out is not None else None
+    settings = tuned or TunedSettings()
+    ckpt: Path | None = None  # only a tuned fit has a checkpoint
     if method == "tuned":
-        tuned = tuned or TunedSettings()
-        tuned.validate()
-        checkpoint = Path(checkpoint) if checkpoint is not None else (Path(f"{out}.ckpt") if out else None)
-        _check_checkpoint(checkpoint, resume)
+        settings.validate()
+        ckpt = Path(checkpoint) if checkpoint is not None else (Path(f"{out}.ckpt") if out else None)
+        _check_checkpoint(ckpt, resume)
     model = load_model(model, device=device)
     started = time.perf_counter()
-    state = _read_checkpoint(checkpoint, model) if method == "tuned" and resume else None
+    state = None
+    if method == "tuned" and resume:
+        assert ckpt is not None, "_check_checkpoint refuses resume without a checkpoint"
+        state = _read_checkpoint(ckpt, model)
     if state is not None:
         corpus = Corpus(rows=state["rows"], source=state["corpus"]["source"], settings=state["corpus_settings"])
         seed = int(state["seed"])
@@ -154,9 +158,9 @@ def fit_lens(
             model,
             splits,
             start,
-            tuned,
+            settings,
             header=header,
-            checkpoint=checkpoint,
+            checkpoint=ckpt,
             state=state,
             corpus=corpus,
             seed=seed,
@@ -166,8 +170,8 @@ def fit_lens(
     lens.header["fit_seconds"] = round(time.perf_counter() - started, 2)
     if out is not None:
         lens.save(out)
-        if checkpoint is not None:
-            checkpoint.unlink(missing_ok=True)
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
     return lens
 
 
@@ -327,7 +331,7 @@ def step_rows(train: torch.Tensor, step: int, rows_per_step: int, seed: int) -> 
 def _optimizer(params: list[torch.Tensor], settings: TunedSettings):
     if settings.optimizer == "sgd":
         # torch's SGD momentum scales the step by 1 / (1 - β); the paper undoes it so lr = 1 is the natural unit.
-        opt = torch.optim.SGD(
+        opt: torch.optim.Optimizer = torch.optim.SGD(
             params,
             lr=settings.lr * (1 - settings.momentum),
             momentum=settings.momentum,

@@ -491,7 +491,8 @@ def _generated_stats(
     non_digit = (~_starts_with_digit(lm)).nonzero()[:, 0].tolist()
     counts = [0] * len(values)
     index = {v: i for i, v in enumerate(values)}
-    failed, examples = 0, {}
+    failed = 0
+    examples: dict[str, None] = {}  # the first failed answers, in order, each once
     for chunk in generation_chunks(
         lm,
         prompt,
@@ -523,7 +524,7 @@ def audit_figure(audit: RandomnessAudit):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    panels = [("model exact (T=1)", audit.model_exact, None)]
+    panels: list[tuple[str, list[float], list[float] | None]] = [("model exact (T=1)", audit.model_exact, None)]
     panels += [(s.label, s.frequencies, s.exact) for s in audit.samplers]
     panels.append(("secrets.randbelow", audit.secrets.frequencies, None))
     titles = [label if len(label) < 32 else label[:29] + "…" for label, _, _ in panels]

@@ -140,7 +140,11 @@ def beam_search(
     pool: list[tuple[torch.Tensor, float, list[int], bool]] = []  # (score, log P, tokens, ended on a stop token)
     steps = 0
     context = lm.hooked(fwd_hooks) if hasattr(lm, "hooked") else nullcontext()
-    edits = lm.hooked(compile_hooks(resolved, Binding.every_row(len(resolved)))) if resolved else nullcontext()
+    edits = (  # resolve_interventions refused an lm without hooked
+        lm.hooked(compile_hooks(resolved, Binding.every_row(len(resolved))))
+        if resolved and hasattr(lm, "hooked")
+        else nullcontext()
+    )
     with (
         context,
         edits,
@@ -213,18 +217,20 @@ def _top_candidates(
     ``keep``, which selects the same candidates as one top-k over every beam × token.
     """
     vocab = int(lm.d_vocab)
-    values = flat = None
+    values: torch.Tensor | None = None
+    flat: torch.Tensor | None = None
     for start in range(0, running.shape[0], chunk):
         part = running[start : start + chunk]
         rows = torch.cat([prompt_row.expand(part.shape[0], -1), part], dim=1)
         logp = lm.next_token_logits(rows).float().log_softmax(dim=-1)
         totals = (logp + running_scores[start : start + chunk, None]).reshape(-1)
         top = totals.topk(min(keep, totals.numel()))
-        if values is None:
+        if values is None or flat is None:  # the first chunk (both are set together)
             values, flat = top.values, top.indices + start * vocab
             continue
         merged = torch.cat([values, top.values]).topk(min(keep, values.numel() + top.values.numel()))
         values, flat = merged.values, torch.cat([flat, top.indices + start * vocab])[merged.indices]
+    assert values is not None and flat is not None, "beam_search stops before the running beams run out"
     return values, flat // vocab, flat % vocab
 
 
@@ -251,7 +257,11 @@ def sequence_logprob(
     resolved = resolve_interventions(lm, prompt, row, interventions)
     total = 0.0
     context = lm.hooked(fwd_hooks) if hasattr(lm, "hooked") else nullcontext()
-    edits = lm.hooked(compile_hooks(resolved, Binding.every_row(len(resolved)))) if resolved else nullcontext()
+    edits = (  # resolve_interventions refused an lm without hooked
+        lm.hooked(compile_hooks(resolved, Binding.every_row(len(resolved))))
+        if resolved and hasattr(lm, "hooked")
+        else nullcontext()
+    )
     with context, edits:
         for token in continuation:
             total += float(lm.next_token_logits(row).float().log_softmax(dim=-1)[0, int(token)])

@@ -93,12 +93,15 @@ class BigramModel:
     def encode_continuation(self, text: str) -> list[int]:
         if self.tokenizer is not None:
             return list(self.tokenizer.encode(text, add_special_tokens=False))
+        assert self._index is not None, "__init__ refuses a bigram with neither a tokenizer nor a vocabulary"
         return [self._index.get(w, 0) for w in WORD_PATTERN.findall(text)]
 
     def decode(self, ids: Sequence[int]) -> str:
         if self.tokenizer is not None:
             return self.tokenizer.decode(list(ids))
-        return "".join("" if i in (0, 1) else self.vocab[i] for i in (int(x) for x in ids))
+        vocab = self.vocab
+        assert vocab is not None, "__init__ refuses a bigram with neither a tokenizer nor a vocabulary"
+        return "".join("" if i in (0, 1) else vocab[i] for i in (int(x) for x in ids))
 
     def _row(self, counts: Counter) -> Float[torch.Tensor, " vocab"]:
         row = torch.full((self.d_vocab,), self.alpha, dtype=torch.float64)

@@ -21,7 +21,7 @@ from workbench.memory import format_bytes, require_within_budget
 from workbench.sampling.audit import DEFAULT_PROMPT
 from workbench.sampling.checks import whole_number
 from workbench.sampling.lm import as_next_token_model, check_context, model_device, prompt_tokens, single_token
-from workbench.sampling.processors import MinP, Temperature, TopK, TopNSigma, TopP
+from workbench.sampling.processors import LogitsProcessor, MinP, Temperature, TopK, TopNSigma, TopP
 
 
 @dataclass
@@ -111,15 +111,15 @@ def temperature_sweep(
     check_context(lm, prompt_row.shape[1])
     logits = lm.next_token_logits(prompt_row)[0].float()
     index = torch.tensor(ids, device=logits.device)
-    rules = {
+    rules: dict[str, LogitsProcessor] = {
         f"top-k (k={top_k})": TopK(top_k),
         f"top-p (p={top_p:g})": TopP(top_p),
         f"top-nσ (n={top_n_sigma:g})": TopNSigma(top_n_sigma),
         f"min-p (p={min_p:g})": MinP(min_p),
     }
     probs, mass = [], []
-    kept = {name: [] for name in rules}
-    kept_tokens = {name: [] for name in rules}
+    kept: dict[str, list[int]] = {name: [] for name in rules}
+    kept_tokens: dict[str, list[list[bool]]] = {name: [] for name in rules}
     for t in tqdm(temps, desc="temperatures", disable=not progress or len(temps) < 200, leave=False):
         scaled = Temperature(t)(logits)
         full = scaled.softmax(dim=-1)

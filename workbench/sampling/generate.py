@@ -83,12 +83,13 @@ def stop_token_sets(lm, stop, stop_at_eos: bool) -> tuple[set[int], list[str]]:
         if isinstance(item, bool) or not isinstance(item, (str, numbers.Integral)):
             raise SamplingError(f"Stop item {item!r} is neither text nor a token id: pass strings or ints.")
         if isinstance(item, numbers.Integral):
-            if not 0 <= item < lm.d_vocab:
+            token_id = int(item)
+            if not 0 <= token_id < lm.d_vocab:
                 raise SamplingError(
                     f"Stop token id {item} is not in {lm.name}'s vocabulary of {lm.d_vocab}: "
                     f"pass ids from 0 to {lm.d_vocab - 1}."
                 )
-            ids.add(int(item))
+            ids.add(token_id)
         elif item:
             strings.append(item)
     if stop_at_eos and lm.eos_token_id is not None:
@@ -152,7 +153,7 @@ def generation_chunks(
                 rows = torch.arange(begin, end, device=prompts.device)
                 edits = (
                     lm.hooked(compile_hooks(resolved, Binding.every_row(len(resolved), begin // n)))
-                    if resolved
+                    if resolved and hasattr(lm, "hooked")  # resolve_interventions refused an lm without hooked
                     else nullcontext()
                 )
                 with edits:
@@ -186,7 +187,7 @@ def resolve_interventions(lm, prompt, prompts: torch.Tensor, interventions) -> l
         return []
     from workbench.interventions import Intervention, resolve
 
-    if not hasattr(lm, "model"):
+    if not hasattr(lm, "model") or not hasattr(lm, "hooked"):
         raise SamplingError(
             f"{lm.name} has no hook points: interventions need a workbench Model (TransformerLens bridge)."
         )

@@ -380,7 +380,7 @@ def identity_sweep(
 def interventions(model: Model, prompt: str, plan: Plan, clean_logits: torch.Tensor) -> dict[str, Any]:
     """Sections 5–6: keys/values at the bound patched from the source prompt (at the plan's blocks,
     then also the late ones), attention to the bound masked, and patch and mask together."""
-    at = [plan.bound_position]
+    at: list[int | str] = [plan.bound_position]  # the probes take positions as ints or names
 
     def patch(blocks):
         return ActivationPatch(source=plan.source_prompt, site="kv", blocks=blocks, positions=at)
