@@ -310,7 +310,12 @@ def output_folder(path: str | os.PathLike, kind: str) -> Iterator[Path]:
     Refused before anything is written when ``path`` may not be replaced (see :func:`check_folder`).
     On an exception, Ctrl-C or SIGTERM the temporary folder is removed and ``path`` is left as it was.
     """
-    target = check_folder(path, kind)
+    parent = resolve(path).parent
+    if parent.is_dir():
+        with locked(parent):  # not while another writer swaps its folder in (its marker and files would disagree)
+            target = check_folder(path, kind)
+    else:
+        target = check_folder(path, kind)
     with _sigterm_unwinds():
         tmp = temporary_sibling(target)
         try:
