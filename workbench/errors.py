@@ -118,3 +118,28 @@ class ExperimentError(WorkbenchError, ValueError):
     """An experiment spec that is malformed, or an output folder that holds another experiment's results."""
 
     exit_code = 18
+
+
+class ExperimentDataError(ExperimentError):
+    """An experiment folder's manifest, plan, results, shard or marker that is damaged or was edited."""
+
+    exit_code = 19
+
+
+class UserFileError(ExperimentError):
+    """A file in an experiment folder that its marker does not list, or that changed since the workbench wrote it,
+    where a run would have to replace or delete it (or a symlink a write or deletion would follow)."""
+
+    exit_code = 20
+
+
+class DiskFullError(WorkbenchError, OSError):
+    """The disk (or the user's quota) ran out of space while the workbench was writing."""
+
+    exit_code = 21
+
+
+class RayConnectionError(ExperimentError):
+    """A Ray cluster named by ``--address`` that cannot be reached within the timeout."""
+
+    exit_code = 22
