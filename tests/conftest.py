@@ -94,3 +94,23 @@ def model_left_clean(request):
                 logits = model.bridge(model.to_tokens(PROMPT))
             reference = _reference_logits.setdefault(model.facts.name, logits)
             assert torch.equal(logits, reference), f"{fixture}: logits changed after {request.node.name}"
+
+
+# CI prints where its time goes: seconds per test folder (setup, call and teardown of every test in it) and the
+# slowest tests, so a suite that grows past its budget shows which part grew.
+_folder_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    parts = report.nodeid.split("/")
+    folder = parts[1] if len(parts) > 2 and parts[0] == "tests" else parts[0].split("::")[0]
+    _folder_seconds[folder] = _folder_seconds.get(folder, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _folder_seconds:
+        return
+    terminalreporter.section("time per test folder")
+    for folder, seconds in sorted(_folder_seconds.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{seconds:8.1f} s  tests/{folder}")
+    terminalreporter.write_line(f"{sum(_folder_seconds.values()):8.1f} s  in all")

@@ -14,6 +14,12 @@ from workbench.tokens import align_prompts, find_position
 
 pytestmark = pytest.mark.real
 
+# A padded batch and a prompt alone run different float32 matmul blockings (batch shape, thread count): SmolLM2's
+# readout logits then differ by up to ~1e-5 × the largest logit over 30 blocks, and a probability or a KL moves by
+# at most twice the largest logit change. Seen: 1.6e-5 (0.1961782 vs 0.1961625) on a 2-core machine; 1e-4 holds
+# that with a 6× margin while any real disagreement (a wrong row, position or condition) is ≥ 1e-2.
+BATCHED_VS_ALONE = 1e-4
+
 
 def test_the_bundled_dataset_aligns_on_smollm2(smollm2):
     data = load_dataset(BUNDLED)
@@ -59,7 +65,7 @@ def test_headline_effects_over_the_dataset_match_each_prompt_alone(smollm2, tmp_
             }
             got = frame[(frame["item"] == item.id) & (frame["condition"] == name)].set_index("metric")["value"]
             for metric, value in expected.items():
-                assert got[metric] == pytest.approx(value, abs=1e-5), (item.id, name, metric)
+                assert got[metric] == pytest.approx(value, abs=BATCHED_VS_ALONE), (item.id, name, metric)
     assert set(effects) == {"identity_block", "mask_bound", "patch_bound"}
     for condition, metrics in effects.items():
         assert set(metrics) == set(METRICS)
