@@ -17,6 +17,12 @@ of *paired* differences (condition − clean, one per item). For each condition 
 - the **effect size** Cohen's d_z: the mean difference over the standard deviation of the differences.
 
 Everything is seeded (the experiment's seed and the cell's name), so a summary is reproducible bit for bit.
+
+Memory stays within :func:`workbench.memory.memory_budget`: the bootstrap and the permutation test run in
+batches of resamples (scipy's ``batch=``) and, when the rows' resampled statistics alone would not fit, in
+groups of rows that replay the same random draws, so the numbers do not depend on the budget
+(``tests/experiments/test_stats.py``). What cannot fit even one row and one resample at a time is refused
+up front with the estimate (:func:`require_stats_budget`, ``BudgetError``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from typing import Any
 
 import numpy as np
 from scipy import stats as sps
+
+from workbench.errors import BudgetError
+from workbench.memory import format_bytes, memory_budget
 
 CI_BCA = "BCa bootstrap"
 CI_PERCENTILE = "percentile bootstrap (BCa undefined)"
@@ -48,11 +57,76 @@ def _mean(x, axis=-1):
     return np.mean(x, axis=axis)
 
 
+# ----- memory: batches sized from the budget ---------------------------------------------------------------
+
+STATS_BATCH_BYTES = 256 << 20  # what one batch of resamples may take (less when the budget is less)
+_F8 = 8  # bytes of a float64 (and of an int64 index)
+
+
+def _per_row_bytes(resamples: int) -> int:
+    """One row's bootstrap (or null) distribution, its concatenation and the sorted copy percentiles take."""
+    return 3 * _F8 * int(resamples)
+
+
+def _per_draw_bytes(n: int, rows: int) -> int:
+    """One resample of ``rows`` rows of ``n`` items: the index row, the gathered values, the jackknife mask;
+    ×4 for the sign-flip test, which stacks (x, −x) pairs and copies them once."""
+    return 4 * n * (_F8 * (rows + 1) + 1)
+
+
+def stats_bytes(n: int, resamples: int) -> int:
+    """The least memory the statistics of one cell of ``n`` items need (one row, one resample a batch)."""
+    return _per_row_bytes(resamples) + _per_draw_bytes(n, 1)
+
+
+def require_stats_budget(n: int, resamples: int, budget: int | None = None) -> None:
+    """Refuse, before any work, statistics whose smallest unit cannot fit the memory budget."""
+    budget = memory_budget("cpu") if budget is None else int(budget)
+    need = stats_bytes(n, resamples)
+    if need > budget:
+        raise BudgetError(
+            f"The statistics of one cell ({n} items, {resamples} resamples) need about {format_bytes(need)}, more "
+            f"than the memory budget of {format_bytes(budget)}: lower resamples, use fewer items, or raise "
+            "WORKBENCH_MEMORY_BUDGET."
+        )
+
+
+def _layout(rows: int, n: int, resamples: int, budget: int | None) -> tuple[int, int]:
+    """(rows per call, resamples per batch) that fit ``budget`` (refused when one row and one draw do not)."""
+    budget = memory_budget("cpu") if budget is None else int(budget)
+    require_stats_budget(n, resamples, budget)
+    # The layout changes the last bit of a mean (summation order), so it must not follow the free memory,
+    # which moves from call to call: it is fixed by STATS_BATCH_BYTES unless the budget is smaller.
+    budget = min(budget, STATS_BATCH_BYTES)
+    per_row = _per_row_bytes(resamples)
+    group = max(1, min(rows, (budget // 2) // max(1, per_row)))
+    left = budget - group * per_row
+    batch = max(1, min(max(resamples, n), left // max(1, _per_draw_bytes(n, group))))
+    return group, batch
+
+
+def _divisor_at_most(total: int, cap: int) -> int:
+    """The largest divisor of ``total`` that is ≤ ``cap``: every batch of the permutation test is then full,
+    so its draws (and p-values) are the same whatever the budget."""
+    cap = max(1, min(cap, total))
+    for size in range(cap, 0, -1):
+        if total % size == 0:
+            return size
+    return 1
+
+
 def bootstrap_interval(
-    samples: np.ndarray, confidence: float = 0.95, resamples: int = 9999, rng: np.random.Generator | None = None
+    samples: np.ndarray,
+    confidence: float = 0.95,
+    resamples: int = 9999,
+    rng: np.random.Generator | None = None,
+    budget: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Bootstrap confidence intervals of the mean of each row of ``samples`` ``[rows, n]``: BCa, the
-    percentile interval where BCa is undefined, and the point itself where every value is equal."""
+    percentile interval where BCa is undefined, and the point itself where every value is equal.
+
+    Runs in batches that fit ``budget`` bytes (default :func:`~workbench.memory.memory_budget`); the rows
+    share their resamples, as in one call of :func:`scipy.stats.bootstrap`, whatever the batches."""
     samples = np.atleast_2d(np.asarray(samples, dtype=float))
     rows, n = samples.shape
     low, high = np.full(rows, np.nan), np.full(rows, np.nan)
@@ -65,48 +139,55 @@ def bootstrap_interval(
     if n < 2 or not len(todo):
         return low, high, [m or "none: fewer than 2 items" for m in methods]
     rng = rng or np.random.default_rng(0)
-    data = samples[todo]
-    state = rng.bit_generator.state
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        bca = sps.bootstrap(
-            (data,),
-            _mean,
-            confidence_level=confidence,
-            n_resamples=resamples,
-            method="BCa",
-            axis=-1,
-            vectorized=True,
-            random_state=rng,
-        ).confidence_interval
-    lo, hi = np.asarray(bca.low, float).reshape(-1), np.asarray(bca.high, float).reshape(-1)
-    undefined = ~(np.isfinite(lo) & np.isfinite(hi))
-    if undefined.any():
-        rng.bit_generator.state = state  # the same resamples, read by percentiles
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pct = sps.bootstrap(
-                (data[undefined],),
-                _mean,
-                confidence_level=confidence,
-                n_resamples=resamples,
-                method="percentile",
-                axis=-1,
-                vectorized=True,
-                random_state=rng,
-            ).confidence_interval
-        lo[undefined] = np.asarray(pct.low, float).reshape(-1)
-        hi[undefined] = np.asarray(pct.high, float).reshape(-1)
+    group, batch = _layout(len(todo), n, resamples, budget)
+    start = rng.bit_generator.state
+    end = None
+    lo, hi = np.full(len(todo), np.nan), np.full(len(todo), np.nan)
+    undefined = np.zeros(len(todo), bool)
+    for first in range(0, len(todo), group):
+        part = slice(first, first + group)
+        data = samples[todo[part]]
+        rng.bit_generator.state = start  # every group of rows reads the same resamples
+        lo[part], hi[part] = _bootstrap(data, confidence, resamples, rng, batch, "BCa")
+        end = rng.bit_generator.state
+        bad = ~(np.isfinite(lo[part]) & np.isfinite(hi[part]))
+        if bad.any():
+            rng.bit_generator.state = start  # the same resamples, read by percentiles
+            idx = np.arange(len(todo))[part][bad]
+            lo[idx], hi[idx] = _bootstrap(data[bad], confidence, resamples, rng, batch, "percentile")
+            undefined[idx] = True
+    rng.bit_generator.state = end
     low[todo], high[todo] = lo, hi
     for k, r in enumerate(todo):
         methods[r] = CI_PERCENTILE if undefined[k] else CI_BCA
     return low, high, methods
 
 
+def _bootstrap(data, confidence, resamples, rng, batch, method) -> tuple[np.ndarray, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ci = sps.bootstrap(
+            (data,),
+            _mean,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            batch=batch,
+            method=method,
+            axis=-1,
+            vectorized=True,
+            random_state=rng,
+        ).confidence_interval
+    return np.asarray(ci.low, float).reshape(-1), np.asarray(ci.high, float).reshape(-1)
+
+
 def sign_flip_test(
-    differences: np.ndarray, resamples: int = 9999, rng: np.random.Generator | None = None
+    differences: np.ndarray,
+    resamples: int = 9999,
+    rng: np.random.Generator | None = None,
+    budget: int | None = None,
 ) -> np.ndarray:
-    """Two-sided p-values that the mean of each row of paired ``differences`` ``[rows, n]`` is 0."""
+    """Two-sided p-values that the mean of each row of paired ``differences`` ``[rows, n]`` is 0, in batches
+    that fit ``budget`` bytes; the rows share their sign patterns, whatever the batches."""
     differences = np.atleast_2d(np.asarray(differences, dtype=float))
     rows, n = differences.shape
     p = np.ones(rows)
@@ -114,18 +195,27 @@ def sign_flip_test(
     if n == 0:
         return np.full(rows, np.nan)
     if len(todo):
-        result = sps.permutation_test(
-            (differences[todo],),
-            _mean,
-            permutation_type="samples",
-            vectorized=True,
-            n_resamples=resamples,
-            alternative="two-sided",
-            axis=-1,
-            random_state=rng or np.random.default_rng(0),
-            batch=1000,
-        )
-        p[todo] = np.minimum(1.0, np.asarray(result.pvalue, float).reshape(-1))
+        rng = rng or np.random.default_rng(0)
+        group, batch = _layout(len(todo), n, resamples, budget)
+        batch = _divisor_at_most(resamples, batch)
+        start, end = rng.bit_generator.state, None
+        for first in range(0, len(todo), group):
+            rows_now = todo[first : first + group]
+            rng.bit_generator.state = start  # every group of rows reads the same sign patterns
+            result = sps.permutation_test(
+                (differences[rows_now],),
+                _mean,
+                permutation_type="samples",
+                vectorized=True,
+                n_resamples=resamples,
+                alternative="two-sided",
+                axis=-1,
+                random_state=rng,
+                batch=batch,
+            )
+            end = rng.bit_generator.state
+            p[rows_now] = np.minimum(1.0, np.asarray(result.pvalue, float).reshape(-1))
+        rng.bit_generator.state = end
     return p
 
 
@@ -156,6 +246,7 @@ def paired_effects(
     confidence: float = 0.95,
     resamples: int = 9999,
     rng: np.random.Generator | None = None,
+    budget: int | None = None,
 ) -> list[dict[str, Any]]:
     """Per row of ``condition`` ``[rows, n]`` (paired item by item with ``clean`` ``[n]``): the mean
     effect, its interval, the paired test's p-value and the effect size."""
@@ -163,8 +254,8 @@ def paired_effects(
     clean = np.asarray(clean, dtype=float)
     differences = condition - clean[None, :]
     rng = rng or np.random.default_rng(0)
-    low, high, methods = bootstrap_interval(differences, confidence, resamples, rng)
-    p = sign_flip_test(differences, resamples, rng)
+    low, high, methods = bootstrap_interval(differences, confidence, resamples, rng, budget)
+    p = sign_flip_test(differences, resamples, rng, budget)
     dz = cohens_dz(differences)
     out = []
     for r in range(differences.shape[0]):
