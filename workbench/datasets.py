@@ -21,6 +21,7 @@ import io
 import itertools
 import json
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,10 +90,15 @@ class Dataset:
     def __getitem__(self, index: int) -> Item:
         return self.items[index]
 
-    def without(self, bad: Iterable[BadRow]) -> Dataset:
-        """The dataset less the rows in ``bad`` (the caller says how many it skipped)."""
-        drop = {b.id for b in bad}
-        return dataclasses.replace(self, items=[it for it in self.items if it.id not in drop], bad=[])
+    def without(self, bad: Iterable[BadRow], report: bool = True) -> Dataset:
+        """The dataset less the rows in ``bad``, dropped by row number (a duplicate id drops only the later
+        row, never the good first one). With ``report`` each skipped row is listed on stderr with its reason."""
+        bad = list(bad)
+        drop = {b.row for b in bad}
+        if report:
+            for line in skipped_rows_lines(bad):
+                print(line, file=sys.stderr)
+        return dataclasses.replace(self, items=[it for it in self.items if it.row not in drop], bad=[])
 
     def to_records(self) -> list[dict[str, Any]]:
         """Every item as a plain row: id first, then the file's own columns."""
@@ -149,6 +155,10 @@ def _read_jsonl(text: str, name: str) -> list[dict[str, Any]]:
             raise DatasetError(
                 f"{name} line {number} is not JSON ({exc.msg} at column {exc.colno}): write one JSON object per line."
             ) from None
+        except ValueError:  # an integer of more digits than Python converts (4300)
+            raise DatasetError(
+                f"{name} line {number} holds an integer too long to read: write it as text (in quotes)."
+            ) from None
         if not isinstance(record, dict):
             raise DatasetError(
                 f"{name} line {number} is a JSON {type(record).__name__}, not an object: "
@@ -159,22 +169,59 @@ def _read_jsonl(text: str, name: str) -> list[dict[str, Any]]:
 
 
 def _read_csv(text: str, name: str) -> list[dict[str, Any]]:
+    """Strict CSV: a quote left open is an error naming its line, and every line is accounted for (the
+    header, a row, a blank line, or a line inside a quoted cell); a quoted cell that swallowed lines shaped
+    like rows (a quote opened by mistake) is refused rather than read as one long cell."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records: list[tuple[int, int, list[str]]] = []  # (first line, last line, cells)
+    start = 1
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = list(reader)
+        for cells in reader:
+            if cells:  # a blank line reads as [] and is skipped
+                records.append((start, reader.line_num, cells))
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise DatasetError(f"{name} is not valid CSV ({exc}): write a header row, then one row per item.") from None
-    if reader.fieldnames is None:
+        if "end of data" in str(exc) or reader.line_num > start:
+            raise DatasetError(
+                f"{name} line {start}: a quoted cell opened there is never closed ({exc}): "
+                'close the quote, or write a quote inside a quoted cell as "".'
+            ) from None
+        raise DatasetError(
+            f"{name} line {reader.line_num} is not valid CSV ({exc}): quote cells that contain commas or quotes."
+        ) from None
+    if not records:
         return []
-    if any(key is None for row in rows for key in row):
-        line = next(i for i, row in enumerate(rows, start=2) if None in row)
-        raise DatasetError(f"{name} line {line} has more cells than the header: quote cells that contain commas.")
+    (_, _, header), body = records[0], records[1:]
+    if len(header) > 1:
+        for first, last, cells in body:
+            swallowed = [line for cell in cells for line in cell.splitlines()[1:] if _looks_like_row(line, header)]
+            # With two columns one line of prose with a comma looks like a row: two such lines are needed.
+            if len(swallowed) >= (1 if len(header) > 2 else 2):
+                raise DatasetError(
+                    f"{name} line {first}: a quoted cell runs to line {last} and holds {len(swallowed)} line(s) "
+                    f"shaped like rows ({swallowed[0][:40]!r}): a quote is probably left open on line {first}; "
+                    "close it (if the line breaks belong to the text, write the dataset as JSONL)."
+                )
+    rows: list[dict[str, Any]] = []
+    for first, _, cells in body:
+        if len(cells) > len(header):
+            raise DatasetError(f"{name} line {first} has more cells than the header: quote cells that contain commas.")
+        rows.append(dict(itertools.zip_longest(header, cells)))
     # CSV has only text: a targets cell may hold a JSON list; every other cell stays text.
     for row in rows:
         if isinstance(row.get("targets"), str) and row["targets"].startswith("["):
             with contextlib.suppress(json.JSONDecodeError):
                 row["targets"] = json.loads(row["targets"])
     return rows
+
+
+def _looks_like_row(line: str, header: list[str]) -> bool:
+    """Whether one line inside a quoted cell parses as a whole row of ``header``'s width."""
+    try:
+        cells = next(csv.reader([line], strict=True), [])
+    except csv.Error:
+        return "," in line and line.count(",") >= len(header) - 1
+    return len(cells) == len(header)
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
@@ -210,6 +257,7 @@ def from_records(records: Iterable[Mapping[str, Any]], name: str = "records") ->
     columns: dict[str, None] = {}
     for index, record in enumerate(records):
         record = {str(k): _plain(v) for k, v in record.items()}
+        _refuse_huge_integers(record, index, name)
         item_id = _row_id(record)
         if item_id in seen:
             bad.append(
@@ -247,6 +295,29 @@ def from_records(records: Iterable[Mapping[str, Any]], name: str = "records") ->
     for record in records:
         digest.update(_canonical({str(k): _plain(v) for k, v in record.items()}).encode() + b"\n")
     return Dataset(items=items, name=name, sha256=digest.hexdigest(), columns=list(columns), bad=bad)
+
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _refuse_huge_integers(record: Mapping[str, Any], index: int, name: str) -> None:
+    """An integer beyond 64 bits cannot reach the results table (Parquet): refused at load, by row and column."""
+
+    def huge(value: Any) -> bool:
+        if isinstance(value, list):
+            return any(huge(v) for v in value)
+        if isinstance(value, dict):
+            return any(huge(v) for v in value.values())
+        return isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]
+
+    for key, value in record.items():
+        if huge(value):
+            digits = len(str(abs(value))) if isinstance(value, int) else None
+            what = f"a {digits}-digit integer" if digits else "an integer"
+            raise DatasetError(
+                f"{name} row {index + 1}, column {key!r}: {what} beyond 64 bits, which the results table cannot "
+                "hold: write it as text (in quotes) or as a smaller number."
+            )
 
 
 def _row_problem(record: dict[str, Any]) -> str | None:
@@ -408,6 +479,11 @@ def _check_intervention(model, item: Item, intervention, fill, find_positions, a
         for text in value if isinstance(value, tuple) else (value,):
             if isinstance(text, str) and "{" in text:
                 fill(text, item.fields, f"{op.name}.{f.name}")
+
+
+def skipped_rows_lines(bad: Sequence[BadRow]) -> list[str]:
+    """One line per skipped row, naming it (row number and id) and why it cannot run."""
+    return [f"warning: skipped {b}" for b in sorted(bad, key=lambda b: b.row)]
 
 
 def bad_rows_message(bad: Sequence[BadRow], shown: int = 3) -> str:

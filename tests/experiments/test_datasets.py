@@ -172,3 +172,114 @@ def test_unreadable_files_are_one_line_errors(tmp_path, content, name, message):
         load_dataset(tmp_path / "missing.jsonl")
     with pytest.raises(DatasetError, match="is a folder"):
         load_dataset(tmp_path)
+
+
+# ----- rows never vanish: strict CSV, duplicates, skipped rows listed, huge integers ------------------------
+
+
+def twelve_rows_csv(tmp_path, edit):
+    lines = ["id,prompt,bound"] + [f"r{i},The number {i} is,{i}" for i in range(12)]
+    edit(lines)
+    path = tmp_path / "rows.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_csv_quote_left_open_is_an_error_naming_its_line(tmp_path):
+    def open_to_the_end(lines):
+        lines[4] = 'r3,"The number 3 is,3'  # the reader would take rows 4-11 as one cell
+
+    def closed_far_below(lines):
+        lines[4] = 'r3,"The number 3 is,3'
+        lines[9] = 'r8,The number 8 is",8'  # a second stray quote closes it: 5 rows swallowed, valid CSV
+
+    def closed_mid_cell(lines):
+        lines[4] = 'r3,"The number 3 is,3'
+        lines[9] = 'r8,"The number 8 is,8'
+
+    for edit, message in (
+        (open_to_the_end, "line 5: a quoted cell opened there is never closed"),
+        (closed_far_below, r"line 5: a quoted cell runs to line 10 and holds 4 line\(s\) shaped like rows"),
+        (closed_mid_cell, "line 5: a quoted cell opened there is never closed"),
+    ):
+        with pytest.raises(DatasetError, match=message) as info:
+            load_dataset(twelve_rows_csv(tmp_path, edit))
+        assert "\n" not in str(info.value)
+    assert len(load_dataset(twelve_rows_csv(tmp_path, lambda lines: None))) == 12
+
+
+def test_a_csv_cell_may_still_hold_line_breaks_and_quotes(tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_text('prompt,bound\n"first line\nsecond line, with a comma",9\n"say ""hi"" then",8\n\nlast,7\n')
+    data = load_dataset(path)
+    assert [it.prompt for it in data] == ["first line\nsecond line, with a comma", 'say "hi" then', "last"]
+    assert [it.fields["bound"] for it in data] == ["9", "8", "7"]
+    # The same rows through Python's csv module, written and read back, give the same items.
+    again = tmp_path / "again.csv"
+    with open(again, "w", newline="") as fh:
+        csv.writer(fh).writerows([["prompt", "bound"], *[[it.prompt, it.fields["bound"]] for it in data]])
+    assert [it.prompt for it in load_dataset(again)] == [it.prompt for it in data]
+
+
+def test_a_duplicate_id_drops_only_the_later_row(tiny_qwen2, capfd):
+    data = rows(bounds=("9",))
+    data[0]["id"], data[2]["id"] = "same", "same"
+    dataset = from_records(data)
+    assert [(b.id, b.row) for b in dataset.bad] == [("same", 2)]
+    assert str(dataset.bad[0]).startswith("row 3 (id same): same id as row 1")  # both rows named
+    kept = dataset.without(dataset.bad)
+    assert [it.row for it in kept] == [0, 1, 3]  # the good first row stays
+    assert kept[0].prompt == data[0]["prompt"]
+    capfd.readouterr()
+    exp = Experiment(
+        dataset=dataset, conditions={"zero": [iv.zero("resid_pre", blocks=[0])]}, metrics=["kl"], model="tiny-qwen2"
+    )
+    run = run_experiment(exp, model=tiny_qwen2, skip_bad_rows=True)
+    assert run.summary["n_items"] == len(data) - 1
+    assert set(run.frame()["item"]) == {it.id for it in kept}
+    err = capfd.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("warning: skipped")] == [
+        "warning: skipped row 3 (id same): same id as row 1: give every row its own id "
+        "(identical rows get the same derived id; remove the duplicate)"
+    ]
+
+
+def test_every_skipped_row_is_listed_with_its_reason(capfd):
+    dataset = from_records([{"prompt": "a"}, {"prompt": ""}, {"prompt": 4}, {"prompt": "b"}])
+    capfd.readouterr()
+    kept = dataset.without(dataset.bad)
+    assert [it.prompt for it in kept] == ["a", "b"]
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("warning: skipped row 2 (id ") and "empty prompt" in lines[0]
+    assert lines[1].startswith("warning: skipped row 3 (id ") and "not text" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("big.jsonl", '{"prompt": "a"}\n{"prompt": "b", "n": 18446744073709551616}\n'),
+        ("neg.jsonl", '{"prompt": "a", "n": [1, -9223372036854775809]}\n'),
+        ("long.jsonl", '{"prompt": "a", "n": ' + "9" * 5000 + "}\n"),
+    ],
+)
+def test_integers_beyond_64_bits_are_one_line_errors(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DatasetError, match="beyond 64 bits|integer too long") as info:
+        load_dataset(path)
+    assert "\n" not in str(info.value)
+    assert from_records([{"prompt": "a", "n": 2**63 - 1}])[0].fields["n"] == 2**63 - 1  # the edge still fits
+
+
+def test_parquet_unsigned_integers_beyond_int64_are_refused(tmp_path):
+    path = tmp_path / "u.parquet"
+    pq.write_table(pa.table({"prompt": ["a"], "n": pa.array([2**64 - 1], type=pa.uint64())}), path)
+    with pytest.raises(DatasetError, match=r"row 1, column 'n': a 20-digit integer beyond 64 bits"):
+        load_dataset(path)
+
+
+def test_two_column_csv_needs_two_swallowed_rows_to_refuse(tmp_path):
+    path = tmp_path / "two.csv"
+    path.write_text('prompt,bound\n"a,9\nb,8\nc,7\nd",6\n')
+    with pytest.raises(DatasetError, match=r"line 2: a quoted cell runs to line 5 and holds 2 line\(s\)"):
+        load_dataset(path)
