@@ -109,7 +109,8 @@ def test_save_and_load_round_trip_exactly(tiny_qwen2, tiny_linear, tmp_path):
     path = lens.save(tmp_path / "qwen.lens")
     again = Lens.load(path, tiny_qwen2)
     assert torch.equal(again.weight, lens.weight) and torch.equal(again.bias, lens.bias)
-    assert again.header == {"format": "workbench.lens/1", **lens.header}
+    assert again.header == {"format": "workbench.lens/1", **lens.header, "tensors": again.header["tensors"]}
+    assert set(again.header["tensors"]) == {"weight", "bias"}
     again.save(tmp_path / "again.lens")
     assert (tmp_path / "again.lens").read_bytes() == path.read_bytes()
     out = run(tiny_qwen2, PROMPT, [TunedLens(lens=path), TunedLens(lens=lens)])

@@ -24,7 +24,7 @@ from jaxtyping import Float
 from workbench.errors import LensError
 from workbench.layers import resid_labels
 from workbench.memory import rows_per_batch
-from workbench.provenance import library_versions, model_fingerprint
+from workbench.provenance import library_versions, model_fingerprint, tensor_hash
 
 LENS_FORMAT = "workbench.lens/1"
 HEADER_KEY = "workbench_lens"
@@ -111,8 +111,8 @@ class Lens:
 
     def check_model(self, model) -> None:
         """Refuse a model other than the one this lens was fitted on (shape first, then weight fingerprint)."""
-        fitted = self.header.get("model", {})
-        name = fitted.get("name", "another model")
+        fitted = self.header.get("model")
+        name = fitted.get("name", "another model") if isinstance(fitted, dict) else "another model"
         f = model.facts
         if (self.n_rows, self.weight.shape[1]) != (f.n_layers + 1, f.d_model):
             raise LensError(
@@ -120,9 +120,12 @@ class Lens:
                 f"not on {f.name} ({f.n_layers} blocks, d_model {f.d_model}): fit one for it with "
                 "`workbench lens fit`."
             )
-        expected = self.header.get("fingerprint", {}).get("sha256")
+        expected = _fingerprint_sha256(self.header)
         if expected is None:
-            return
+            raise LensError(
+                f"This lens carries no fingerprint of the model it was fitted on, so it cannot be checked against "
+                f"{f.name}: fit it again with `workbench lens fit` (lenses record their model's fingerprint)."
+            )
         actual = model_fingerprint(model)["sha256"]
         if actual != expected:
             raise LensError(
@@ -135,16 +138,19 @@ class Lens:
         from safetensors.torch import save_file
 
         path = check_lens_path(path)
+        tensors = {"weight": self.weight.detach().cpu().contiguous(), "bias": self.bias.detach().cpu().contiguous()}
+        _refuse_nonfinite(tensors, f"This lens (for {path})", "fit it again (a lower learning rate, a larger ridge)")
+        if _fingerprint_sha256(self.header) is None:
+            raise LensError(
+                f"This lens has no model fingerprint in its header, so {path} could not be checked on load: "
+                "build it with fit_lens or Lens.identity(model), which record it."
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = {"format": LENS_FORMAT, **self.header}
+        header = {"format": LENS_FORMAT, **self.header, "tensors": _tensor_hashes(tensors)}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
-            save_file(
-                {"weight": self.weight.contiguous(), "bias": self.bias.contiguous()},
-                tmp,
-                metadata={HEADER_KEY: json.dumps(header)},
-            )
+            save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(header, allow_nan=False)})
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -163,11 +169,19 @@ class Lens:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 header = _parse_header(path, fh.metadata())
-                lens = cls(fh.get_tensor("weight").float(), fh.get_tensor("bias").float(), header)
+                names = set(fh.keys())
+                if names != {"weight", "bias"}:
+                    raise LensError(
+                        f"{path} holds the tensors {sorted(names)}, not a lens' weight and bias: fit it again."
+                    )
+                tensors = {name: fh.get_tensor(name) for name in ("weight", "bias")}
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             if isinstance(exc, LensError):
                 raise
             raise LensError(f"{path} is not a readable lens file ({type(exc).__name__}): fit it again.") from None
+        _verify_tensors(path, header, tensors)
+        lens = cls(tensors["weight"].float(), tensors["bias"].float(), header)
+        _check_kl(path, header, lens.n_rows)
         if model is not None:
             lens.check_model(model)
         return lens
@@ -181,14 +195,100 @@ class Lens:
         return f"Lens({self.describe()})"
 
 
-def _parse_header(path: Path, metadata: dict[str, str] | None) -> dict[str, Any]:
+def _read_header(path: Path, metadata: dict[str, str] | None) -> dict[str, Any]:
+    """The header's JSON object and its format: enough to know that the workbench wrote the file."""
     text = (metadata or {}).get(HEADER_KEY)
     if text is None:
         raise LensError(f"{path} is a safetensors file but not a workbench lens (no {HEADER_KEY!r} header).")
-    header = json.loads(text)
+    try:
+        header = json.loads(text)
+    except ValueError:
+        raise LensError(f"{path} has a lens header that is not JSON (damaged or edited): fit it again.") from None
+    if not isinstance(header, dict):
+        raise LensError(
+            f"{path} has a lens header that is a JSON {type(header).__name__}, not an object: fit it again."
+        )
     if header.get("format") != LENS_FORMAT:
         raise LensError(f"{path} is a lens of format {header.get('format')!r}; this workbench reads {LENS_FORMAT!r}.")
     return header
+
+
+def _parse_header(path: Path, metadata: dict[str, str] | None) -> dict[str, Any]:
+    """The JSON header, checked for every field the workbench reads (a tampered header is one LensError)."""
+    header = _read_header(path, metadata)
+    shapes = {
+        "model": dict,
+        "fingerprint": dict,
+        "tensors": dict,
+        "heldout_kl": dict,
+        "tokens": dict,
+        "method": str,
+        "corpus": dict,
+        "versions": dict,
+    }
+    for key, kind in shapes.items():
+        if key in header and not isinstance(header[key], kind):
+            raise LensError(
+                f"{path} has a damaged lens header: {key!r} is a {type(header[key]).__name__}, "
+                f"not a {kind.__name__} (the file was edited): fit it again."
+            )
+    if "model" in header and not isinstance(header["model"].get("name", ""), str):
+        raise LensError(f"{path} has a damaged lens header: the model's name is not text: fit it again.")
+    if _fingerprint_sha256(header) is None:
+        raise LensError(
+            f"{path} carries no valid fingerprint of the model it was fitted on (a lens written before "
+            "fingerprints, or an edited header), so it cannot be checked against a model: fit it again with "
+            "`workbench lens fit`."
+        )
+    return header
+
+
+def _fingerprint_sha256(header: dict[str, Any]) -> str | None:
+    """The fitted model's weight hash from a header, or None when absent or not a SHA-256."""
+    fingerprint = header.get("fingerprint")
+    sha = fingerprint.get("sha256") if isinstance(fingerprint, dict) else None
+    if isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha):
+        return sha
+    return None
+
+
+def _tensor_hashes(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """SHA-256 of each tensor (dtype, shape and bytes), as the header records them."""
+    return {name: tensor_hash(tensor) for name, tensor in tensors.items()}
+
+
+def _refuse_nonfinite(tensors: dict[str, torch.Tensor], what: str, fix: str) -> None:
+    for name, tensor in tensors.items():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise LensError(f"{what} has {bad} NaN or infinite value(s) in its {name}: {fix}.")
+
+
+def _verify_tensors(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """The tensors must hash to what the header recorded at save (files from before hashes: finite only)."""
+    recorded = header.get("tensors")
+    if recorded is not None:
+        actual = _tensor_hashes(tensors)
+        changed = sorted(name for name in actual if recorded.get(name) != actual[name])
+        if changed:
+            raise LensError(
+                f"{path}: the {' and '.join(changed)} tensor(s) do not match the SHA-256 its header recorded "
+                "when it was saved (the file is damaged or was edited): fit it again, or restore the file."
+            )
+    _refuse_nonfinite(tensors, str(path), "the file is damaged; fit it again")
+
+
+def _check_kl(path: Path, header: dict[str, Any], n_rows: int) -> None:
+    for which, values in header.get("heldout_kl", {}).items():
+        if values is not None and (
+            not isinstance(values, list)
+            or len(values) != n_rows
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        ):
+            raise LensError(
+                f"{path} has a damaged lens header: heldout_kl[{which!r}] is not {n_rows} numbers "
+                "(the file was edited): fit it again."
+            )
 
 
 def is_lens_file(path: str | Path) -> bool:
@@ -197,7 +297,7 @@ def is_lens_file(path: str | Path) -> bool:
 
     try:
         with safe_open(str(path), framework="pt") as fh:
-            _parse_header(Path(path), fh.metadata())
+            _read_header(Path(path), fh.metadata())
         return True
     except Exception:
         return False
