@@ -358,7 +358,7 @@ def render_html(summary: dict[str, Any], manifest: dict[str, Any]) -> str:
 def write_png(fig: go.Figure, path: str | Path, manifest_sha256: str, scale: float = 2) -> Path:
     """A PNG of ``fig`` (through kaleido and Chromium) with the manifest's hash in a ``tEXt`` chunk."""
     from workbench.errors import ExportError
-    from workbench.experiments.storage import write_bytes
+    from workbench.experiments.storage import Folder
     from workbench.export import _require_browser
 
     path = Path(path)
@@ -367,7 +367,8 @@ def write_png(fig: go.Figure, path: str | Path, manifest_sha256: str, scale: flo
         data = fig.to_image(format="png", scale=scale)
     except Exception as exc:  # kaleido wraps browser failures in many types
         raise ExportError(f"Could not render {path.name} with kaleido ({exc}): use report.html instead.") from None
-    return write_bytes(path, png_with_text(data, PNG_KEY, manifest_sha256))
+    # Only into an experiment folder, through its marker: an existing forest.png is replaced only when listed.
+    return Folder(path.parent).write_bytes(path.name, png_with_text(data, PNG_KEY, manifest_sha256))
 
 
 def png_with_text(data: bytes, key: str, value: str) -> bytes:

@@ -8,7 +8,7 @@ same command again, which computes only the shards that are missing.
 from __future__ import annotations
 
 import dataclasses
-import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from workbench import stats
 from workbench.datasets import BadRow, bad_rows_message, check_items
-from workbench.errors import DatasetError, ExperimentError
+from workbench.errors import DatasetError, ExperimentDataError, ExperimentError
 from workbench.experiments import storage
 from workbench.experiments.executors import LocalExecutor, RayExecutor, make_executor
 from workbench.experiments.runner import TARGETS_METRIC, Shard, Work, plan_shards
@@ -80,10 +81,10 @@ def run_experiment(
     experiment = experiment if isinstance(experiment, Experiment) else Experiment.from_toml(experiment)
     step = progress or (lambda done, total, text: None)
     out = Path(out) if out is not None else None
-    existing = storage.check_out_dir(out) if out is not None else False
+    existing = storage.check_out_dir(out, force) if out is not None else False
     runner = executor if not isinstance(executor, str) else make_executor(executor, workers, address)
     dataset = experiment.load_dataset()
-    old = storage.read_manifest(out) if out is not None and existing and not force else None
+    old = storage.Folder(out).read_manifest() if out is not None and existing and not force else None
     if out is not None and old is not None:  # the cheap half of the identity, before the model loads
         early = {"analysis": experiment.analysis(), "dataset": {"sha256": dataset.sha256}}
         storage.refuse_if_different(
@@ -104,6 +105,7 @@ def run_experiment(
     if not good.items:
         raise DatasetError(f"Every row of {dataset.name} is bad ({bad_rows_message(bad)}).")
     work = Work.build(model, experiment, good)
+    require_summary_budget(experiment, len(good.items), len(work.conditions))  # before the first shard
     try:
         device = str(model.device)
         if isinstance(runner, RayExecutor):
@@ -113,26 +115,28 @@ def run_experiment(
         manifest["metric_labels"] = metric_labels(work)
         if out is None:
             computed = _compute(None, model, work, manifest, runner, step)
+            summary = summarize_table(computed.table, manifest)
         else:
-            storage.claim(out)
-            with storage.exclusive(out):
-                old = None if force else storage.read_manifest(out)
+            with storage.claim(out).exclusive() as folder:
+                folder.preflight(force)  # again, now that no other run can write: the user may have edited since
+                old = None if force else folder.read_manifest()
                 if force:
-                    storage.clear(out)
+                    folder.clear()
                 elif old is not None:
                     storage.refuse_if_different(out, storage.identity_of(old), storage.identity_of(manifest))
                     manifest["created"] = old.get("created", manifest["created"])
-                storage.remove_partial(out)
-                storage.write_json(out / storage.MANIFEST, manifest)
+                folder.remove_partial()
+                folder.write_json(storage.MANIFEST, manifest)
                 if bad:
-                    storage.write_json(out / storage.BAD_ROWS, [b.to_dict() for b in bad])
-                computed = _compute(out, model, work, manifest, runner, step)
+                    folder.write_json(storage.BAD_ROWS, [b.to_dict() for b in bad])
+                computed = _compute(folder, model, work, manifest, runner, step)
+                step(computed.computed + computed.reused, computed.computed + computed.reused, "summarizing")
+                summary = summarize_table(computed.table, manifest)
+                _write_summary(folder, summary, manifest, report)
+                folder.compact()
     finally:
         if isinstance(runner, RayExecutor):
             runner.shutdown()
-    summary = summarize_table(computed.table, manifest)
-    if out is not None:
-        _write_summary(out, summary, manifest, report)
     return ExperimentRun(
         computed.table, manifest, summary, out, bad, computed=computed.computed, reused=computed.reused
     )
@@ -145,11 +149,40 @@ class _Computed:
     reused: int
 
 
-def _compute(out: Path | None, model, work: Work, manifest: dict[str, Any], runner, step: Progress) -> _Computed:
+ROW_BYTES = 600  # one results row held at once: Arrow, the summary's pandas frame and its pivots
+
+
+def require_summary_budget(experiment: Experiment, n_items: int, n_conditions: int) -> None:
+    """Refuse, before the first shard, a run whose results table cannot be held in memory (half the available
+    RAM: the table is summarized whole) or whose statistics cannot fit the memory budget one cell at a time."""
+    from workbench.errors import BudgetError
+    from workbench.memory import available_ram, format_bytes
+
+    rows = n_items * n_conditions * len(experiment.metrics)
+    need, limit = rows * ROW_BYTES, available_ram() // 2
+    if need > limit:
+        raise BudgetError(
+            f"The results table ({n_items} items × {n_conditions} conditions × {len(experiment.metrics)} metrics = "
+            f"{rows} rows) needs about {format_bytes(need)}, more than half the available memory "
+            f"({format_bytes(limit)}): use fewer items, conditions, grid cells or metrics."
+        )
+    stats.require_stats_budget(n_items, experiment.resamples)
+
+
+def _compute(
+    folder: storage.Folder | None, model, work: Work, manifest: dict[str, Any], runner, step: Progress
+) -> _Computed:
     """Plan the shards (or reuse the saved plan), compute the missing ones, and gather every row."""
-    plan = _plan(out, model, work, manifest)
+    plan = _plan(folder, model, work, manifest)
     shards = [Shard.from_dict(s) for s in plan["shards"]]
-    done = storage.finished_shards(out, [s.id for s in shards]) if out is not None else set()
+    done: set[str] = set()
+    if folder is not None:
+        done, damaged = folder.finished_shards([s.id for s in shards])
+        for path in damaged:
+            print(
+                f"warning: {path.name} was damaged (its SHA-256 changed): kept as it is, and computed again.",
+                file=sys.stderr,
+            )
     todo = [s for s in shards if s.id not in done]
     tables: dict[str, pa.Table] = {}
     finished = len(done)
@@ -157,8 +190,8 @@ def _compute(out: Path | None, model, work: Work, manifest: dict[str, Any], runn
 
     def finish(shard: Shard, table: pa.Table) -> None:
         nonlocal finished
-        if out is not None:
-            storage.write_shard(out, shard.id, table)
+        if folder is not None:
+            folder.write_table(storage.shard_rel(shard.id), table)
         else:
             tables[shard.id] = table
         finished += 1
@@ -166,8 +199,8 @@ def _compute(out: Path | None, model, work: Work, manifest: dict[str, Any], runn
 
     runner.run(work, todo, finish)
     step(finished, len(shards), "writing results")
-    if out is not None:
-        table = storage.consolidate(out, plan, manifest)
+    if folder is not None:
+        table = storage.consolidate(folder, plan, manifest)
     else:
         table = storage.order_rows(
             pa.concat_tables([tables[s.id] for s in shards]), plan["conditions"], manifest["analysis"]["metrics"]
@@ -176,15 +209,18 @@ def _compute(out: Path | None, model, work: Work, manifest: dict[str, Any], runn
     return _Computed(table, len(todo), len(done))
 
 
-def _plan(out: Path | None, model, work: Work, manifest: dict[str, Any]) -> dict[str, Any]:
+def _plan(folder: storage.Folder | None, model, work: Work, manifest: dict[str, Any]) -> dict[str, Any]:
     """The saved plan when it belongs to this manifest, else a new one (saved before any shard runs)."""
-    if out is not None and (out / storage.PLAN).is_file():
-        try:
-            plan = json.loads((out / storage.PLAN).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            plan = None
-        if plan and plan.get("manifest_sha256") == manifest["sha256"]:
-            return plan
+    plan = folder.read_plan() if folder is not None else None
+    if plan is not None and plan["manifest_sha256"] == manifest["sha256"]:
+        if plan["items"] != [item.id for item in work.dataset.items] or plan["conditions"] != [
+            c.name for c in work.conditions
+        ]:
+            raise ExperimentDataError(
+                f"{folder.out / storage.PLAN if folder else storage.PLAN} does not match its manifest (other items "
+                "or conditions): move it away and run again (finished shards are kept)."
+            )
+        return plan
     shards = plan_shards(model, work, manifest["sha256"])
     plan = {
         "manifest_sha256": manifest["sha256"],
@@ -192,8 +228,8 @@ def _plan(out: Path | None, model, work: Work, manifest: dict[str, Any]) -> dict
         "items": [item.id for item in work.dataset.items],
         "shards": [s.to_dict() for s in shards],
     }
-    if out is not None:
-        storage.write_json(out / storage.PLAN, plan)
+    if folder is not None:
+        folder.write_json(storage.PLAN, plan)
     return plan
 
 
@@ -244,29 +280,52 @@ def template_label(spec: str) -> str:
     return forms.get(kind.strip(), spec)
 
 
-def _write_summary(out: Path, summary: dict[str, Any], manifest: dict[str, Any], report: bool) -> None:
+def _write_summary(folder: storage.Folder, summary: dict[str, Any], manifest: dict[str, Any], report: bool) -> None:
     from workbench.experiments.report import render_html
 
-    storage.write_json(out / storage.SUMMARY, summary)
+    folder.write_json(storage.SUMMARY, summary)
     if report:
-        storage.write_bytes(out / storage.REPORT, render_html(summary, manifest).encode())
+        folder.write_bytes(storage.REPORT, render_html(summary, manifest).encode())
 
 
 def summarize(out: str | Path, *, report: bool = True, png: bool = False) -> dict[str, Any]:
     """Rebuild ``summary.json`` and ``report.html`` (and, with ``png``, ``forest.png``) from
-    ``results.parquet`` alone: no model is loaded."""
+    ``results.parquet`` alone: no model is loaded. A file there the workbench did not write (or that
+    changed since) is never replaced: refused, naming it, before anything is written."""
     out = Path(out)
     out = out.parent if out.is_file() else out
     table, manifest = storage.read_results(out)
-    if not (out / storage.MARKER).is_file():
+    if not ((out / storage.MARKER).exists() or (out / storage.MARKER).is_symlink()):
         raise ExperimentError(
             f"{out} is not a folder `workbench experiment run` wrote: summarize writes summary.json "
             "and report.html beside results.parquet only in such a folder."
         )
-    summary = summarize_table(table, manifest)
-    _write_summary(out, summary, manifest, report)
-    if png and summary["conditions"]:
-        from workbench.experiments.report import forest_plot, write_png
+    with storage.Folder(out).exclusive() as folder:
+        folder.require_replaceable(storage.RESULTS)  # the numbers must be the ones the run wrote
+        for rel in (storage.SUMMARY, storage.REPORT, *((storage.FOREST_PNG,) if png else ())):
+            folder.require_replaceable(rel)
+        summary = summarize_results(table, manifest, out / storage.RESULTS)
+        _write_summary(folder, summary, manifest, report)
+        if png and summary["conditions"]:
+            from workbench.experiments.report import forest_plot, write_png
 
-        write_png(forest_plot(summary), out / "forest.png", manifest["sha256"])
+            write_png(forest_plot(summary), out / storage.FOREST_PNG, manifest["sha256"])
+        folder.compact()
     return summary
+
+
+def summarize_results(table: pa.Table, manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """:func:`summarize_table`, with a results file that does not hold what its manifest describes refused
+    in one line (it was edited, or written by something else)."""
+    from workbench.errors import WorkbenchError
+
+    try:
+        return summarize_table(table, manifest)
+    except WorkbenchError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise ExperimentDataError(
+            f"{path} does not hold what its manifest describes ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}): move it away and run `workbench experiment run` "
+            "again to rebuild it from the shards."
+        ) from None
