@@ -28,6 +28,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from workbench.datasets import Dataset, from_records, from_template, load_dataset
@@ -37,6 +38,8 @@ from workbench.interventions.operations import Mean, Patch
 from workbench.interventions.sites import head_kind
 
 CLEAN = "clean"
+MAX_RESAMPLES = 1_000_000  # Monte Carlo error of a p-value near 0.05 at 10^6 resamples: ±0.0002; 9999 give ±0.002
+MAX_TEMPLATE_ROWS = 100_000  # a template grid is for controlled sweeps; more rows belong in a file (path = ...)
 GRID_AXES = ("block", "head", "position")
 TOP_LEVEL = (
     "name",
@@ -63,6 +66,25 @@ class ModelOptions:
     device_map: str | dict[str, Any] | None = None
     n_devices: int | None = None
     max_memory: dict[Any, Any] | None = None
+
+    def __post_init__(self) -> None:
+        ModelOptions.check(self)
+
+    @staticmethod
+    def check(self: Any) -> None:
+        """The fields' types (also run on a TOML table before it is turned into ModelOptions)."""
+        for key, example in (("spec", '"smollm2"'), ("dtype", '"float32"'), ("device", '"cpu"')):
+            _expect(getattr(self, key), (str,), f"[model] {key}", example, optional=key != "spec")
+        if self.device_map is not None and not isinstance(self.device_map, (str, Mapping)):
+            raise ExperimentError(
+                f'[model] device_map = {_show(self.device_map)} must be "auto", "balanced", "sequential" or a table.'
+            )
+        if self.n_devices is not None and (isinstance(self.n_devices, bool) or not isinstance(self.n_devices, int)):
+            raise ExperimentError(f"[model] n_devices = {_show(self.n_devices)} must be a whole number.")
+        if self.max_memory is not None and not isinstance(self.max_memory, Mapping):
+            raise ExperimentError(
+                f'[model] max_memory = {_show(self.max_memory)} must be a table, e.g. {{ 0 = "20GiB", cpu = "60GiB" }}.'
+            )
 
     def load(self):
         from workbench.models import load_model
@@ -94,6 +116,45 @@ class DatasetSource:
     base: str | None = None  # the spec file's folder
 
     def __post_init__(self) -> None:
+        DatasetSource.check(self)
+
+    @staticmethod
+    def check(self: Any) -> None:
+        """The fields' types and how they combine (also run on a TOML table before it becomes a DatasetSource)."""
+        _expect(self.path, (str,), "[dataset] path", '"rows.jsonl"', optional=True)
+        _expect(self.template, (str,), "[dataset] template", '"Pick a number from 0 to {bound}: "', optional=True)
+        _expect(self.source, (str,), "[dataset] source", '"{source_prompt}"', optional=True)
+        _expect_texts(self.targets, "[dataset] targets", optional=True)
+        if self.grid is not None:
+            if not isinstance(self.grid, Mapping) or not self.grid:
+                raise ExperimentError(
+                    f"[dataset] grid = {_show(self.grid)} must be a table of lists, e.g. grid = {{ bound = [9, 8] }}."
+                )
+            for key, value in self.grid.items():
+                if not isinstance(value, (list, tuple, str, int, float)) or isinstance(value, bool):
+                    raise ExperimentError(
+                        f"[dataset] grid.{key} = {_show(value)} must be a list of values, e.g. [9, 8, 7]."
+                    )
+            count = 1
+            for value in self.grid.values():
+                count *= len(value) if isinstance(value, (list, tuple)) else 1
+            if count > MAX_TEMPLATE_ROWS:
+                sizes = " × ".join(str(len(v) if isinstance(v, (list, tuple)) else 1) for v in self.grid.values())
+                raise ExperimentError(
+                    f"[dataset] grid expands to {count:,} rows ({sizes}), more than {MAX_TEMPLATE_ROWS:,}: shorten "
+                    'its lists, or write the rows to a file and use path = "rows.jsonl".'
+                )
+        if self.values is not None and (
+            not isinstance(self.values, (list, tuple)) or not all(isinstance(v, Mapping) for v in self.values)
+        ):
+            raise ExperimentError(
+                f"[dataset] values = {_show(self.values)} must be a list of tables, e.g. values = [{{ bound = 9 }}]."
+            )
+        if self.values is not None and len(self.values) > MAX_TEMPLATE_ROWS:
+            raise ExperimentError(
+                f"[dataset] values holds {len(self.values):,} rows, more than {MAX_TEMPLATE_ROWS:,}: write the rows "
+                'to a file and use path = "rows.jsonl".'
+            )
         if (self.path is None) == (self.template is None):
             raise ExperimentError(
                 '[dataset] needs either path = "rows.jsonl" or template = "... {field} ..." '
@@ -165,6 +226,40 @@ class Grid:
     positions: Sequence[int | str] | int | str | None = None
 
     def __post_init__(self) -> None:
+        Grid.check(self)
+        self._store()
+
+    @staticmethod
+    def check(self: Any) -> None:
+        """The fields' types (also run on a TOML table before it becomes a Grid)."""
+        if not isinstance(self.name, str) or not self.name or "[" in self.name:
+            raise ExperimentError(f"Grid name {_show(self.name)}: use a non-empty name without brackets.")
+        if not isinstance(self.template, (Intervention, Mapping)):
+            raise ExperimentError(
+                f"[grids.{self.name}] template = {_show(self.template)} must be a table, e.g. "
+                'template = { site = "z", op = "zero" }.'
+            )
+        if not isinstance(self.over, str) and not (
+            isinstance(self.over, (list, tuple)) and all(isinstance(a, str) for a in self.over)
+        ):
+            raise ExperimentError(f'[grids.{self.name}] over = {_show(self.over)} must be a list such as ["block"].')
+        for key in ("blocks", "heads"):
+            value = getattr(self, key)
+            if value is not None and not _ints(value):
+                raise ExperimentError(
+                    f"[grids.{self.name}] {key} = {_show(value)} must be a whole number or a list of them."
+                )
+        positions = self.positions
+        if positions is not None and not (
+            _ints(positions)
+            or isinstance(positions, str)
+            or (isinstance(positions, (list, tuple)) and all(_int_or_text(p) for p in positions))
+        ):
+            raise ExperimentError(
+                f'[grids.{self.name}] positions = {_show(positions)} must list indices or "{{field}}" text.'
+            )
+
+    def _store(self) -> None:
         template = self.template if isinstance(self.template, Intervention) else _intervention(self.template, self.name)
         object.__setattr__(self, "template", template)
         over = (self.over,) if isinstance(self.over, str) else tuple(self.over)
@@ -265,6 +360,19 @@ class Experiment:
     shard_items: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ExperimentError(f'name = {_show(self.name)} must be text, e.g. name = "bound patching".')
+        for key in ("confidence", "alpha"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ExperimentError(
+                    f"{key} = {_show(value)} must be a number between 0 and 1, e.g. "
+                    f"{'0.95' if key == 'confidence' else '0.05'}."
+                )
+        if self.targets is not None:
+            _expect_texts(self.targets, "targets")
+        if not isinstance(self.grids, (list, tuple)) or not all(isinstance(g, (Grid, Mapping)) for g in self.grids):
+            raise ExperimentError(f"grids = {_show(self.grids)}: give a list of Grid (in TOML, [grids.NAME] tables).")
         model = ModelOptions(spec=self.model) if isinstance(self.model, str) else self.model
         if not isinstance(model, ModelOptions):
             raise ExperimentError(f"model = {self.model!r}: pass a spec such as 'smollm2' or a ModelOptions.")
@@ -307,6 +415,14 @@ class Experiment:
             raise ExperimentError(f"alpha = {self.alpha!r} must lie between 0 and 1, e.g. 0.05.")
         if self.resamples < 100:
             raise ExperimentError(f"resamples = {self.resamples} is too few for a bootstrap: use at least 1000.")
+        if self.resamples > MAX_RESAMPLES:
+            from workbench.memory import format_bytes
+
+            raise ExperimentError(
+                f"resamples = {self.resamples} is more than {MAX_RESAMPLES:,}: each cell's statistics would hold "
+                f"about {format_bytes(24 * self.resamples)} of resampled means and draw {self.resamples:,} × items "
+                "values twice; 9999 (the default) gives p-values to about ±0.002."
+            )
         if self.shard_items is not None and (
             isinstance(self.shard_items, bool) or not isinstance(self.shard_items, int) or self.shard_items < 1
         ):
@@ -395,9 +511,26 @@ class Experiment:
             raise ExperimentError(f"Unknown key {unknown[0]!r} in the experiment spec: use {', '.join(TOP_LEVEL)}.")
         if "dataset" not in data:
             raise ExperimentError('The experiment spec has no [dataset]: add path = "rows.jsonl" or a template.')
+        for key, kinds, example in (
+            ("name", (str,), 'name = "bound patching"'),
+            ("metrics", (str, list), 'metrics = ["kl", "digits_above:5"]'),
+            ("readout", (int,), "readout = -1"),
+            ("seed", (int,), "seed = 0"),
+            ("targets", (str, list), 'targets = ["9"]'),
+            ("model", (str, Mapping), '[model] with spec = "smollm2"'),
+            ("dataset", (Mapping,), '[dataset] with path = "rows.jsonl"'),
+            ("conditions", (Mapping,), "[conditions] with name = [{ site = ..., op = ... }]"),
+            ("grids", (Mapping,), "[grids.NAME] tables (not [[grids]])"),
+            ("stats", (Mapping,), "[stats] with confidence, resamples, alpha"),
+            ("shard_items", (int,), "shard_items = 8"),
+        ):
+            if key in data and (isinstance(data[key], bool) or not isinstance(data[key], kinds)):
+                raise ExperimentError(f"{key} = {_show(data[key])} is of the wrong type: write {example}.")
         model = data.get("model", {})
         if isinstance(model, str):
             model = {"spec": model}
+        ModelOptions.check(_fields_of(ModelOptions, _max_memory(model)))
+        DatasetSource.check(_fields_of(DatasetSource, data["dataset"]))
         try:
             model = ModelOptions(**_max_memory(model))
         except TypeError as exc:
@@ -411,18 +544,30 @@ class Experiment:
                 f"[dataset]: {exc}; its keys are path, or template with grid or values (and source, targets)."
             ) from None
         stats = dict(data.get("stats", {}))
+        for key, kind in (
+            ("confidence", "a number such as 0.95"),
+            ("resamples", "a whole number such as 9999"),
+            ("alpha", "a number such as 0.05"),
+        ):
+            value = stats.get(key)
+            wrong = value is not None and (
+                isinstance(value, bool) or not isinstance(value, int if key == "resamples" else (int, float))
+            )
+            if wrong:
+                raise ExperimentError(f"[stats] {key} = {_show(value)} must be {kind}.")
         unknown = sorted(set(stats) - {"confidence", "resamples", "alpha"})
         if unknown:
             raise ExperimentError(f"Unknown key {unknown[0]!r} in [stats]: use confidence, resamples, alpha.")
         grids = []
         for name, grid in (data.get("grids") or {}).items():
-            if not isinstance(grid, Mapping) or "template" not in grid:
+            if not isinstance(grid, Mapping) or "template" not in grid or not isinstance(grid["template"], Mapping):
                 raise ExperimentError(f"[grids.{name}] needs a template = {{ site = ..., op = ... }} and over = [...].")
             unknown = sorted(set(grid) - {"template", "over", "blocks", "heads", "positions"})
             if unknown:
                 raise ExperimentError(
                     f"Unknown key {unknown[0]!r} in [grids.{name}]: use template, over, blocks, heads, positions."
                 )
+            Grid.check(_fields_of(Grid, {"name": name, **grid}))
             grids.append(Grid(name=name, **grid))
         options = {k: data[k] for k in ("name", "metrics", "readout", "seed", "targets", "shard_items") if k in data}
         return cls(dataset=dataset, conditions=data.get("conditions", {}), grids=grids, model=model, **options, **stats)
@@ -439,10 +584,58 @@ def _max_memory(model: Mapping[str, Any]) -> dict[str, Any]:
 def _intervention(value: Any, where: str) -> Intervention:
     if isinstance(value, Intervention):
         return value
+    if not isinstance(value, Mapping):
+        raise ExperimentError(
+            f'Condition {where!r}: {_show(value)} is not an intervention: write {{ site = "z", op = "zero" }}.'
+        )
     try:
-        return Intervention.from_dict(dict(value) if isinstance(value, Mapping) else value)
+        return Intervention.from_dict(dict(value))
     except WorkbenchError as exc:
         raise ExperimentError(f"Condition {where!r}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a field of the wrong type deeper down
+        raise ExperimentError(f"Condition {where!r}: {_show(dict(value))} is malformed ({exc}).") from None
+
+
+def _fields_of(cls: type, values: Mapping[str, Any]) -> Any:
+    """``values`` over ``cls``'s defaults, as attributes: what ``cls(**values)`` would hold, for its ``check``."""
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else None
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    }
+    return SimpleNamespace(**{**defaults, **values})
+
+
+def _show(value: Any, width: int = 60) -> str:
+    """A value as the spec wrote it, cut to ``width`` (for one-line errors)."""
+    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _expect(value: Any, kinds: tuple[type, ...], where: str, example: str, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ExperimentError(f"{where} = {_show(value)} is of the wrong type: write e.g. {example}.")
+
+
+def _expect_texts(value: Any, where: str, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+        return
+    raise ExperimentError(f'{where} = {_show(value)} must be text or a list of texts, e.g. ["9", "8"].')
+
+
+def _ints(value: Any) -> bool:
+    def one(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return one(value) or (isinstance(value, (list, tuple, range)) and all(one(v) for v in value))
+
+
+def _int_or_text(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _conditions(conditions: Any) -> tuple[Condition, ...]:
@@ -455,6 +648,11 @@ def _conditions(conditions: Any) -> tuple[Condition, ...]:
         for name, value in conditions.items():
             if not isinstance(name, str) or not name or "[" in name:
                 raise ExperimentError(f"Condition name {name!r}: use a non-empty name without brackets.")
+            if value is not None and not isinstance(value, (Intervention, Mapping, list, tuple)):
+                raise ExperimentError(
+                    f"Condition {name!r} = {_show(value)}: give a list of interventions, e.g. "
+                    '[{ site = "z", op = "zero", blocks = [3] }] (an empty list: the clean run).'
+                )
             items = [] if value is None else [value] if isinstance(value, (Intervention, Mapping)) else list(value)
             built.append(Condition(name, tuple(_intervention(v, name) for v in items)))
         out = tuple(built)
