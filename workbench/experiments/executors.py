@@ -21,11 +21,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from workbench.errors import ExperimentError
+from workbench.errors import ExperimentError, RayConnectionError
 from workbench.experiments.runner import Shard, Work, compute_shard
 
 Done = Callable[[Shard, pa.Table], None]
 EXECUTORS = ("local", "ray")
+RAY_TIMEOUT_S = 10.0  # how long joining a cluster may take to answer (WORKBENCH_RAY_TIMEOUT overrides)
 
 
 class LocalExecutor:
@@ -122,7 +123,14 @@ class RayExecutor:
         if not ray.is_initialized():
             quiet = dict(log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
             if self.address:
-                ray.init(address=self.address, **quiet)
+                require_reachable(self.address)
+                try:
+                    ray.init(address=self.address, **quiet)
+                except Exception as exc:  # noqa: BLE001 — Ray raises ConnectionError, RuntimeError, ValueError …
+                    raise RayConnectionError(
+                        f"Could not join the Ray cluster at {self.address} ({_first_line(exc)}): start it "
+                        "(ray start --head) or check --address."
+                    ) from None
             else:
                 ray.init(
                     num_cpus=int(max(1, (self.workers or 1) * self.cpus_per_worker)),
@@ -222,6 +230,39 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def ray_timeout() -> float:
+    try:
+        return max(0.1, float(os.environ.get("WORKBENCH_RAY_TIMEOUT", RAY_TIMEOUT_S)))
+    except ValueError:
+        return RAY_TIMEOUT_S
+
+
+def require_reachable(address: str, timeout: float | None = None) -> None:
+    """Refuse, in at most ``timeout`` seconds, a ``host:port`` or ``ray://host:port`` nothing answers at
+    (``auto`` is found by Ray itself, from this machine's running instance)."""
+    import socket
+
+    timeout = ray_timeout() if timeout is None else timeout
+    text = address.strip()
+    if text == "auto" or text.startswith("local"):
+        return
+    hostport = text.split("://", 1)[1] if "://" in text else text
+    host, sep, port = hostport.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RayConnectionError(
+            f"--address {address!r} is not a Ray address: use auto, host:port (the head's GCS port, 6379 by "
+            "default) or ray://host:10001."
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = f"no answer in {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or type(exc).__name__
+        raise RayConnectionError(
+            f"Cannot reach the Ray cluster at {address} ({reason}): start it (ray start --head) or check --address."
+        ) from None
+
+
 def make_executor(name: str, workers: int | None = None, address: str | None = None):
     if name == "local":
         if workers not in (None, 1) or address:
@@ -231,5 +272,7 @@ def make_executor(name: str, workers: int | None = None, address: str | None = N
         return LocalExecutor()
     if name == "ray":
         _import_ray()
+        if address:
+            require_reachable(address)  # before the model loads
         return RayExecutor(workers=workers, address=address)
     raise ExperimentError(f"Unknown executor {name!r}: use one of {', '.join(EXECUTORS)}.")
