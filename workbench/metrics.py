@@ -7,6 +7,7 @@ Strings name the common ones, so the CLI, sweeps, experiments and notebooks shar
 - ``kl`` (the default): KL(the prompt's own distribution ‖ the edited one), in nats;
 - ``prob:6,7,8,9``: probability of a token set (each item a single token);
 - ``logit_diff:9,5``: logit of "9" minus logit of "5";
+- ``logit:9``: the logit of one token;
 - ``rank:9``: rank of a token among all tokens (0 = the most likely);
 - ``digits_above:5``: probability of the digit tokens above 5 ("6" … "9").
 
@@ -86,6 +87,16 @@ def logit_diff(model, token: str, other: str) -> Metric:
     return Metric(f"logit({token}) − logit({other})", fn)
 
 
+def token_logit(model, token: str) -> Metric:
+    """The logit of one token (``logit:9``)."""
+    index = single_token_id(model, token)
+
+    def fn(logits):
+        return logits[:, index]
+
+    return Metric(f"logit({token})", fn)
+
+
 def kl_divergence(
     p_logits: Float[torch.Tensor, "... vocab"], q_logits: Float[torch.Tensor, "... vocab"], bits: bool = False
 ) -> Float[torch.Tensor, " ..."]:
@@ -116,7 +127,7 @@ def kl_to_clean() -> Metric:
     return Metric("KL(clean ‖ edited)", fn, needs_clean=True)
 
 
-METRIC_FORMS = "kl, prob:6,7,8,9, logit_diff:9,5, rank:9, digits_above:5"
+METRIC_FORMS = "kl, prob:6,7,8,9, logit_diff:9,5, logit:9, rank:9, digits_above:5"
 
 
 def resolve_metric(model, spec: str | Metric | MetricFn | None = None) -> Metric:
@@ -147,6 +158,8 @@ def resolve_metric(model, spec: str | Metric | MetricFn | None = None) -> Metric
         return token_prob(model, items)
     if kind == "logit_diff" and len(items) == 2:
         return logit_diff(model, *items)
+    if kind == "logit" and len(items) == 1:
+        return token_logit(model, items[0])
     if kind == "rank" and len(items) == 1:
         return rank_of(model, items[0])
     if kind == "kl" and not items:

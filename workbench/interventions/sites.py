@@ -80,6 +80,24 @@ SITES: dict[str, Site] = {
             description="post-softmax attention weights",
         ),
         Site(
+            "attn_proj_out",
+            "blocks.{block}.attn.o.hook_out",
+            _RESID,
+            description="the attention's output projection, before any post-attention norm (Gemma 2/3, OLMo 2)",
+        ),
+        Site(
+            "mlp_hidden",
+            "blocks.{block}.mlp.hook_post",
+            ("batch", "pos", "neuron"),
+            description="the MLP's hidden activations (one per neuron), the input of its output projection",
+        ),
+        Site(
+            "mlp_proj_out",
+            "blocks.{block}.mlp.out.hook_out",
+            _RESID,
+            description="the MLP's output projection, before any post-MLP norm (Gemma 2/3, OLMo 2)",
+        ),
+        Site(
             "block",
             "blocks.{block}.hook_resid_post",
             _RESID,

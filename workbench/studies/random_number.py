@@ -25,10 +25,10 @@ from workbench.metrics import kl_divergence
 from workbench.models import Model
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens
 from workbench.run import run
+from workbench.studies.defaults import GENERATE_PROMPT, STUDY_PROMPT
 from workbench.tokens import DIGITS, digit_token_ids, find_position, to_tokens
 
-GENERATE_PROMPT = "Generate a random number between [0, 9]: "
-STUDY_PROMPT = "I'm generating a random number between [0, 9]. The number is "
+__all__ = ["GENERATE_PROMPT", "STUDY_PROMPT"]
 
 # Odd prompts in the spirit of the study's section 7: absurd bounds and ranges.
 SWEEP_PROMPTS = (
