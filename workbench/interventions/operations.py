@@ -17,8 +17,9 @@ sweep path) and through the fast sweep engine: operations never see which.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -80,6 +81,50 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def finite_number(value: Any, what: str, example: str) -> float:
+    """``value`` as a float when it is a finite real number; otherwise the InterventionError that names it.
+
+    NaN or ±inf in a parameter would make every number downstream NaN (or inf − inf), so it is refused
+    where the parameter is given, not discovered in the results."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if hasattr(value, "dtype") and hasattr(value, "item") and getattr(value, "shape", None) == ():
+        value = value.item()  # a numpy scalar
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InterventionError(f"{what} {_short(value)} is not a number: pass e.g. {example}.")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not math.isfinite(number):
+        raise InterventionError(
+            f"{what} is {_short(value)}, not a finite number: it would make the edited numbers meaningless "
+            f"(NaN or infinite); pass a finite value, e.g. {example}."
+        )
+    return number
+
+
+def nonfinite_parameter(op: Operation) -> str | None:
+    """The first parameter of any operation (a plugin's too) holding NaN or ±inf, as ``name=value``; else None."""
+
+    def bad(value: Any) -> bool:
+        if isinstance(value, float):
+            return not math.isfinite(value)
+        if isinstance(value, torch.Tensor):
+            return bool(value.is_floating_point() and not torch.isfinite(value).all())
+        if isinstance(value, (tuple, list)):
+            return any(bad(v) for v in value)
+        if isinstance(value, dict):
+            return any(bad(v) for v in value.values())
+        return False
+
+    for f in dataclasses.fields(op):
+        value = getattr(op, f.name)
+        if bad(value):
+            return f"{f.name}={_short(value)}"
+    return None
+
+
 def _short(value: Any, width: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -124,7 +169,7 @@ def get_operation(name: str) -> type[Operation]:
 def operation_from(spec: Operation | str | dict) -> Operation:
     """An operation from an instance, a registered name (no parameters) or a dict ``{"name": …, params}``."""
     if isinstance(spec, Operation):
-        return spec
+        return require_finite(spec)
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
@@ -141,9 +186,21 @@ def operation_from(spec: Operation | str | dict) -> Operation:
             f"its parameters are {', '.join(sorted(fields)) or 'none'}."
         )
     try:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+        op = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
     except TypeError as exc:
         raise InterventionError(f"Operation {cls.name!r}: {exc}.") from None
+    return require_finite(op)
+
+
+def require_finite(op: Operation) -> Operation:
+    """``op`` unless one of its parameters is NaN or ±inf (checked for every operation, plugins included)."""
+    where = nonfinite_parameter(op)
+    if where is not None:
+        raise InterventionError(
+            f"Operation {op.name!r} has the non-finite parameter {where}: NaN or infinite parameters make the "
+            "edited numbers meaningless; pass finite values."
+        )
+    return op
 
 
 # ----- the built-in operations ----------------------------------------------------------------------------
@@ -343,8 +400,7 @@ class Scale(Operation):
     name: ClassVar[str] = "scale"
 
     def __post_init__(self) -> None:
-        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or self.factor != self.factor:
-            raise InterventionError(f"Scale factor {self.factor!r} is not a number: pass e.g. factor=0.5.")
+        object.__setattr__(self, "factor", finite_number(self.factor, "Scale factor", "factor=0.5"))
 
     def apply(self, values: torch.Tensor, edit) -> torch.Tensor:
         return values * self.factor
@@ -368,10 +424,15 @@ class Add(Operation):
         vector = self.vector
         if isinstance(vector, torch.Tensor):
             vector = vector.detach().float().flatten().tolist()
-        vector = tuple(float(v) for v in vector)
+        if isinstance(vector, (str, bytes)) or not isinstance(vector, Iterable):
+            raise InterventionError(
+                f"The steering vector {_short(vector)} is not a list of numbers: pass vector=[...] of the site's width."
+            )
+        vector = tuple(finite_number(v, f"Entry {i} of the steering vector", "0.5") for i, v in enumerate(vector))
         object.__setattr__(self, "vector", vector)
         if not vector:
             raise InterventionError("Adding needs a vector: pass vector=[...] of the site's width (d_model or d_head).")
+        object.__setattr__(self, "coefficient", finite_number(self.coefficient, "The steering coefficient", "4.0"))
 
     def prepare(self, prep) -> torch.Tensor:
         width = prep.width()
