@@ -143,3 +143,10 @@ class RayConnectionError(ExperimentError):
     """A Ray cluster named by ``--address`` that cannot be reached within the timeout."""
 
     exit_code = 22
+
+
+class AttributionError(ProbeError):
+    """An attribution that cannot be made exact: a metric with no direction in logit space (``kl``, ``rank``),
+    a component or unit the model does not have, or a norm or projection that is not affine once frozen."""
+
+    exit_code = 28
