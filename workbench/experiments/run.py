@@ -178,9 +178,10 @@ def _compute(
     done: set[str] = set()
     if folder is not None:
         done, damaged = folder.finished_shards([s.id for s in shards])
-        for path in damaged:
+        for rel, aside in damaged:
             print(
-                f"warning: {path.name} was damaged (its SHA-256 changed): kept as it is, and computed again.",
+                f"warning: {rel} was damaged (its SHA-256 changed): its bytes are kept as {aside.name}, "
+                "and the shard is computed again.",
                 file=sys.stderr,
             )
     todo = [s for s in shards if s.id not in done]

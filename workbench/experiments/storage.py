@@ -425,17 +425,18 @@ class Folder:
             )
         return plan
 
-    def finished_shards(self, ids: list[str]) -> tuple[set[str], list[Path]]:
+    def finished_shards(self, ids: list[str]) -> tuple[set[str], list[tuple[str, Path]]]:
         """The planned shards whose file is the one written (hashed in full); a changed one is set aside and
         listed as damaged (it is computed again)."""
-        done, damaged = set(), []
+        done: set[str] = set()
+        damaged: list[tuple[str, Path]] = []  # (the shard, where its damaged bytes were kept)
         for shard_id in ids:
             rel = f"{SHARDS}/{shard_id}.parquet"
             state = self.state(rel)
             if state == "ours":
                 done.add(shard_id)
             elif state == "changed":
-                damaged.append(self.set_aside(rel))
+                damaged.append((rel, self.set_aside(rel)))
             elif state == "foreign":
                 self.require_replaceable(rel)  # raises, naming it
         return done, damaged
@@ -705,4 +706,8 @@ def read_results(path: str | Path) -> tuple[pa.Table, dict[str, Any]]:
             is_kind(table.schema.field(name).type) or pa.types.is_null(table.schema.field(name).type)
         ):
             raise ExperimentDataError(f"{path} has no {name} column of the right type: {fix}.")
+    conditions = set(pc.unique(table["condition"]).to_pylist())
+    metrics = set(pc.unique(table["metric"]).to_pylist())
+    if manifest["analysis"]["clean"] not in conditions or not set(manifest["analysis"]["metrics"]) <= metrics:
+        raise ExperimentDataError(f"{path} lacks the clean run or a metric its manifest names: {fix}.")
     return table, manifest
