@@ -1,6 +1,7 @@
 """Loading plugins from entry points, once, contained: a plugin can break only itself, never the workbench.
 
-Probes (``workbench.probes``) and operations (``workbench.operations``) are both found this way.
+Probes (``workbench.probes``), operations (``workbench.operations``) and result classes (``workbench.results``,
+for :func:`~workbench.results.load_result`) are all found this way.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ def load_entry_points(
             with contextlib.redirect_stdout(sys.stderr):  # stdout belongs to the command (e.g. --json)
                 cls = ep.load()
             register(cls)
-            if getattr(cls, "name", ep.name) != ep.name:
+            if registry.get(ep.name) is not cls:  # registered under another name (or a registry by class name)
                 registry[ep.name] = cls
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a broken plugin must not break the workbench
             errors[ep.name] = one_line(f"{type(exc).__name__}: {exc}")
         replaced = sorted(name for name, cls in before.items() if registry.get(name) is not cls)
         if replaced:
             registry.update(before)
+            if ep.name not in before:
+                registry.pop(ep.name, None)  # the impostor is not kept under its own name either
             errors[ep.name] = f"tried to replace the {kind}(s) {', '.join(replaced)}; kept the originals"
 
 

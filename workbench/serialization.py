@@ -13,8 +13,8 @@ little-endian bytes (exact and about a fifth of the size).
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
-import importlib
 import json
 import math
 import sys
@@ -251,39 +251,126 @@ def result_from_dict(data: dict[str, Any]):
     )
 
 
-def result_class(spec: str) -> type:
-    """The ``module:qualname`` class of a saved result; only Result subclasses are accepted.
+# The workbench's modules and packages (with every submodule) that define Result subclasses: imported — never a
+# module named in a file — before a saved class is looked up. tests/reliability/test_roundtrip.py checks that
+# every Result subclass in the package's source is reached from here.
+BUILT_IN_RESULT_MODULES = ("workbench.results", "workbench.probes", "workbench.sweeps", "workbench.attribution")
+RESULT_ENTRY_POINT_GROUP = "workbench.results"
+_RESULT_CLASSES: dict[str, type] = {}  # "module:qualname" -> class
+_RESULT_PLUGINS: dict[str, type] = {}  # entry-point name -> class
+_RESULT_PLUGIN_ERRORS: dict[str, str] = {}
+_LOADED: list[bool] = []  # non-empty once the built-in modules and the plugins were loaded
 
-    Modules are imported only from the workbench itself or from an installed probe plugin (a saved
-    file never makes the workbench import arbitrary code); a class that cannot be found falls back
-    to :class:`~workbench.results.Result` with a one-line warning, so the numbers still load.
+
+def class_key(cls: type) -> str:
+    """How a saved result names its class: ``module:qualname``."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def register_result_class(cls: type) -> type:
+    """Make a :class:`~workbench.results.Result` subclass loadable by :func:`load_result` (a class decorator).
+
+    Every subclass the process has defined registers itself when results are loaded (the workbench's own,
+    a notebook's, an installed plugin's); a plugin that defines result classes outside a probe module names
+    one in the entry-point group ``workbench.results``. A name already taken by another class is refused."""
+    from workbench.results import Result
+
+    if not (isinstance(cls, type) and issubclass(cls, Result)):
+        raise ExportError(f"{cls!r} is not a workbench Result subclass: subclass workbench.results.Result.")
+    key = class_key(cls)
+    if _RESULT_CLASSES.setdefault(key, cls) is not cls:
+        raise ExportError(f"The result class name {key} is taken by another class: kept the original.")
+    return cls
+
+
+def result_classes() -> dict[str, type]:
+    """Every result class a saved file may name: the workbench's own, then installed plugins' (probe and
+    result entry points, loaded contained: a plugin that raises or exits at import is reported, not fatal),
+    then every other subclass this process has defined (a notebook's)."""
+    from workbench.plugins import load_entry_points
+    from workbench.probes.registry import available_probes
+    from workbench.results import Result
+
+    if not _LOADED:
+        for name in BUILT_IN_RESULT_MODULES:
+            _import_built_in(name)
+        _register_subclasses(Result)  # built-ins first: a plugin cannot take their names
+        available_probes()  # loads probe plugins, contained (their modules define their results)
+        load_entry_points(
+            RESULT_ENTRY_POINT_GROUP, _RESULT_PLUGINS, _RESULT_PLUGIN_ERRORS, register_result_class, "result class"
+        )
+        _LOADED.append(True)
+    _register_subclasses(Result)  # and any subclass defined since (a notebook's)
+    return dict(_RESULT_CLASSES)
+
+
+def _import_built_in(name: str) -> None:
+    """Import one of the workbench's own modules, and a package's submodules (a broken one is skipped: its
+    results then load as plain Results, with the warning)."""
+    import importlib.util
+    import pkgutil
+
+    if importlib.util.find_spec(name) is None:
+        return
+    module = importlib.import_module(name)
+    for sub in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=f"{name}."):
+        with contextlib.suppress(Exception):
+            importlib.import_module(sub.name)
+
+
+def result_plugin_errors() -> dict[str, str]:
+    """Result-class plugins that failed to load, with why (one line each)."""
+    result_classes()
+    return dict(_RESULT_PLUGIN_ERRORS)
+
+
+def _register_subclasses(root: type) -> None:
+    stack = [root]
+    while stack:
+        cls = stack.pop()
+        _RESULT_CLASSES.setdefault(class_key(cls), cls)
+        stack.extend(cls.__subclasses__())
+
+
+def result_class(spec: str) -> type:
+    """The registered class a saved result names (``module:qualname``); only Result subclasses are accepted.
+
+    The name is looked up in :func:`result_classes`, never imported: a saved file cannot make the workbench
+    import a module (``workbench.__main__`` would run the CLI). A name that is not registered loads as a
+    plain :class:`~workbench.results.Result` with a one-line warning (saying which plugin failed, if one did),
+    so the numbers still load; a name that is a loaded object other than a Result is refused.
     """
     from workbench.results import Result
 
-    module_name, _, qualname = str(spec).partition(":")
-    module = sys.modules.get(module_name)
-    if module is None and (module_name.split(".")[0] == "workbench" or module_name in _plugin_modules()):
-        try:
-            module = importlib.import_module(module_name)
-        except Exception:  # a broken plugin: fall back below
-            module = None
-    found: Any = module
-    for part in qualname.split(".") if module is not None else ():
-        found = getattr(found, part, None)
-    if module is None or found is None:
-        print(f"warning: saved result class {spec} is not available: loaded as a plain Result.", file=sys.stderr)
-        return Result
-    if not (isinstance(found, type) and issubclass(found, Result)):
+    spec = str(spec)
+    found = result_classes().get(spec)
+    if found is not None:
+        return found
+    module_name, _, qualname = spec.partition(":")
+    loaded: Any = sys.modules.get(module_name)
+    for part in qualname.split(".") if loaded is not None else ():
+        loaded = vars(loaded).get(part) if hasattr(loaded, "__dict__") else None  # no __getattr__, no import
+    if loaded is not None and not (isinstance(loaded, type) and issubclass(loaded, Result)):
         raise ExportError(f"The saved class {spec} is not a workbench Result: this file is not a saved result.")
-    return found
+    failed = _failed_plugin(module_name)
+    why = f" (the plugin {failed[0]!r} failed to load: {failed[1]})" if failed else ""
+    print(f"warning: saved result class {spec} is not available{why}: loaded as a plain Result.", file=sys.stderr)
+    return Result
 
 
-def _plugin_modules() -> set[str]:
+def _failed_plugin(module_name: str) -> tuple[str, str] | None:
+    """The plugin (entry-point name, error) whose module is ``module_name``, if it failed to load."""
     from importlib.metadata import entry_points
 
-    from workbench.probes.registry import ENTRY_POINT_GROUP
+    from workbench.probes.registry import ENTRY_POINT_GROUP, plugin_errors
 
-    return {ep.value.split(":")[0].strip() for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    groups = ((ENTRY_POINT_GROUP, plugin_errors()), (RESULT_ENTRY_POINT_GROUP, dict(_RESULT_PLUGIN_ERRORS)))
+    for group, errors in groups:
+        for ep in entry_points(group=group):
+            module = ep.value.split(":")[0].strip()
+            if ep.name in errors and (module_name == module or module_name.startswith(module + ".")):
+                return ep.name, errors[ep.name]
+    return None
 
 
 # --- files ---------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -137,3 +139,150 @@ def test_a_broken_plugin_asked_for_by_name_is_one_line(site):
     assert len(run.error_lines) == 1 and run.error_lines[0].startswith(
         "error: The probe plugin 'raises' failed to load (RuntimeError"
     )
+
+
+# ----- saved results name their class; load_result looks it up, never imports it ---------------------------
+
+RESULT_PLUGIN = '''
+from dataclasses import dataclass
+
+from workbench.results import Result
+
+
+@dataclass(repr=False)
+class NormResult(Result):
+    """A plugin's own result class, with a field of its own."""
+
+    unit: str = "l2"
+'''
+
+RESULT_BAD = {
+    "result_exits": "import sys\nsys.exit(4)\n",
+    "result_raises": "raise RuntimeError('result plugin bug')\n",
+    "result_not_a_result": "class Thing:\n    pass\n",
+}
+
+
+@pytest.fixture(scope="module")
+def result_site(tmp_path_factory) -> Path:
+    """A distribution with a good result-class plugin (entry-point group workbench.results), bad ones, and
+    the probe plugins above (a probe plugin's module that exits at import too)."""
+    root = tmp_path_factory.mktemp("result-plugin-site")
+    (root / "wb_result_plugin.py").write_text(RESULT_PLUGIN)
+    lines = ["[workbench.results]", "norm_result = wb_result_plugin:NormResult"]
+    for name, source in RESULT_BAD.items():
+        (root / f"wb_{name}.py").write_text(source)
+        lines.append(f"{name} = wb_{name}:Thing")
+    lines += ["[workbench.probes]", "exits = wb_bad_exits:Thing"]
+    (root / "wb_bad_exits.py").write_text(BAD["exits"])
+    info = root / "wb_results-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: wb-results\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    (info / "RECORD").write_text("")
+    return root
+
+
+def python(code: str, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *argv], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def saved_result(path: Path, cls: str) -> Path:
+    """A plain saved result whose "class" is ``cls`` (the numbers: a 2-entry array)."""
+    import torch
+
+    from workbench.results import Named, Result
+
+    Result(probe="x", model="m", prompts=["p"], tokens=[["p"]], arrays={"x": Named(torch.arange(2.0), ("i",))}).save(
+        path
+    )
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(data | {"class": cls}))
+    return path
+
+
+def test_a_plugins_result_class_round_trips_in_a_fresh_process(result_site, tmp_path):
+    env = env_with(result_site)
+    path = tmp_path / "norm.json"
+    saved = python(
+        """
+        import sys, torch
+        from wb_result_plugin import NormResult
+        from workbench.results import Named
+        NormResult(probe="n", model="m", prompts=["p"], tokens=[["p"]],
+                   arrays={"n": Named(torch.tensor([1.5, -2.0]), ("i",))}, unit="l1").save(sys.argv[1])
+        """,
+        env,
+        str(path),
+    )
+    assert saved.returncode == 0, saved.stderr
+    assert json.loads(path.read_text())["class"] == "wb_result_plugin:NormResult"
+    loaded = python(
+        """
+        import sys, torch
+        from workbench import load_result
+        r = load_result(sys.argv[1])
+        print(type(r).__module__, type(r).__name__, r.unit, r["n"].values.tolist())
+        from workbench.serialization import result_plugin_errors
+        for name, why in sorted(result_plugin_errors().items()):
+            print("failed", name, why)
+        """,
+        env,
+        str(path),
+    )
+    assert loaded.returncode == 0 and "Traceback" not in loaded.stderr, loaded.stderr
+    out = loaded.stdout.splitlines()
+    assert out[0] == "wb_result_plugin NormResult l1 [1.5, -2.0]"
+    # The broken result plugins are reported, one line each, and everything else kept working.
+    assert out[1:] == [
+        "failed result_exits SystemExit: 4",
+        "failed result_not_a_result ExportError: <class 'wb_result_not_a_result.Thing'> is not a workbench "
+        "Result subclass: subclass workbench.results.Result.",
+        "failed result_raises RuntimeError: result plugin bug",
+    ]
+
+
+def test_a_plugin_that_exits_at_import_does_not_escape_load_result(result_site, tmp_path):
+    path = saved_result(tmp_path / "exits.json", "wb_bad_exits:Thing")
+    loaded = python(
+        """
+        import sys
+        from workbench import load_result
+        r = load_result(sys.argv[1])
+        print("still here", type(r).__name__, r["x"].values.tolist())
+        """,
+        env_with(result_site),
+        str(path),
+    )
+    assert loaded.returncode == 0 and "Traceback" not in loaded.stderr, loaded.stderr
+    assert loaded.stdout.strip() == "still here Result [0.0, 1.0]"
+    warning = [line for line in loaded.stderr.splitlines() if line.startswith("warning:")]
+    assert warning == [
+        "warning: saved result class wb_bad_exits:Thing is not available (the plugin 'exits' failed to load: "
+        "SystemExit: 3): loaded as a plain Result."
+    ]
+
+
+@pytest.mark.parametrize("hostile", ["workbench.__main__:X", "workbench.cli:app", "workbench.cli.study:X"])
+def test_a_saved_class_never_makes_the_workbench_import_a_module(tmp_path, hostile):
+    """``workbench.__main__`` runs the CLI on the process's own arguments when imported: a file naming it
+    must load as a plain Result without importing it (here the arguments would print the CLI's help)."""
+    path = saved_result(tmp_path / "hostile.json", hostile)
+    module = hostile.split(":")[0]
+    loaded = python(
+        f"""
+        import sys
+        from workbench import load_result
+        before = set(sys.modules)
+        r = load_result(sys.argv[1])
+        print("loaded", type(r).__name__, {module!r} in set(sys.modules) - before)
+        """,
+        cli_env(),
+        str(path),
+        "--help",
+    )
+    assert loaded.returncode == 0 and "Traceback" not in loaded.stderr, loaded.stderr
+    assert loaded.stdout.splitlines() == ["loaded Result False"]  # no CLI output, no new module
+    assert f"saved result class {hostile} is not available" in loaded.stderr

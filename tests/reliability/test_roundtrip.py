@@ -243,3 +243,27 @@ def test_every_result_of_smollm2_round_trips(smollm2, tmp_path):
         assert_same_result(out[name], loaded[name], name)
         assert_same_result(out[name], load_result(out[name].save(tmp_path / f"{name}.json")), name)
     assert_same_value(out.logits, loaded.logits, "logits")
+
+
+def test_every_result_class_in_the_package_is_registered():
+    """Saved classes are looked up in a registry, never imported from the file: every Result subclass the
+    workbench's source defines must be reachable from serialization.BUILT_IN_RESULT_MODULES."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    import workbench
+    from workbench.serialization import class_key, result_classes
+
+    package = Path(workbench.__file__).parent
+    registered = result_classes()
+    found = []
+    for source in sorted(package.rglob("*.py")):
+        module = ".".join(source.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.bases and module != "workbench.__main__":
+                cls = getattr(importlib.import_module(module), node.name, None)
+                if isinstance(cls, type) and issubclass(cls, Result):
+                    found.append(class_key(cls))
+    assert len(found) >= 8  # Result, Comparison, the probes' four, sweeps' two at least
+    assert sorted(set(found) - set(registered)) == []
