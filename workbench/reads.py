@@ -52,8 +52,13 @@ def check_blocks(model, blocks: Iterable[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def read_hooks(reads: Sequence[Read], cache: dict[Key, torch.Tensor]) -> list[tuple[str, Callable]]:
-    """TransformerLens hooks that fill ``cache`` with what ``reads`` ask for (the batch axis first)."""
+def read_hooks(
+    reads: Sequence[Read],
+    cache: dict[Key, torch.Tensor],
+    store: Callable[[Key, torch.Tensor], None] | None = None,
+) -> list[tuple[str, Callable]]:
+    """TransformerLens hooks that fill ``cache`` with what ``reads`` ask for (the batch axis first), or hand
+    each activation to ``store(key, tensor)`` (a probe's save slot)."""
     hooks = []
     for read in reads:
         site = SITES[read.site]
@@ -65,7 +70,11 @@ def read_hooks(reads: Sequence[Read], cache: dict[Key, torch.Tensor]) -> list[tu
                 if read.positions is not None and axis is not None:
                     index = torch.tensor(read.positions, device=act.device)
                     kept = act.index_select(axis, index)
-                cache[key] = kept if read.grad else kept.detach()
+                kept = kept if read.grad else kept.detach()
+                if store is None:
+                    cache[key] = kept
+                else:
+                    store(key, kept)
 
             hooks.append((site.hook_name(block), hook))
     return hooks

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from families.test_attribution import hf_head_values, values_by_kind
 
 from workbench.attribution import direct_logit_attribution
 from workbench.errors import AttributionError, TokenError
+from workbench.probes import DirectLogitAttribution
 from workbench.tokens import digit_token_ids
 
 PROMPT = "I'm generating a random number between [0, 9]. The number is "
@@ -105,3 +107,35 @@ def test_cli_errors_are_one_line_with_their_exit_code(args, code, words):
     assert done.returncode == code, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in done.stderr
+
+
+def test_the_dla_probe_in_run_equals_the_function_and_composes_with_an_edit(tiny_qwen2, tmp_path):
+    from workbench import interventions as iv
+    from workbench.results import load_result
+    from workbench.run import run
+
+    probe_result = run(tiny_qwen2, PROMPT, DirectLogitAttribution(metric="logit_diff:1,5"))["dla"]
+    alone = direct_logit_attribution(tiny_qwen2, PROMPT, "logit_diff:1,5", unit="head")
+    np.testing.assert_allclose(probe_result["values"].numpy(), alone.values.numpy(), rtol=0, atol=1e-12)
+    edited = run(tiny_qwen2, PROMPT, [DirectLogitAttribution(metric="logit_diff:1,5"), iv.identity(blocks=1)])["dla"]
+    # Block 1 is the identity: what its heads and MLP computed never reached the stream, and the block's edit
+    # component says so by cancelling them; a clean run has no edit component.
+    labels, values = edited["values"].coords["component"], edited["values"].numpy()[0]
+    block1 = [v for label, v in zip(labels, values, strict=True) if label.startswith(("a1.", "mlp 1", "edit 1"))]
+    assert "edit 1" in labels and sum(block1) == pytest.approx(0, abs=1e-5)
+    assert not any(label.startswith("edit") for label in probe_result["values"].coords["component"])
+    np.testing.assert_allclose(edited.baseline["values"].numpy(), alone.values.numpy(), atol=1e-12)
+    logits = run(tiny_qwen2, PROMPT, iv.identity(blocks=1)).logits["intervened"][0, -1]
+    one, five = (tiny_qwen2.tokenizer.convert_tokens_to_ids(t) for t in ("1", "5"))
+    assert edited.meta["total"][0] == pytest.approx(float(logits[one] - logits[five]), abs=1e-4)
+    path = probe_result.save(tmp_path / "dla.json")
+    again = load_result(path)
+    np.testing.assert_array_equal(again["values"].numpy(), probe_result["values"].numpy())
+    assert again.to_json() == probe_result.to_json()
+
+
+def test_dla_needs_a_metric(tiny_qwen2):
+    from workbench.run import run
+
+    with pytest.raises(AttributionError, match="dla needs a metric"):
+        run(tiny_qwen2, PROMPT, DirectLogitAttribution())

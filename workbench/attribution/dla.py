@@ -134,21 +134,6 @@ def _post_norm(bridge, block: int, which: str):
     return getattr(layer, "post_attention_layernorm" if which == "attn" else "post_feedforward_layernorm")
 
 
-def _writer_norm(bridge, block: int, which: str, projected: torch.Tensor, written: torch.Tensor) -> FrozenNorm | None:
-    """The frozen post-norm between a projection's output and what reaches the residual, or None when there is
-    none (the two agree); refused when they differ and the family's norm is not where it is expected."""
-    scale = 1.0 + float(written.abs().max())
-    if float((projected - written).abs().max()) <= CHECK * scale:
-        return None
-    norm = _post_norm(bridge, block, which)
-    if norm is None:
-        raise AttributionError(
-            f"Block {block}'s {which} writes something other than its output projection and the workbench "
-            "knows no post-norm there: this family cannot be attributed per head or neuron yet."
-        )
-    return freeze_norm(norm, projected, f"post-{which} norm of block {block}")
-
-
 def _pull(norm: FrozenNorm | None, direction: torch.Tensor) -> torch.Tensor:
     """``u`` with ``norm.linear(c) · direction = c · u`` (the identity when there is no norm)."""
     if norm is None:
@@ -205,7 +190,7 @@ def dla_reads(model, unit: str, readout: int) -> list[Read]:
     at = (readout,)
     reads = [
         Read("resid_pre", (0,), at),
-        Read("resid_post", (blocks[-1],), at),
+        Read("resid_post", blocks, at),
         Read("attn_out", blocks, at),
         Read("mlp_out", blocks, at),
     ]
@@ -236,35 +221,12 @@ def attribute(
     value = metric_fn(own).double()
     direction = (v.to(w_u) @ w_u).double().cpu()  # [prompt, d_model]: W_U^T v
     pulled = _pull(norm, direction)
-    dot = lambda c: (c * pulled).sum(-1)  # noqa: E731  a pre-norm vector's value, [prompt]
 
-    comps: list[Component] = [Component("embed")]
-    cols: list[torch.Tensor] = [dot(row[("resid_pre", 0)])]
-    attn = torch.stack([dot(row[("attn_out", b)]) for b in blocks], -1)
-    mlp = torch.stack([dot(row[("mlp_out", b)]) for b in blocks], -1)
-    for b in blocks:
-        if unit == "head":
-            head_comps, head_cols = _heads(model, b, row, pulled)
-            comps += head_comps
-            cols += head_cols
-        elif unit in ("component", "neuron"):
-            comps.append(Component("attn", b))
-            cols.append(attn[:, b])
-        if unit == "neuron":
-            neuron_comps, neuron_cols = _neurons(model, b, row, pulled)
-            comps += neuron_comps
-            cols += neuron_cols
-        elif unit in ("component", "head"):
-            comps.append(Component("mlp", b))
-            cols.append(mlp[:, b])
-        if unit == "layer":
-            comps.append(Component("block", b))
-            cols.append(attn[:, b] + mlp[:, b])
+    comps, cols, attn, mlp = _block_parts(model, row, pulled, unit)
     comps.append(Component("bias"))
     cols.append((norm.bias * direction).sum(-1) + (v * b_u).sum(-1))
-    parts_total = torch.stack(cols, -1).sum(-1)
     linear_total = (v * raw).sum(-1)
-    _check_sum(parts_total, linear_total, "the components", "the metric's linear part")
+    _check_sum(torch.stack(cols, -1).sum(-1), linear_total, "the components", "the metric's linear part")
     if exact and cap > 0:
         comps.append(Component("softcap"))
         cols.append(value - linear_total)
@@ -285,6 +247,41 @@ def attribute(
     )
 
 
+def _block_parts(model, row: dict, pulled: torch.Tensor, unit: str):
+    """The embeddings and every block's parts for ``unit``: ``(components, values, attn [prompt, block], mlp)``.
+
+    Whatever reaches the residual stream besides the parts — an edit of a run with interventions (a block made
+    the identity, a patched residual) — is the block's ``edit`` component, so the values still sum exactly."""
+    dot = lambda c: (c * pulled).sum(-1)  # noqa: E731  a pre-norm vector's value, [prompt]
+    comps: list[Component] = [Component("embed")]
+    cols: list[torch.Tensor] = [dot(row[("resid_pre", 0)])]
+    before = row[("resid_pre", 0)]
+    attn, mlp = [], []
+    for b in range(model.facts.n_layers):
+        if unit == "head":
+            parts, values, attn_vec = _heads(model, b, row, pulled)
+        else:
+            attn_vec = row[("attn_out", b)]
+            parts, values = [Component("attn", b)], [dot(attn_vec)]
+        if unit == "neuron":
+            more, more_values, mlp_vec = _neurons(model, b, row, pulled)
+        else:
+            mlp_vec = row[("mlp_out", b)]
+            more, more_values = [Component("mlp", b)], [dot(mlp_vec)]
+        if unit == "layer":
+            parts, values, more, more_values = [Component("block", b)], [dot(attn_vec + mlp_vec)], [], []
+        after = row[("resid_post", b)]
+        gap = after - before - attn_vec - mlp_vec
+        if float(gap.abs().max()) > CHECK * (1.0 + float(after.abs().max())):
+            more, more_values = [*more, Component("edit", b)], [*more_values, dot(gap)]
+        comps += parts + more
+        cols += values + more_values
+        attn.append(dot(attn_vec))
+        mlp.append(dot(mlp_vec))
+        before = after
+    return comps, cols, torch.stack(attn, -1), torch.stack(mlp, -1)
+
+
 def _check_sum(got: torch.Tensor, expected: torch.Tensor, what: str, of: str) -> None:
     error = float((got - expected).abs().max())
     if not error <= CHECK * (1.0 + float(expected.abs().max())):
@@ -293,8 +290,14 @@ def _check_sum(got: torch.Tensor, expected: torch.Tensor, what: str, of: str) ->
         )
 
 
-def _heads(model, b: int, row: dict, pulled: torch.Tensor) -> tuple[list[Component], list[torch.Tensor]]:
-    """Each query head's value in block ``b`` (z through its slice of the output projection), and the bias's."""
+def _frozen_post(bridge, block: int, which: str, projected: torch.Tensor) -> FrozenNorm | None:
+    post = _post_norm(bridge, block, which)
+    return None if post is None else freeze_norm(post, projected, f"post-{which} norm of block {block}")
+
+
+def _heads(model, b: int, row: dict, pulled: torch.Tensor):
+    """Each query head's value in block ``b`` (z through its slice of the output projection), the bias's, and
+    the attention's write they add up to."""
     facts, bridge = model.facts, model.bridge
     z = row[("z", b)]  # [prompt, n_heads, d_head]
     n_heads, d_head = z.shape[-2], z.shape[-1]
@@ -302,7 +305,7 @@ def _heads(model, b: int, row: dict, pulled: torch.Tensor) -> tuple[list[Compone
     w_o, b_o = affine_map(o, n_heads * d_head)  # [n_heads * d_head, d_model]
     projected = z.reshape(z.shape[0], -1) @ w_o + b_o
     _check_sum(projected, row[("attn_proj_out", b)], f"block {b}'s heads through the output projection", "its output")
-    post = _writer_norm(bridge, b, "attn", row[("attn_proj_out", b)], row[("attn_out", b)])
+    post = _frozen_post(bridge, b, "attn", projected)
     u = _pull(post, pulled)  # [prompt, d_model]
     per_head = torch.einsum("phd,hdm,pm->ph", z, w_o.reshape(n_heads, d_head, -1), u)
     comps = [Component("head", b, h, facts.head_to_group[h]) for h in range(n_heads)]
@@ -311,17 +314,20 @@ def _heads(model, b: int, row: dict, pulled: torch.Tensor) -> tuple[list[Compone
     if float(written.abs().max()) > 0:
         comps.append(Component("attn_bias", b))
         cols.append((written * pulled).sum(-1))
-    return comps, cols
+    write = projected if post is None else post.linear(projected) + post.bias
+    return comps, cols, write
 
 
-def _neurons(model, b: int, row: dict, pulled: torch.Tensor) -> tuple[list[Component], list[torch.Tensor]]:
-    """Each MLP neuron's value in block ``b`` (its activation times its output row), and the bias's."""
+def _neurons(model, b: int, row: dict, pulled: torch.Tensor):
+    """Each MLP neuron's value in block ``b`` (its activation times its output row), the bias's, and the MLP's
+    write they add up to."""
     bridge = model.bridge
     hidden = row[("mlp_hidden", b)]  # [prompt, d_mlp]
     out = getattr(bridge.blocks[b].mlp.out, "_original_component", bridge.blocks[b].mlp.out)
     w_out, b_out = affine_map(out, hidden.shape[-1])
-    _check_sum(hidden @ w_out + b_out, row[("mlp_proj_out", b)], f"block {b}'s neurons", "its MLP output")
-    post = _writer_norm(bridge, b, "mlp", row[("mlp_proj_out", b)], row[("mlp_out", b)])
+    projected = hidden @ w_out + b_out
+    _check_sum(projected, row[("mlp_proj_out", b)], f"block {b}'s neurons", "its MLP output")
+    post = _frozen_post(bridge, b, "mlp", projected)
     u = _pull(post, pulled)
     per_neuron = hidden * (u @ w_out.T)  # [prompt, d_mlp]
     comps = [Component("neuron", b, neuron=n) for n in range(hidden.shape[-1])]
@@ -330,7 +336,8 @@ def _neurons(model, b: int, row: dict, pulled: torch.Tensor) -> tuple[list[Compo
     if float(written.abs().max()) > 0:
         comps.append(Component("mlp_bias", b))
         cols.append((written * pulled).sum(-1))
-    return comps, cols
+    write = projected if post is None else post.linear(projected) + post.bias
+    return comps, cols, write
 
 
 def accumulated_labels(n_layers: int) -> list[str]:

@@ -8,8 +8,10 @@ from pathlib import Path
 import typer
 
 from workbench.cli import app, out_folder
+from workbench.cli.bench import OUT_OPT, sweep_app
+from workbench.metrics import METRIC_FORMS
 from workbench.outputs import PROBE
-from workbench.studies.defaults import STUDY_PROMPT
+from workbench.studies.defaults import SOURCE_PROMPT, STUDY_PROMPT
 
 UNIT_HELP = "component (embeddings, attention and MLP per block), head, layer or neuron."
 
@@ -56,3 +58,42 @@ def attribute(
     typer.echo(result.summary())
     for label, value in result.top(top):
         typer.echo(f"  {value:+.4f}  {label}")
+
+
+@sweep_app.command("path")
+def sweep_path(
+    model: str = typer.Option("smollm2", "--model", help="Model spec (smollm2, tiny-qwen2, a path or hub id)."),
+    prompt: str = typer.Option(STUDY_PROMPT, "--prompt", help="The clean prompt (default: the study's)."),
+    source: str = typer.Option(SOURCE_PROMPT, "--source", help="The source prompt (same token length)."),
+    senders: str = typer.Option(
+        "all", "--senders", help="all, heads, mlps, or names: input, a{block}.h{head}, m{block} (comma-separated)."
+    ),
+    receivers: str = typer.Option(
+        "logits",
+        "--receivers",
+        help="Comma-separated: logits, m{block} (an MLP's input), a{block}.h{head}<q>, a{block}.kv{group}<k>|<v>.",
+    ),
+    metric: str = typer.Option("kl", "--metric", help=f"What each path changes at the readout: {METRIC_FORMS}."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda or mps."),
+    out: str | None = OUT_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Path patching: each sender patched from SOURCE, seen by one receiver only, everything else clean."""
+    from workbench.attribution.path import all_senders, path_patching
+    from workbench.models import load_model
+
+    loaded = load_model(model, device=device)
+    every = all_senders(loaded)
+    chosen = {
+        "all": every,
+        "heads": [s for s in every if s.startswith("a")],
+        "mlps": [s for s in every if s.startswith("m")],
+    }.get(senders.strip()) or [s.strip() for s in senders.split(",") if s.strip()]
+    wanted = [r.strip() for r in receivers.split(",") if r.strip()]
+    result = path_patching(loaded, prompt, source, senders=chosen, receivers=wanted, metric=metric)
+    if out:
+        typer.echo(f"wrote {result.save(out)}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        typer.echo(result.summary())

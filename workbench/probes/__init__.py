@@ -2,6 +2,7 @@
 
 from workbench.probes.attention import AttentionCapture, AttentionResult, display_pattern
 from workbench.probes.attention_mask import AttentionMask
+from workbench.probes.attribution import DirectLogitAttribution
 from workbench.probes.base import Probe, ProbeRecord, RunContext
 from workbench.probes.block_replacement import BlockReplacement
 from workbench.probes.intervene import Intervene
@@ -12,6 +13,7 @@ from workbench.probes.registry import available_probes, get_probe, register_prob
 from workbench.probes.tuned_lens import LensComparison, TunedLens, TunedLensResult
 
 __all__ = [
+    "DirectLogitAttribution",
     "Probe",
     "ProbeRecord",
     "RunContext",
