@@ -524,8 +524,17 @@ class Experiment:
             ("stats", (Mapping,), "[stats] with confidence, resamples, alpha"),
             ("shard_items", (int,), "shard_items = 8"),
         ):
-            if key in data and (isinstance(data[key], bool) or not isinstance(data[key], kinds)):
-                raise ExperimentError(f"{key} = {_show(data[key])} is of the wrong type: write {example}.")
+            value = data.get(key)
+            if key in data and (
+                isinstance(value, bool)
+                or not isinstance(value, kinds)
+                or (
+                    key in ("metrics", "targets")
+                    and isinstance(value, list)
+                    and not all(isinstance(v, str) for v in value)
+                )
+            ):
+                raise ExperimentError(f"{key} = {_show(value)} is of the wrong type: write {example}.")
         model = data.get("model", {})
         if isinstance(model, str):
             model = {"spec": model}
