@@ -322,12 +322,23 @@ def load_model(
         if path.is_file() and path.suffix != ".gguf":
             raise ModelSpecError(f"{path} is a file but not a .gguf: pass a .gguf file or a Hugging Face folder.")
         ggufs = [path] if path.is_file() else sorted(path.glob("*.gguf"))
+        # A local model boots under its absolute path: its folder's name (say gpt2-small) must not reach
+        # TransformerLens, which would take it for an alias of a hub checkpoint and boot it as that.
         if path.is_dir() and (path / "config.json").is_file():
             hf_model, tokenizer = _load_hf_folder(path, torch_dtype)
-            return _boot(hf_model, tokenizer, name=path.name, source=f"folder:{path}", device=where)
+            return _boot(
+                hf_model, tokenizer, name=path.name, source=f"folder:{path}", device=where, boot_name=_local(path)
+            )
         if len(ggufs) == 1:
             hf_model, tokenizer = _load_gguf(ggufs[0], torch_dtype, cache)
-            return _boot(hf_model, tokenizer, name=ggufs[0].stem, source=f"gguf:{ggufs[0]}", device=where)
+            return _boot(
+                hf_model,
+                tokenizer,
+                name=ggufs[0].stem,
+                source=f"gguf:{ggufs[0]}",
+                device=where,
+                boot_name=_local(ggufs[0]),
+            )
         raise ModelSpecError(
             f"{path} holds neither a config.json nor exactly one .gguf ({len(ggufs)} found): "
             "point at a Hugging Face folder or at one .gguf file."
@@ -336,7 +347,7 @@ def load_model(
         raise ModelNotFoundError(f"No model file or folder at {path}: check the path (it is relative to {Path.cwd()}).")
     if _looks_like_hub_id(text):
         hf_model, tokenizer = _load_hub(text, torch_dtype)
-        return _boot(hf_model, tokenizer, name=text.split("/")[-1], source=f"hub:{text}", device=where)
+        return _boot(hf_model, tokenizer, name=text.split("/")[-1], source=f"hub:{text}", device=where, boot_name=text)
     known = ", ".join(SHORT_NAMES)
     raise ModelSpecError(
         f"Unknown model spec {text!r}: use one of {known}, a path to a .gguf file or Hugging Face folder, "
@@ -372,7 +383,27 @@ def _looks_like_hub_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and " " not in text
 
 
-def _boot(hf_model, tokenizer, *, name: str, source: str, device: str | Placement) -> Model:
+def _local(path: Path) -> str:
+    """The name a local folder or file boots under: its absolute path (no alias of TransformerLens is one)."""
+    return str(path.expanduser().resolve())
+
+
+def bridge_name(name: str) -> str:
+    """``name`` as the bridge is booted under it: never one TransformerLens resolves as an alias of a hub
+    checkpoint (it would log "deprecated alias … will load 'gpt2'" and record that model's name instead);
+    such a name gets the prefix ``workbench:``."""
+    try:
+        from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
+    except ImportError:  # a TransformerLens without the alias table resolves none
+        return name
+    return name if resolve_model_alias(name) is None else f"workbench:{name}"
+
+
+def _boot(
+    hf_model, tokenizer, *, name: str, source: str, device: str | Placement, boot_name: str | None = None
+) -> Model:
+    """Boot ``hf_model`` as a bridge; ``name`` is the facts' name (what the user named), ``boot_name`` the one
+    TransformerLens records (default ``name``), made unmistakable for a hub alias by :func:`bridge_name`."""
     from transformer_lens.model_bridge import TransformerBridge
 
     if isinstance(device, Placement):
@@ -390,7 +421,9 @@ def _boot(hf_model, tokenizer, *, name: str, source: str, device: str | Placemen
         with torch.no_grad():
             expected = hf_model(probe).logits
     try:
-        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
+        bridge = TransformerBridge.boot_transformers(
+            bridge_name(boot_name or name), hf_model=hf_model, tokenizer=tokenizer, device=device
+        )
     except Exception as exc:  # the bridge's adapters raise anything on a layout they do not fit
         raise ModelSpecError(
             f"TransformerLens cannot boot {family}: {_first_line(exc)}. The workbench needs its bridge; "

@@ -290,3 +290,89 @@ def test_every_error_is_a_workbench_error_with_its_own_exit_code():
     assert all(issubclass(t, WorkbenchError) for t in types)
     assert len({t.exit_code for t in types}) == len(types)
     assert all(t.exit_code != 0 for t in types)
+
+
+# --- the model is what the user pointed at: a folder's name never reaches TransformerLens as an alias ----------
+
+
+@pytest.fixture(scope="module")
+def gpt2_folders(tmp_path_factory):
+    """The same tiny GPT-2 saved twice: in a folder named like TransformerLens' alias of GPT-2 small, and not."""
+    hf_model, tokenizer = build_tiny_model("tiny-gpt2")
+    root = tmp_path_factory.mktemp("gpt2-folders")
+    for name in ("gpt2-small", "mymodel"):
+        hf_model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root / "gpt2-small", root / "mymodel"
+
+
+def test_a_folder_named_like_a_hub_alias_boots_as_itself(gpt2_folders, caplog):
+    from workbench.sweeps import patch_sweep
+
+    aliased, plain = gpt2_folders
+    with caplog.at_level("WARNING"):
+        model = load_model(aliased, device="cpu")
+    assert "alias" not in caplog.text  # TransformerLens did not take "gpt2-small" for its alias of gpt2
+    assert model.facts.name == "gpt2-small" and model.facts.source == f"folder:{aliased}"  # the user's spec
+    assert model.bridge.cfg.model_name == str(aliased.resolve())
+    other = load_model(plain, device="cpu")
+    source = PROMPT.replace("9]", "5]")
+    sweeps = [patch_sweep(m, PROMPT, source, metric="digits_above:5") for m in (model, other)]
+    assert [s.meta["engine"] for s in sweeps] == ["fast", "fast"]
+    # Same weights, same engine: the folder's name changes nothing, bit for bit.
+    assert torch.equal(sweeps[0]["metric"].values, sweeps[1]["metric"].values)
+    naive = patch_sweep(model, PROMPT, source, metric="digits_above:5", method="naive")
+    assert naive.meta["engine"] == "hooks: method=naive was asked for"
+    # Probabilities from the suffix engine and from full hooked forwards: float32 sums in another order,
+    # differences of a few ulps of values ≤ 1 (1e-5 is far above that on any CPU).
+    torch.testing.assert_close(sweeps[0]["metric"].values, naive["metric"].values, atol=1e-5, rtol=0)
+
+
+def test_a_name_transformer_lens_would_resolve_as_an_alias_is_prefixed():
+    from workbench.models import bridge_name, from_transformers
+
+    assert bridge_name("gpt2-small") == "workbench:gpt2-small"
+    assert bridge_name("pythia-70m") == "workbench:pythia-70m"
+    assert bridge_name("mymodel") == "mymodel" and bridge_name("tiny-qwen2") == "tiny-qwen2"
+    hf_model, tokenizer = build_tiny_model("tiny-gpt2")
+    model = from_transformers(hf_model, tokenizer, name="gpt2-small", device="cpu")
+    assert model.facts.name == "gpt2-small" and model.bridge.cfg.model_name == "workbench:gpt2-small"
+
+
+def test_when_the_fast_engine_does_not_run_a_warning_and_the_metadata_say_why(gpt2_folders, monkeypatch):
+    from workbench.sweeps import bench, patch_sweep
+    from workbench.sweeps.engine import EngineCheckError
+
+    model = load_model(gpt2_folders[0], device="cpu")
+
+    class Refusing:
+        def __init__(self, *args, **kwargs):
+            raise EngineCheckError("a refusal made by this test")
+
+    monkeypatch.setattr("workbench.sweeps.sweep.Engine", Refusing)
+    with pytest.warns(RuntimeWarning, match="fast engine refused \\(a refusal made by this test\\)"):
+        result = patch_sweep(model, PROMPT, PROMPT.replace("9]", "5]"), metric="kl")
+    assert result.meta["engine"].startswith("hooks: fast engine refused (a refusal made by this test)")
+    with pytest.warns(RuntimeWarning, match="fast engine refused"):
+        data = bench.patching_sweep(model, PROMPT, PROMPT.replace("9]", "5]"))
+    assert data["engine"].startswith("hooks: fast engine refused") and data["engine_full_grid"] == data["engine"]
+
+
+def test_the_bench_prints_the_engine_it_timed(gpt2_folders):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench", "bench", "patching-sweep", "--model", str(gpt2_folders[0]), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["model"] == "gpt2-small" and data["engine"] == "fast" and data["engine_full_grid"] == "fast"
+    assert "alias" not in done.stderr and "fast sweep engine did not run" not in done.stderr

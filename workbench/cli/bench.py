@@ -52,9 +52,10 @@ def patching_sweep(
     from workbench.sweeps import bench
 
     _threads(threads)
-    _print(
-        bench.patching_sweep(model, STUDY_PROMPT, STUDY_PROMPT.replace("9]", "5]"), site=site, device=device), as_json
-    )
+    data = bench.patching_sweep(model, STUDY_PROMPT, STUDY_PROMPT.replace("9]", "5]"), site=site, device=device)
+    if data["engine"] != "fast":  # the timing is not the fast engine's: say so on stderr too
+        typer.echo(f"warning: the fast sweep engine did not run ({data['engine']})", err=True)
+    _print(data, as_json)
 
 
 @bench_app.command("probe-overhead")

@@ -64,6 +64,8 @@ def patching_sweep(model, prompt: str, source: str, *, site: str = "resid_pre", 
         "max_abs_diff": diff,
         "max_abs_diff_full_grid": float((full["metric"].values - theirs).abs().max()),
         "baseline": f"transformer_lens.patching.{baseline_name} on the TransformerBridge",
+        "engine": ours.meta["engine"],  # "fast", or "hooks: <why the fast engine did not run>"
+        "engine_full_grid": full.meta["engine"],
         "torch_threads": torch.get_num_threads(),
     }
 

@@ -59,6 +59,13 @@ class Evaluation:
     seconds: float
     note: str = ""
 
+    @property
+    def engine(self) -> str:
+        """The path taken, as sweep results record it (``meta["engine"]``): ``fast``, or ``hooks: <why>``."""
+        if self.method == "fast":
+            return "fast"
+        return f"hooks: {self.note or 'method=naive was asked for'}"
+
 
 def evaluate_cells(
     model,
@@ -176,6 +183,7 @@ def intervention_sweep(
         metric=metric.name,
         base=base,
         method=evaluation.method,
+        engine=evaluation.engine,
         cells=len(interventions),
         seconds=evaluation.seconds,
         readout=readout,
@@ -284,6 +292,7 @@ def block_sweep(
         metric=metric.name,
         base=base,
         method=evaluation.method,
+        engine=evaluation.engine,
         cells=len(cells),
         seconds=evaluation.seconds,
         readout=readout,
@@ -345,6 +354,7 @@ def mask_sweep(
         metric=metric.name,
         base=base,
         method=evaluation.method,
+        engine=evaluation.engine,
         cells=len(cells),
         seconds=evaluation.seconds,
         readout=readout,
