@@ -270,10 +270,21 @@ def _receiver_activation(model, tokens, deltas, r: Node) -> torch.Tensor:
     rows = tokens.expand(deltas.shape[0], -1).to(model.device)
     add = [(SITES[entry].hook_name(r.block), lambda act, hook=None: act + deltas.to(act))]
     cache: dict = {}
-    keep = [(SITES[site].hook_name(r.block), lambda act, hook=None: cache.__setitem__("x", act.detach().clone()))]
-    with model.bridge.hooks(fwd_hooks=add + keep):
-        model.bridge(rows)
+
+    def keep(act, hook=None):
+        cache["x"] = act.detach().clone()
+        raise _Stop  # nothing after the receiver's block is needed
+
+    try:
+        with model.bridge.hooks(fwd_hooks=[*add, (SITES[site].hook_name(r.block), keep)]):
+            model.bridge(rows)
+    except _Stop:
+        pass
     return cache["x"]
+
+
+class _Stop(Exception):
+    """Ends a forward once the receiver's activation is kept (the hooks context removes every hook)."""
 
 
 @torch.no_grad()
