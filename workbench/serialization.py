@@ -336,9 +336,10 @@ def result_class(spec: str) -> type:
     """The registered class a saved result names (``module:qualname``); only Result subclasses are accepted.
 
     The name is looked up in :func:`result_classes`, never imported: a saved file cannot make the workbench
-    import a module (``workbench.__main__`` would run the CLI). A name that is not registered loads as a
-    plain :class:`~workbench.results.Result` with a one-line warning (saying which plugin failed, if one did),
-    so the numbers still load; a name that is a loaded object other than a Result is refused.
+    import a module (``workbench.__main__`` would run the CLI). A name in the workbench's own modules that is
+    not registered is refused; any other name that is not registered loads as a plain
+    :class:`~workbench.results.Result` with a one-line warning (saying which plugin failed, if one did), so the
+    numbers still load; a name that is a loaded object other than a Result is refused.
     """
     from workbench.results import Result
 
@@ -352,6 +353,11 @@ def result_class(spec: str) -> type:
         loaded = vars(loaded).get(part) if hasattr(loaded, "__dict__") else None  # no __getattr__, no import
     if loaded is not None and not (isinstance(loaded, type) and issubclass(loaded, Result)):
         raise ExportError(f"The saved class {spec} is not a workbench Result: this file is not a saved result.")
+    if module_name == "workbench" or module_name.startswith("workbench."):
+        raise ExportError(
+            f"The saved class {spec} is not a result class of this workbench (the file was edited, or written by "
+            "another version): re-save the result with this version."
+        )
     failed = _failed_plugin(module_name)
     why = f" (the plugin {failed[0]!r} failed to load: {failed[1]})" if failed else ""
     print(f"warning: saved result class {spec} is not available{why}: loaded as a plain Result.", file=sys.stderr)

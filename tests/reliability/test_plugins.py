@@ -267,22 +267,45 @@ def test_a_plugin_that_exits_at_import_does_not_escape_load_result(result_site, 
 
 @pytest.mark.parametrize("hostile", ["workbench.__main__:X", "workbench.cli:app", "workbench.cli.study:X"])
 def test_a_saved_class_never_makes_the_workbench_import_a_module(tmp_path, hostile):
-    """``workbench.__main__`` runs the CLI on the process's own arguments when imported: a file naming it
-    must load as a plain Result without importing it (here the arguments would print the CLI's help)."""
+    """``workbench.__main__`` runs the CLI on the process's own arguments when imported: a file naming it is
+    refused without importing it (here the arguments would print the CLI's help)."""
     path = saved_result(tmp_path / "hostile.json", hostile)
     module = hostile.split(":")[0]
     loaded = python(
         f"""
         import sys
         from workbench import load_result
+        from workbench.errors import ExportError
         before = set(sys.modules)
-        r = load_result(sys.argv[1])
-        print("loaded", type(r).__name__, {module!r} in set(sys.modules) - before)
+        try:
+            load_result(sys.argv[1])
+        except ExportError as exc:
+            print("refused:", exc)
+        print("imported:", {module!r} in set(sys.modules) - before)
         """,
         cli_env(),
         str(path),
         "--help",
     )
     assert loaded.returncode == 0 and "Traceback" not in loaded.stderr, loaded.stderr
-    assert loaded.stdout.splitlines() == ["loaded Result False"]  # no CLI output, no new module
-    assert f"saved result class {hostile} is not available" in loaded.stderr
+    assert loaded.stdout.splitlines() == [  # no CLI output, no new module
+        f"refused: The saved class {hostile} is not a result class of this workbench (the file was edited, "
+        "or written by another version): re-save the result with this version.",
+        "imported: False",
+    ]
+
+
+def test_an_unknown_class_outside_the_workbench_still_loads_the_numbers(tmp_path):
+    path = saved_result(tmp_path / "other.json", "not_installed_pkg.__main__:X")
+    loaded = python(
+        """
+        import sys
+        from workbench import load_result
+        r = load_result(sys.argv[1])
+        print(type(r).__name__, r["x"].values.tolist(), "not_installed_pkg" in sys.modules)
+        """,
+        cli_env(),
+        str(path),
+    )
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "Result [0.0, 1.0] False", loaded.stderr
+    assert "saved result class not_installed_pkg.__main__:X is not available" in loaded.stderr
