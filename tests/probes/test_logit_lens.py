@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,112 @@ def test_positions_subset_equals_the_full_lens_columns(tiny_model):
         part.top_k("final", position=5)
     with pytest.raises(TokenError, match="outside"):  # positions are the token domain
         run(tiny_model, PROMPT, LogitLens(positions=[n]))
+
+
+# --- chunked computation: the same numbers as one eager [layers, positions, vocab] pass ---------------------
+
+
+@torch.no_grad()
+def eager_lens(model, prompts, k, target_ids):
+    """The lens as it was computed before chunking: every layer's logits at every position in one
+    ``[layers, batch, pos, vocab]`` tensor, log-softmaxed at once; KL by metrics.kl_divergence."""
+    from workbench.metrics import kl_divergence
+
+    n = model.facts.n_layers
+    tokens = model.to_tokens(prompts)
+    names = ["blocks.0.hook_resid_pre", *(f"blocks.{i}.hook_resid_post" for i in range(n))]
+    logits, cache = model.bridge.run_with_cache(tokens, names_filter=lambda name: name in names)
+    stack = torch.stack([LogitLens.unembed(model, cache[name]) for name in names] + [logits.float()])
+    logp = stack.log_softmax(-1)
+    top = logp.exp().topk(k + 1, dim=-1)
+    ids = torch.tensor(target_ids)
+    target = stack[..., ids]
+    return {
+        "logits": stack.transpose(0, 1),
+        "top_probs": top.values[..., :k].transpose(0, 1),
+        "top_k_plus_one": top.values.transpose(0, 1),
+        "top_ids": top.indices[..., :k].transpose(0, 1),
+        "kl_to_final": kl_divergence(logp[-1].expand_as(logp), logp).transpose(0, 1),
+        "target_probs": logp[..., ids].exp().transpose(0, 1),
+        "target_ranks": torch.stack([(stack > target[..., t : t + 1]).sum(-1) for t in range(len(ids))], -1).transpose(
+            0, 1
+        ),
+        "target_logits": target.transpose(0, 1),
+    }
+
+
+@pytest.mark.parametrize("rows", [1, 5, None])  # one row per chunk, chunks that split prompts and positions, one chunk
+def test_chunked_lens_equals_the_eager_computation(tiny_model, monkeypatch, rows):
+    from workbench.probes.logit_lens import LENS_ROW_COPIES
+
+    from .helpers import OTHER
+
+    if rows is not None:  # the budget of exactly `rows` (layer, position) rows
+        monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET", str(rows * LENS_ROW_COPIES * 4 * tiny_model.facts.d_vocab))
+    prompts = [PROMPT, OTHER, PROMPT]
+    k = 4
+    result = run(tiny_model, prompts, LogitLens(k=k), targets=DIGITS)["logit_lens"]
+    target_ids = [tiny_model.tokenizer.encode(d, add_special_tokens=False)[0] for d in DIGITS]
+    eager = eager_lens(tiny_model, prompts, k, target_ids)
+    assert result["top_probs"].shape == (3, tiny_model.facts.n_layers + 2, len(tiny_model.str_tokens(PROMPT)), k)
+    # A row's numbers come from the same float32 operations over its own vocabulary whatever the chunk; only the
+    # unembedding's matmul sees another number of rows (another blocking of the same sums: logits differ by
+    # ≲ 1e-5 absolute at these magnitudes, probabilities by ≲ 1e-6), and the KL skips re-normalising
+    # already-normalised log-probabilities (~1e-7 per term, KL up to ~100 nats at the embeddings).
+    for name in ("top_probs", "target_probs"):
+        torch.testing.assert_close(result[name].values, eager[name], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(result["kl_to_final"].values, eager["kl_to_final"], atol=1e-5, rtol=1e-5)
+    # Ranks count strictly larger logits: exact, except that a token within that rounding of the target's
+    # logit may fall on either side of it. The difference is bounded by the number of such near-ties.
+    near = 1e-5 * eager["logits"].abs().amax(-1, keepdim=True)
+    close = torch.stack(
+        [
+            ((eager["logits"] - eager["target_logits"][..., t : t + 1]).abs() <= near).sum(-1) - 1
+            for t in range(len(target_ids))
+        ],
+        -1,
+    )
+    ranks = result["target_ranks"].values
+    assert ((ranks - eager["target_ranks"]).abs() <= close).all()
+    assert (ranks == eager["target_ranks"]).float().mean() > 0.99  # near-ties are rare
+    # Top tokens: the same, except between two probabilities within rounding of each other.
+    decoded = np.vectorize(lambda i: tiny_model.tokenizer.decode([int(i)]), otypes=[object])(eager["top_ids"].numpy())
+    differ = result["top_tokens"].numpy() != decoded
+    plus = eager["top_k_plus_one"]
+    gap = torch.minimum(
+        torch.cat([torch.full_like(plus[..., :1], 1.0), plus[..., :-2] - plus[..., 1:-1]], -1),
+        plus[..., :-1] - plus[..., 1:],
+    )  # each rank's distance to its nearer neighbour
+    assert (gap[torch.from_numpy(differ)] <= 1e-6).all()
+
+
+def test_chunks_follow_the_budget(monkeypatch):
+    from workbench.errors import BudgetError
+    from workbench.probes.logit_lens import LENS_CHUNK_ROWS, LENS_ROW_COPIES
+
+    row = LENS_ROW_COPIES * 4 * 1000  # bytes of one (layer, position) row with a vocabulary of 1000
+    monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET", str(7 * row))
+    assert LogitLens.chunk_shape(1, 100, 1000) == (1, 7)
+    assert LogitLens.chunk_shape(3, 100, 1000) == (3, 2)
+    assert LogitLens.chunk_shape(10, 100, 1000) == (7, 1)
+    assert LogitLens.chunk_shape(1, 4, 1000) == (1, 4)
+    monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET", "64G")  # the cap holds whatever the budget
+    assert LogitLens.chunk_shape(1, 10**6, 49152) == (1, LENS_CHUNK_ROWS)
+    assert LogitLens.chunk_shape(1000, 10, 49152) == (LENS_CHUNK_ROWS, 1)
+    monkeypatch.setenv("WORKBENCH_MEMORY_BUDGET", str(row - 1))
+    with pytest.raises(BudgetError, match="one \\(layer, position\\) row"):
+        LogitLens.chunk_shape(1, 100, 1000)
+
+
+def test_ranks_above_counts_strictly_larger_logits():
+    from workbench.probes.logit_lens import ranks_above
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 300, generator=generator).round(decimals=1)  # rounding makes many ties
+    ids = torch.tensor([0, 5, 5, 17, 299, 42])  # a repeated target, the last token
+    targets = logits[..., ids]
+    expected = torch.stack([(logits > targets[..., j : j + 1]).sum(-1) for j in range(len(ids))], -1)
+    ranks = ranks_above(logits, targets)
+    assert ranks.dtype == torch.int64 and torch.equal(ranks, expected)
+    top = logits.argmax(-1, keepdim=True)
+    assert (ranks_above(logits, logits.gather(-1, top)) == 0).all()

@@ -2,25 +2,40 @@
 
 Rows follow :mod:`workbench.layers`: ``embeddings``, ``after block i``, and ``final`` (the model's
 own output logits, so the row above it must equal it: the lens is exact at the last block).
+
+Every position is read by default, and the memory stays bounded however long the prompt: the summaries
+(top-k, KL to the output, target probabilities and ranks) are computed one chunk of (prompt, position) rows
+at a time, sized by :func:`workbench.memory.memory_budget`, so no ``[layers, positions, vocab]`` tensor
+ever exists (a 1,000-token prompt on SmolLM2: ``benchmarks/logit_lens_memory.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 from workbench import plots
 from workbench.errors import ProbeError
 from workbench.layers import resid_labels
-from workbench.metrics import kl_divergence
+from workbench.memory import require_within_budget, rows_per_batch
 from workbench.probes.base import Probe, ProbeRecord, RunContext
 from workbench.probes.registry import register_probe
 from workbench.results import Named, Result
 from workbench.tokens import position_indices
+
+# A chunk of (prompt, position) rows holds about this many vocabulary-sized float32 tensors per row at once
+# (the output's log-probabilities and probabilities, the layer's logits and log-probabilities, then either
+# the KL terms or the rank buckets, and the output's logits while its log-probabilities are computed).
+LENS_ROW_COPIES = 6
+# At most this many rows per chunk, whatever the budget: the unembedding's matmul costs about the same per row
+# from ~200 rows on (SmolLM2 on 2 CPU cores: 3.7 ms a row at 28 rows, 1.4 ms at 227, 1.5 ms at 1000), so larger
+# chunks would only add memory (256 rows of a 49k vocabulary: 300 MiB).
+LENS_CHUNK_ROWS = 256
 
 
 def decode_ids(tokenizer, ids: torch.Tensor) -> np.ndarray:
@@ -28,6 +43,28 @@ def decode_ids(tokenizer, ids: torch.Tensor) -> np.ndarray:
     unique, inverse = np.unique(ids.cpu().numpy(), return_inverse=True)
     texts = np.array([tokenizer.decode([int(i)]) for i in unique], dtype=object)
     return texts[inverse].reshape(tuple(ids.shape))
+
+
+def ranks_above(
+    logits: Float[torch.Tensor, "*rows vocab"], targets: Float[torch.Tensor, "*rows target"]
+) -> Int[torch.Tensor, "*rows target"]:
+    """How many logits of each row are strictly larger than each target's (0 = top), in one pass over the row.
+
+    Each logit falls in the bucket of how many targets lie strictly below it (a binary search among the
+    row's sorted target logits); the rank of the j-th smallest target is the number of logits in buckets above
+    j. Integer counts, equal to ``(logits > target).sum(-1)`` target by target, ties included, and about 3×
+    faster than ten such comparisons over a 49k vocabulary.
+    """
+    shape, n = targets.shape, targets.shape[-1]
+    flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1, n)
+    rows = flat_targets.shape[0]
+    ordered, order = flat_targets.sort(-1)
+    buckets = torch.searchsorted(ordered.contiguous(), flat_logits.contiguous(), side="left", out_int32=True)
+    buckets += torch.arange(rows, dtype=torch.int32, device=buckets.device)[:, None] * (n + 1)
+    counts = buckets.view(-1).bincount(minlength=rows * (n + 1)).view(rows, n + 1)
+    del buckets
+    above = counts.flip(-1).cumsum(-1).flip(-1)[:, 1:]  # above[:, j]: logits above the j-th smallest target
+    return torch.empty_like(above).scatter_(-1, order, above).reshape(shape)
 
 
 @register_probe
@@ -71,43 +108,88 @@ class LogitLens(Probe):
         return self.read_layers(record, record.plan, self.unembed)
 
     def read_layers(self, record: ProbeRecord, keep: list[int], read) -> LogitLensResult:
-        """Every saved residual row read into logits by ``read(model, resid)`` (a fitted lens passes its own)."""
+        """Every saved residual row read into logits by ``read(model, resid)`` (a fitted lens passes its own
+        ``read(model, resid, layer)``), summarised chunk by chunk (see :meth:`_summarise`)."""
         ctx, phase = record.context, record.last_phase
         labels = resid_labels(ctx.facts.n_layers)
-        stack = [
-            read(ctx.model, record.saved[phase][label], layer)
-            if read is not self.unembed
-            else read(ctx.model, record.saved[phase][label])
-            for layer, label in enumerate(labels[:-1])
-        ]
-        stack.append(record.logits[phase][:, keep].float())
-        return self._summarise(ctx, stack, labels, keep)
+        saved, output = record.saved[phase], record.logits[phase]
+        last = len(labels) - 1
+        first, run_of = keep[0], keep == list(range(keep[0], keep[0] + len(keep)))
+
+        def logits_of(row: int, prompts: slice, columns: slice) -> Float[torch.Tensor, "batch pos vocab"]:
+            if row == last:  # the model's own output logits (a view when the positions read are a run)
+                picked = slice(first + columns.start, first + min(columns.stop, len(keep))) if run_of else keep[columns]
+                return output[prompts, picked].float()
+            resid = saved[labels[row]][prompts, columns]
+            return (read(ctx.model, resid) if read is self.unembed else read(ctx.model, resid, row)).float()
+
+        return self._summarise(ctx, logits_of, labels, keep, int(output.shape[-1]))
 
     @staticmethod
     def unembed(model, resid: Float[torch.Tensor, "*batch d_model"]) -> Float[torch.Tensor, "*batch vocab"]:
         """The model's own final norm and unembedding applied to a residual stream."""
         return model.unembed(resid)
 
+    @staticmethod
+    def chunk_shape(n_prompts: int, n_positions: int, d_vocab: int, device: Any = "cpu") -> tuple[int, int]:
+        """(prompts, positions) per chunk: as many rows as :data:`LENS_ROW_COPIES` vocabulary-sized float32
+        copies per row allow within the memory budget, at most :data:`LENS_CHUNK_ROWS`; a row that alone
+        exceeds the budget is refused (:class:`BudgetError`)."""
+        bytes_per_row = LENS_ROW_COPIES * 4 * d_vocab
+        require_within_budget(
+            bytes_per_row,
+            "The logit lens' one (layer, position) row",
+            "raise WORKBENCH_MEMORY_BUDGET",
+            device,
+        )
+        rows = rows_per_batch(bytes_per_row, device, cap=LENS_CHUNK_ROWS)
+        if rows < n_prompts:
+            return rows, 1
+        return n_prompts, max(1, min(n_positions, rows // n_prompts))
+
     def _summarise(
-        self, ctx: RunContext, stack: list[torch.Tensor], labels: list[str], keep: list[int]
+        self,
+        ctx: RunContext,
+        logits_of: Callable[[int, slice, slice], torch.Tensor],
+        labels: list[str],
+        keep: list[int],
+        d_vocab: int,
     ) -> LogitLensResult:
-        final_logp = stack[-1].log_softmax(-1)
-        top_p, top_tok, kl, t_prob, t_rank = [], [], [], [], []
-        target_ids = torch.tensor(ctx.target_ids, dtype=torch.long, device=final_logp.device)
-        for logits in stack:
-            logp = logits.log_softmax(-1)
-            p, idx = logp.exp().topk(self.k, dim=-1)
-            top_p.append(p)
-            top_tok.append(decode_ids(ctx.model.tokenizer, idx))
-            kl.append(kl_divergence(final_logp, logp))
-            if len(target_ids):
-                target_logits = logits[..., target_ids]
-                t_prob.append(logp[..., target_ids].exp())
-                # Rank = how many tokens have a strictly larger logit (0 = top); one target at a time
-                # keeps the comparison in cache (4× faster than one [.., target, vocab] tensor).
-                t_rank.append(
-                    torch.stack([(logits > target_logits[..., k : k + 1]).sum(-1) for k in range(len(target_ids))], -1)
-                )
+        """Top-k, KL to the output, target probabilities and ranks of every (prompt, layer, position), computed
+        one chunk of (prompt, position) rows at a time, every layer of a chunk in turn: no
+        ``[layers, positions, vocab]`` tensor ever exists (the largest is one layer of one chunk)."""
+        n_prompts, n_layers, n_pos = len(ctx.prompts), len(labels), len(keep)
+        device = ctx.model.device
+        target_ids = torch.tensor(ctx.target_ids, dtype=torch.long, device=device)
+        n_targets = len(target_ids)
+        top_p = torch.zeros(n_prompts, n_layers, n_pos, self.k, device=device)
+        top_idx = torch.zeros(n_prompts, n_layers, n_pos, self.k, dtype=torch.long, device=device)
+        kl = torch.zeros(n_prompts, n_layers, n_pos, device=device)
+        t_prob = torch.zeros(n_prompts, n_layers, n_pos, n_targets, device=device)
+        t_rank = torch.zeros(n_prompts, n_layers, n_pos, n_targets, dtype=torch.long, device=device)
+        step_b, step_p = self.chunk_shape(n_prompts, n_pos, d_vocab, device)
+        for b0 in range(0, n_prompts, step_b):
+            prompts = slice(b0, b0 + step_b)
+            for p0 in range(0, n_pos, step_p):
+                columns = slice(p0, p0 + step_p)
+                final_logp = logits_of(n_layers - 1, prompts, columns).log_softmax(-1)
+                final_p = final_logp.exp()
+                for layer in range(n_layers):
+                    logits = logits_of(layer, prompts, columns)
+                    logp = logits.log_softmax(-1)
+                    top_logp, idx = logp.topk(self.k, dim=-1)  # exp is monotone: the top-k of the probabilities
+                    top_p[prompts, layer, columns] = top_logp.exp()
+                    top_idx[prompts, layer, columns] = idx
+                    # KL(final ‖ layer) = Σ p_final (log p_final − log p_layer), metrics.kl_divergence's formula with
+                    # the output's log-probabilities computed once per chunk rather than once per layer.
+                    diff = final_logp - logp
+                    kl[prompts, layer, columns] = diff.mul_(final_p).sum(-1)
+                    del diff
+                    if n_targets:
+                        t_prob[prompts, layer, columns] = logp[..., target_ids].exp()
+                        t_rank[prompts, layer, columns] = ranks_above(logits, logits[..., target_ids])
+                    del logits, logp
+        top_tok = decode_ids(ctx.model.tokenizer, top_idx)
         coords = dict(
             prompt=list(range(len(ctx.prompts))),
             layer=labels,
@@ -117,13 +199,13 @@ class LogitLens(Probe):
         )
         dims = ("prompt", "layer", "position")
         arrays = {
-            "top_probs": Named(torch.stack(top_p, 1), dims + ("rank",), coords),
-            "top_tokens": Named(np.stack(top_tok, 1), dims + ("rank",), coords),
-            "kl_to_final": Named(torch.stack(kl, 1), dims, coords),
+            "top_probs": Named(top_p, dims + ("rank",), coords),
+            "top_tokens": Named(top_tok, dims + ("rank",), coords),
+            "kl_to_final": Named(kl, dims, coords),
         }
-        if t_prob:
-            arrays["target_probs"] = Named(torch.stack(t_prob, 1), dims + ("target",), coords)
-            arrays["target_ranks"] = Named(torch.stack(t_rank, 1), dims + ("target",), coords)
+        if n_targets:
+            arrays["target_probs"] = Named(t_prob, dims + ("target",), coords)
+            arrays["target_ranks"] = Named(t_rank, dims + ("target",), coords)
         return LogitLensResult(
             arrays=arrays,
             meta={
