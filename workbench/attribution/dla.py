@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from workbench.attribution.linear import CHECK, FrozenNorm, affine_map, freeze_norm
+from workbench.attribution.linear import CHECK, FrozenNorm, apply, freeze_norm, pullback
 from workbench.errors import AttributionError
 from workbench.layers import resid_labels
 from workbench.metrics import Metric, resolve_metric
@@ -302,12 +302,11 @@ def _heads(model, b: int, row: dict, pulled: torch.Tensor):
     z = row[("z", b)]  # [prompt, n_heads, d_head]
     n_heads, d_head = z.shape[-2], z.shape[-1]
     o = getattr(bridge.blocks[b].attn.o, "_original_component", bridge.blocks[b].attn.o)
-    w_o, b_o = affine_map(o, n_heads * d_head)  # [n_heads * d_head, d_model]
-    projected = z.reshape(z.shape[0], -1) @ w_o + b_o
+    projected = apply(o, z.reshape(z.shape[0], -1))
     _check_sum(projected, row[("attn_proj_out", b)], f"block {b}'s heads through the output projection", "its output")
     post = _frozen_post(bridge, b, "attn", projected)
-    u = _pull(post, pulled)  # [prompt, d_model]
-    per_head = torch.einsum("phd,hdm,pm->ph", z, w_o.reshape(n_heads, d_head, -1), u)
+    worth, b_o = pullback(o, _pull(post, pulled), n_heads * d_head)  # [prompt, n_heads * d_head]: W_O u
+    per_head = (z * worth.reshape(z.shape)).sum(-1)  # [prompt, n_heads]
     comps = [Component("head", b, h, facts.head_to_group[h]) for h in range(n_heads)]
     cols = [per_head[:, h] for h in range(n_heads)]
     written = _write_bias(post, b_o)
@@ -324,12 +323,11 @@ def _neurons(model, b: int, row: dict, pulled: torch.Tensor):
     bridge = model.bridge
     hidden = row[("mlp_hidden", b)]  # [prompt, d_mlp]
     out = getattr(bridge.blocks[b].mlp.out, "_original_component", bridge.blocks[b].mlp.out)
-    w_out, b_out = affine_map(out, hidden.shape[-1])
-    projected = hidden @ w_out + b_out
+    projected = apply(out, hidden)
     _check_sum(projected, row[("mlp_proj_out", b)], f"block {b}'s neurons", "its MLP output")
     post = _frozen_post(bridge, b, "mlp", projected)
-    u = _pull(post, pulled)
-    per_neuron = hidden * (u @ w_out.T)  # [prompt, d_mlp]
+    worth, b_out = pullback(out, _pull(post, pulled), hidden.shape[-1])
+    per_neuron = hidden * worth  # [prompt, d_mlp]
     comps = [Component("neuron", b, neuron=n) for n in range(hidden.shape[-1])]
     cols = list(per_neuron.unbind(-1))
     written = _write_bias(post, b_out)

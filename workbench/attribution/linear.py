@@ -3,9 +3,10 @@
 Direct logit attribution splits what reaches the logits into what each component wrote. Two facts make that
 exact: projections are affine (a head's output projection, an MLP's down projection, the unembedding), and a
 norm is affine once its scale is *frozen* at the value the actual forward computed. Weights are not looked up
-by family: each affine module is probed with an identity matrix (``module(I) - module(0)``), and each norm with
-``±αv`` (its gain and bias) — GPT-2's Conv1D, Falcon's Linear, Gemma's ``(1 + w)`` RMSNorm and LayerNorm with
-bias all come out the same way. Every piece checks itself against the module's own output.
+by family: an affine module's worth along a direction is one backward pass through the module itself
+(``pullback``), and each norm is probed with ``±αv`` (its gain and bias) — GPT-2's Conv1D, Falcon's Linear,
+Gemma's ``(1 + w)`` RMSNorm and LayerNorm with bias all come out the same way. Every piece checks itself against
+the module's own output.
 """
 
 from __future__ import annotations
@@ -31,14 +32,21 @@ def _device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.no_grad()
-def affine_map(module: torch.nn.Module, d_in: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W, b)`` in float64 with ``module(x) = x @ W + b`` for any x of width ``d_in``, probed with the identity."""
+def pullback(module: torch.nn.Module, direction: torch.Tensor, d_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(u, b)`` for an affine ``module(x) = x @ W + b``: ``u = direction @ W.T`` ``[rows, d_in]`` (what each input
+    feature is worth along ``direction`` ``[rows, d_out]``) by one backward pass, and the bias ``b`` (float64)."""
     dtype, device = _module_dtype(module), _device(module)
-    probe = torch.cat([torch.zeros(1, d_in), torch.eye(d_in)]).to(device=device, dtype=dtype)
-    out = module(probe).double().cpu()
-    bias = out[0]
-    return out[1:] - bias, bias
+    x = torch.zeros(direction.shape[0], d_in, dtype=dtype, device=device, requires_grad=True)
+    with torch.enable_grad():
+        y = module(x)
+        (grad,) = torch.autograd.grad((y * direction.to(y)).sum(), x)
+    return grad.double().cpu(), y[0].detach().double().cpu()
+
+
+@torch.no_grad()
+def apply(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` in the module's dtype and device, returned as float64 on the CPU."""
+    return module(x.to(dtype=_module_dtype(module), device=_device(module))).double().cpu()
 
 
 @dataclass
