@@ -445,3 +445,119 @@ def test_any_temperature_range(low, high, steps):
         ["sample", "explore", "--model", T, "--from", repr(low), "--to", repr(high), "--steps", str(steps), "--json"]
     )
     assert_clean_ending(code, err)
+
+
+# ===== Trust (rows, lens files, intervention numbers, saved classes, model names): one case per class =========
+# Each bad input below reached an "internal error", a silent wrong answer or another process's code before;
+# each now ends in one error line with its own exit code, the sandbox byte-identical.
+
+TRUST_CASES = {
+    # rows never vanish: a CSV quote left open is an error naming its line (not 4 rows of 12 with exit 0)
+    "trust: a CSV quote left open": (
+        Case(["experiment", "run", "open_quote.toml", "--out", "r"], says="open_quote.csv line 6: a quoted cell"),
+        17,
+    ),
+    "trust: an integer beyond 64 bits": (
+        Case(["experiment", "run", "huge.toml", "--out", "r"], says="beyond 64 bits"),
+        17,
+    ),
+    # lens files verify themselves: a flipped bit, a tampered header
+    "trust: a lens with a flipped bit": (
+        Case(["probe", "tuned_lens", "-m", T, "-o", "lens=flipped.lens"], says="do not match the SHA-256"),
+        16,
+    ),
+    "trust: a lens with a tampered header": (
+        Case(["lens", "info", "tampered.lens"], says="damaged lens header"),
+        16,
+    ),
+    # interventions refuse meaningless numbers
+    "trust: a NaN scale factor": (
+        Case(
+            [
+                "probe",
+                "intervention",
+                "-m",
+                T,
+                "-o",
+                'edits=[{"site": "resid_pre", "op": {"name": "scale", "factor": NaN}}]',
+            ],
+            says="Scale factor is nan, not a finite number",
+        ),
+        12,
+    ),
+    # a saved class never makes the workbench import a module (workbench.__main__ runs the CLI)
+    "trust: a report naming workbench.__main__": (
+        Case(["report", "rep", "--out", "copy"], says="workbench.__main__:X is not a result class of this workbench"),
+        9,
+    ),
+    # the model is what the user pointed at: an alias of TransformerLens is no spec of the workbench's
+    "trust: a TransformerLens alias as a model spec": (
+        Case(["models", "info", "gpt2-small"], says="Unknown model spec 'gpt2-small'"),
+        2,
+    ),
+}
+
+
+def make_trust_sandbox(root: Path) -> Path:
+    """The usual sandbox plus the Trust cases' files, built with the workbench's own writers then damaged."""
+    import json
+
+    from workbench.lenses import Lens
+    from workbench.models import load_model
+    from workbench.outputs import json_mark
+    from workbench.results import Named, Result
+    from workbench.serialization import result_to_dict
+
+    sandbox = make_sandbox(root)
+    lines = ["id,prompt"] + [f"r{i},The number {i} is " for i in range(12)]
+    lines[5] = 'r4,"The number 4 is '
+    (sandbox / "open_quote.csv").write_text("\n".join(lines) + "\n")
+    (sandbox / "huge.jsonl").write_text('{"prompt": "a", "n": 18446744073709551616}\n')
+    for name, data in (("open_quote", "open_quote.csv"), ("huge", "huge.jsonl")):
+        (sandbox / f"{name}.toml").write_text(
+            f'metrics = ["kl"]\n[model]\nspec = "{T}"\n[dataset]\npath = "{data}"\n[conditions]\nclean = []\n'
+        )
+    lens = Lens.identity(load_model(T))
+    lens.bias[0, 0] = 0.5
+    for name in ("flipped", "tampered"):
+        lens.save(sandbox / f"{name}.lens")
+    raw = bytearray((sandbox / "flipped.lens").read_bytes())
+    raw[-1] ^= 0x01  # the last byte of the tensor data (safetensors keeps the JSON header first)
+    (sandbox / "flipped.lens").write_bytes(bytes(raw))
+    text = (sandbox / "tampered.lens").read_bytes()
+    # The header is JSON inside the safetensors JSON (its quotes escaped); the same length keeps the file valid.
+    edited = text.replace(b'\\"method\\": \\"identity\\"', b'\\"method\\": 123456789012')
+    assert edited != text
+    (sandbox / "tampered.lens").write_bytes(edited)
+    result = Result(probe="x", model="m", prompts=["p"], tokens=[["p"]], arrays={"x": Named(torch.ones(2), ("i",))})
+    (sandbox / "rep").mkdir()
+    hostile = result_to_dict(result) | {"class": "workbench.__main__:X"}
+    body = json_mark("random-number study") | {"probe_results": {"x": hostile}}
+    (sandbox / "rep" / "results.json").write_text(json.dumps(body))
+    return sandbox
+
+
+@pytest.fixture(scope="module")
+def trust_results(tmp_path_factory) -> dict[str, tuple[Run, dict, dict, Path]]:
+    root = tmp_path_factory.mktemp("fuzz-trust")
+    sandboxes = {name: make_trust_sandbox(root / f"case{i}") for i, name in enumerate(TRUST_CASES)}
+    with ThreadPoolExecutor(4) as pool:
+        futures = {name: pool.submit(run_case, TRUST_CASES[name][0], sandboxes[name]) for name in TRUST_CASES}
+        done = {name: (*future.result(), sandboxes[name]) for name, future in futures.items()}
+    for sandbox in sandboxes.values():
+        (sandbox / "ro").chmod(0o755)
+        (sandbox / "secret.txt").chmod(0o644)
+    return done
+
+
+@pytest.mark.parametrize("name", list(TRUST_CASES))
+def test_trust_bad_inputs_are_one_line_with_their_exit_code(trust_results, name):
+    case, code = TRUST_CASES[name]
+    run, before, after, sandbox = trust_results[name]
+    assert "Traceback" not in run.stdout + run.stderr, run.stderr
+    assert not any(line.startswith("internal error:") for line in run.stderr.splitlines()), run.stderr
+    assert after == before, "a pre-existing file or folder changed"
+    assert leftovers(sandbox) == [] and not (sandbox / "r").exists() and not (sandbox / "copy").exists()
+    assert run.returncode == code, run.stderr
+    assert len(run.error_lines) == 1 and case.says in run.error_lines[0], run.stderr
+    assert "alias" not in run.stderr
