@@ -148,14 +148,9 @@ def bootstrap_interval(
         part = slice(first, first + group)
         data = samples[todo[part]]
         rng.bit_generator.state = start  # every group of rows reads the same resamples
-        lo[part], hi[part] = _bootstrap(data, confidence, resamples, rng, batch, "BCa")
+        distribution = _bootstrap_distribution(data, resamples, rng, batch)
         end = rng.bit_generator.state
-        bad = ~(np.isfinite(lo[part]) & np.isfinite(hi[part]))
-        if bad.any():
-            rng.bit_generator.state = start  # the same resamples, read by percentiles
-            idx = np.arange(len(todo))[part][bad]
-            lo[idx], hi[idx] = _bootstrap(data[bad], confidence, resamples, rng, batch, "percentile")
-            undefined[idx] = True
+        lo[part], hi[part], undefined[part] = _bca_of_mean(data, distribution, confidence)
     rng.bit_generator.state = end
     low[todo], high[todo] = lo, hi
     for k, r in enumerate(todo):
@@ -163,21 +158,49 @@ def bootstrap_interval(
     return low, high, methods
 
 
-def _bootstrap(data, confidence, resamples, rng, batch, method) -> tuple[np.ndarray, np.ndarray]:
+def _bootstrap_distribution(data: np.ndarray, resamples: int, rng: np.random.Generator, batch: int) -> np.ndarray:
+    """The means of ``resamples`` resamples of each row ``[rows, resamples]``: scipy's draws, ``batch`` at a time."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ci = sps.bootstrap(
+        result = sps.bootstrap(
             (data,),
             _mean,
-            confidence_level=confidence,
             n_resamples=resamples,
             batch=batch,
-            method=method,
+            method="percentile",
             axis=-1,
             vectorized=True,
             random_state=rng,
-        ).confidence_interval
-    return np.asarray(ci.low, float).reshape(-1), np.asarray(ci.high, float).reshape(-1)
+        )
+    return np.asarray(result.bootstrap_distribution, float).reshape(data.shape[0], resamples)
+
+
+def _bca_of_mean(
+    data: np.ndarray, distribution: np.ndarray, confidence: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BCa intervals of each row's mean from its bootstrap ``distribution`` — scipy's formulas (Efron &
+    Tibshirani 14.3, 15.36) with the jackknife in closed form: leaving item i out, the mean is (S − xᵢ)/(n − 1),
+    so the acceleration costs O(n) instead of the n resamples of n − 1 items scipy builds. Rows where BCa is
+    undefined get the percentile interval of the same distribution; returns (low, high, undefined)."""
+    from scipy.special import ndtr, ndtri
+
+    n = data.shape[-1]
+    alpha = (1 - confidence) / 2
+    theta = data.mean(axis=-1, keepdims=True)
+    below = np.count_nonzero(distribution < theta, axis=-1) + np.count_nonzero(distribution <= theta, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        z0 = ndtri(below / (2 * distribution.shape[-1]))
+        jackknife = (data.sum(axis=-1, keepdims=True) - data) / (n - 1)
+        u = (n - 1) * (jackknife.mean(axis=-1, keepdims=True) - jackknife)
+        a = (np.sum(u**3, axis=-1) / n**3) / 6 / (np.sum(u**2, axis=-1) / n**2) ** 1.5
+        z = float(ndtri(alpha))
+        p_low = ndtr(z0 + (z0 + z) / (1 - a * (z0 + z)))
+        p_high = ndtr(z0 + (z0 - z) / (1 - a * (z0 - z)))
+    probabilities = np.stack([p_low, p_high], axis=-1)
+    undefined = ~np.isfinite(probabilities).all(axis=-1)
+    probabilities[undefined] = (alpha, 1 - alpha)
+    ci = np.asarray(sps.quantile(distribution, probabilities, axis=-1), float)
+    return ci[:, 0], ci[:, 1], undefined
 
 
 def sign_flip_test(
