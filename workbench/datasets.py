@@ -312,8 +312,9 @@ def _refuse_huge_integers(record: Mapping[str, Any], index: int, name: str) -> N
 
     for key, value in record.items():
         if huge(value):
-            digits = len(str(abs(value))) if isinstance(value, int) else None
-            what = f"a {digits}-digit integer" if digits else "an integer"
+            # str() of an int over 4300 digits raises: such a one is only said to be long
+            small = isinstance(value, int) and value.bit_length() < 10_000
+            what = f"a {len(str(abs(value)))}-digit integer" if small else "an integer"
             raise DatasetError(
                 f"{name} row {index + 1}, column {key!r}: {what} beyond 64 bits, which the results table cannot "
                 "hold: write it as text (in quotes) or as a smaller number."

@@ -269,6 +269,8 @@ def test_integers_beyond_64_bits_are_one_line_errors(tmp_path, name, content):
         load_dataset(path)
     assert "\n" not in str(info.value)
     assert from_records([{"prompt": "a", "n": 2**63 - 1}])[0].fields["n"] == 2**63 - 1  # the edge still fits
+    with pytest.raises(DatasetError, match="column 'n': an integer beyond 64 bits"):
+        from_records([{"prompt": "a", "n": 10**6000}])  # from Python: too long even to print
 
 
 def test_parquet_unsigned_integers_beyond_int64_are_refused(tmp_path):
