@@ -561,3 +561,169 @@ def test_trust_bad_inputs_are_one_line_with_their_exit_code(trust_results, name)
     assert run.returncode == code, run.stderr
     assert len(run.error_lines) == 1 and case.says in run.error_lines[0], run.stderr
     assert "alias" not in run.stderr
+
+
+# ===== Trust: experiment folders and specs (the experiments runner's block) ==================================
+# Each reached an "internal error", a hang, a deleted or overwritten user file, or work thrown away before;
+# each now ends in one error line with its own exit code, the sandbox (an earlier experiment folder
+# included) byte-identical.
+
+EXP_SPEC = f"""name = "fuzz"
+metrics = ["kl"]
+shard_items = 2
+
+[model]
+spec = "{T}"
+device = "cpu"
+
+[dataset]
+path = "rows.jsonl"
+
+[conditions]
+zero = [{{ site = "z", op = "zero", blocks = [1] }}]
+
+[stats]
+resamples = 999
+"""
+EXPERIMENT_CASES = {
+    "experiment: summarize over an edited report.html": (
+        Case(["experiment", "summarize", "exp"], says="report.html changed since the workbench wrote it"),
+        20,
+    ),
+    "experiment: --force over an edited summary.json": (
+        Case(["experiment", "run", "exp.toml", "--out", "exp", "--force"], says="summary.json changed since"),
+        20,
+    ),
+    "experiment: a symlinked shards folder": (
+        Case(["experiment", "run", "exp.toml", "--out", "linked", "--force"], says="is a symlink or a file"),
+        20,
+    ),
+    "experiment: a tampered manifest": (
+        Case(["experiment", "run", "exp.toml", "--out", "exp"], says="manifest.json changed since"),
+        19,
+    ),
+    "experiment: a tampered plan": (
+        Case(["experiment", "run", "exp.toml", "--out", "exp"], says="plan.json changed since"),
+        19,
+    ),
+    "experiment: a tampered results file": (
+        Case(["experiment", "summarize", "exp"], says="exp/results.parquet is not a readable results file"),
+        19,
+    ),
+    "experiment: an older marker that lists nothing": (
+        Case(["experiment", "run", "exp.toml", "--out", "exp", "--force"], says="lists no files"),
+        19,
+    ),
+    "experiment: name = 12345": (
+        Case(["experiment", "run", "name.toml", "--out", "r"], says="name = 12345 is of the wrong type"),
+        18,
+    ),
+    "experiment: confidence = 'high'": (
+        Case(["experiment", "run", "confidence.toml", "--out", "r"], says="[stats] confidence = 'high' must be"),
+        18,
+    ),
+    "experiment: [[grids]]": (
+        Case(["experiment", "run", "grids.toml", "--out", "r"], says="(not [[grids]])"),
+        18,
+    ),
+    "experiment: resamples = 30000000": (
+        Case(["experiment", "run", "resamples.toml", "--out", "r"], says="is more than 1,000,000"),
+        18,
+    ),
+    "experiment: a template grid of 10^6 rows": (
+        Case(["experiment", "run", "million.toml", "--out", "r"], says="grid expands to 1,000,000 rows"),
+        18,
+    ),
+    "experiment: --address of no Ray cluster": (
+        Case(
+            ["experiment", "run", "exp.toml", "--out", "r", "--executor", "ray", "--address", "127.0.0.1:1"],
+            says="Cannot reach the Ray cluster at 127.0.0.1:1",
+        ),
+        22,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def finished_experiment(tmp_path_factory) -> Path:
+    """One finished experiment folder (written in process), copied into each sandbox before it is damaged."""
+    import json
+
+    from workbench.experiments import run_experiment
+
+    root = tmp_path_factory.mktemp("fuzz-experiment")
+    rows = [{"prompt": f"Pick a number from 0 to {b}: "} for b in range(4, 10)]
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "exp.toml").write_text(EXP_SPEC)
+    run_experiment(root / "exp.toml", root / "exp")
+    return root
+
+
+def make_experiment_sandbox(root: Path, finished: Path, name: str) -> Path:
+    import json
+    import shutil
+
+    sandbox = make_sandbox(root)
+    shutil.copy(finished / "rows.jsonl", sandbox / "rows.jsonl")
+    (sandbox / "exp.toml").write_text(EXP_SPEC)
+    exp = sandbox / "exp"
+    shutil.copytree(finished / "exp", exp)
+    (sandbox / "name.toml").write_text(EXP_SPEC.replace('name = "fuzz"', "name = 12345"))
+    (sandbox / "confidence.toml").write_text(EXP_SPEC + 'confidence = "high"\n')
+    (sandbox / "resamples.toml").write_text(EXP_SPEC.replace("resamples = 999", "resamples = 30000000"))
+    (sandbox / "grids.toml").write_text(EXP_SPEC + '\n[[grids]]\nover = ["block"]\n')
+    numbers = ", ".join(str(i) for i in range(1000))
+    (sandbox / "million.toml").write_text(
+        EXP_SPEC.replace(
+            'path = "rows.jsonl"', f'template = "{{a}} {{b}}"\ngrid = {{ a = [{numbers}], b = [{numbers}] }}'
+        )
+    )
+    if "report.html" in name:
+        (exp / "report.html").write_text("<html>my annotated report</html>")
+    if "summary.json" in name:
+        (exp / "summary.json").write_text('{"mine": true}\n')
+    if "symlinked" in name:
+        shutil.copytree(finished / "exp", sandbox / "linked")
+        shutil.move(sandbox / "linked" / "shards", sandbox / "elsewhere")
+        (sandbox / "linked" / "shards").symlink_to(sandbox / "elsewhere", target_is_directory=True)
+    if "manifest" in name:
+        manifest = json.loads((exp / "manifest.json").read_text())
+        manifest["analysis"]["seed"] = 1
+        (exp / "manifest.json").write_text(json.dumps(manifest))
+    if "plan" in name:
+        (exp / "plan.json").write_text('{"shards": "all of them"}')
+    if "results" in name:
+        data = bytearray((exp / "results.parquet").read_bytes())
+        data[20] ^= 0xFF
+        (exp / "results.parquet").write_bytes(bytes(data))
+    if "older marker" in name:
+        (exp / ".workbench-experiment").write_text("workbench experiment folder: these files were written by …\n")
+    return sandbox
+
+
+@pytest.fixture(scope="module")
+def experiment_results(tmp_path_factory, finished_experiment) -> dict[str, tuple[Run, dict, dict, Path]]:
+    root = tmp_path_factory.mktemp("fuzz-experiments")
+    sandboxes = {
+        name: make_experiment_sandbox(root / f"case{i}", finished_experiment, name)
+        for i, name in enumerate(EXPERIMENT_CASES)
+    }
+    with ThreadPoolExecutor(4) as pool:
+        futures = {name: pool.submit(run_case, EXPERIMENT_CASES[name][0], sandboxes[name]) for name in EXPERIMENT_CASES}
+        done = {name: (*future.result(), sandboxes[name]) for name, future in futures.items()}
+    for sandbox in sandboxes.values():
+        (sandbox / "ro").chmod(0o755)
+        (sandbox / "secret.txt").chmod(0o644)
+    return done
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENT_CASES))
+def test_experiment_bad_inputs_are_one_line_and_leave_every_file(experiment_results, name):
+    case, code = EXPERIMENT_CASES[name]
+    run, before, after, sandbox = experiment_results[name]
+    assert "Traceback" not in run.stdout + run.stderr, run.stderr
+    assert not any(line.startswith("internal error:") for line in run.stderr.splitlines()), run.stderr
+    assert after == before, "a pre-existing file or folder changed"
+    assert leftovers(sandbox) == [] and not (sandbox / "r").exists()
+    assert run.returncode == code, run.stderr
+    assert len(run.error_lines) == 1 and case.says in run.error_lines[0], run.stderr
