@@ -115,6 +115,13 @@ TAMPERED = {
     "method is a number": {"method": 3},
     "model name is a list": {"model": {"name": ["a"]}},
     "tokens is a list": {"tokens": [1]},
+    "model has no spec": {"model": {"name": "tiny-qwen2"}},
+    "fingerprint has no kind": {"fingerprint": {"sha256": "a" * 64}},
+    "ridge alpha is text": {"ridge": {"alpha": "big"}},
+    "ridge alpha holds true": {"ridge": {"alpha": [True]}},
+    "tuned steps is text": {"tuned": {"steps": "many"}},
+    "fit_seconds is text": {"fit_seconds": "slow"},
+    "model is null": {"model": None},
 }
 
 
@@ -129,6 +136,18 @@ def test_a_tampered_header_is_one_lens_error(tiny_qwen2, tmp_path, case):
     with pytest.raises(LensError) as info:
         Lens.load(path, tiny_qwen2)
     assert "\n" not in str(info.value) and "fit it again" in str(info.value)
+    with pytest.raises(LensError):  # what `workbench lens info` reads: refused before any field is printed
+        Lens.load(path)
+
+
+def test_lens_info_reads_every_field_a_good_header_has(tiny_qwen2, tiny_linear, tmp_path, capsys):
+    """The schema covers what `workbench lens info` prints: a fitted lens passes it and prints."""
+    from workbench.cli.lens import _print_lens
+
+    path = tiny_linear(tiny_qwen2).save(tmp_path / "fitted.lens")
+    _print_lens(Lens.load(path))
+    out = capsys.readouterr().out
+    assert "ridge α per layer" in out and "held-out KL" in out
 
 
 def test_extra_or_missing_tensors_are_refused(tiny_qwen2, tmp_path):

@@ -216,31 +216,82 @@ def _read_header(path: Path, metadata: dict[str, str] | None) -> dict[str, Any]:
 def _parse_header(path: Path, metadata: dict[str, str] | None) -> dict[str, Any]:
     """The JSON header, checked for every field the workbench reads (a tampered header is one LensError)."""
     header = _read_header(path, metadata)
-    shapes = {
-        "model": dict,
-        "fingerprint": dict,
-        "tensors": dict,
-        "heldout_kl": dict,
-        "tokens": dict,
-        "method": str,
-        "corpus": dict,
-        "versions": dict,
-    }
-    for key, kind in shapes.items():
-        if key in header and not isinstance(header[key], kind):
-            raise LensError(
-                f"{path} has a damaged lens header: {key!r} is a {type(header[key]).__name__}, "
-                f"not a {kind.__name__} (the file was edited): fit it again."
-            )
-    if "model" in header and not isinstance(header["model"].get("name", ""), str):
-        raise LensError(f"{path} has a damaged lens header: the model's name is not text: fit it again.")
     if _fingerprint_sha256(header) is None:
         raise LensError(
             f"{path} carries no valid fingerprint of the model it was fitted on (a lens written before "
             "fingerprints, or an edited header), so it cannot be checked against a model: fit it again with "
             "`workbench lens fit`."
         )
+    for where, value, kind in _header_fields(header):
+        if not _is_kind(value, kind):
+            raise LensError(
+                f"{path} has a damaged lens header: {where} is {_value_name(value)}, not {_kind_name(kind)} "
+                "(the file was edited): fit it again."
+            )
     return header
+
+
+NUMBER = (int, float)
+# What the workbench reads from a header, and of what kind; "?" marks a field that may be absent.
+HEADER_SCHEMA: dict[str, Any] = {
+    "model": {"name": str, "spec": str},
+    "fingerprint": {"kind": str},
+    "?method": str,
+    "?corpus": dict,
+    "?tokens": dict,
+    "?versions": dict,
+    "?tensors": {"weight": str, "bias": str},
+    "?heldout_kl": dict,
+    "?ridge": {"alpha": [NUMBER]},
+    "?tuned": {"?steps": int, "?tokens_per_step": int, "?optimizer": str, "?lr": NUMBER, "?note": str},
+    "?fit_seconds": NUMBER,
+}
+
+
+def _header_fields(header: dict[str, Any], schema: dict[str, Any] | None = None, prefix: str = ""):
+    """``(where, value, kind)`` for every field of the schema the header has (a required one it lacks is None)."""
+    for key, kind in (HEADER_SCHEMA if schema is None else schema).items():
+        optional, name = key.startswith("?"), key.removeprefix("?")
+        where = f"{prefix}{name!r}" if not prefix else f"{prefix}[{name!r}]"
+        if name not in header:
+            if not optional:
+                yield where, None, kind
+            continue
+        value = header[name]
+        yield where, value, kind
+        if isinstance(kind, dict) and isinstance(value, dict):
+            yield from _header_fields(value, kind, where)
+
+
+def _is_kind(value: Any, kind: Any) -> bool:
+    if isinstance(kind, dict):
+        return isinstance(value, dict)
+    if isinstance(kind, list):
+        return isinstance(value, list) and all(_is_kind(v, kind[0]) for v in value)
+    if isinstance(value, bool):  # JSON's true/false are not numbers here
+        return kind is bool
+    return isinstance(value, kind)
+
+
+def _kind_name(kind: Any) -> str:
+    """A schema kind in words."""
+    if isinstance(kind, dict) or kind is dict:
+        return "an object"
+    if isinstance(kind, list):
+        return f"a list of {_kind_name(kind[0]).split(' ', 1)[1]}s"
+    if kind is str:
+        return "a text"
+    return "a number" if kind in (int, float, NUMBER) else f"a {getattr(kind, '__name__', kind)}"
+
+
+def _value_name(value: Any) -> str:
+    """A JSON value's kind in words."""
+    if value is None:
+        return "missing (or null)"
+    if isinstance(value, bool):
+        return "true/false"
+    kinds = ((str, "a text"), (int, "a number"), (float, "a number"), (list, "a list"), (dict, "an object"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
 
 
 def _fingerprint_sha256(header: dict[str, Any]) -> str | None:
