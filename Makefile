@@ -42,7 +42,7 @@ test: lint docs
 
 # Lint, format and type checks (configured in pyproject.toml); pre-commit runs the same three.
 lint: setup
-	@start=$$(date +%s); $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy; \
+	@start=$$(date +%s); $(VENV)/bin/ruff check .; $(VENV)/bin/ruff format --check .; $(VENV)/bin/mypy; \
 	  echo "[time] lint (ruff, mypy): $$(( $$(date +%s) - start )) s"
 
 docs: setup
