@@ -376,3 +376,48 @@ def test_a_read_only_out_fails_before_the_model_loads(tmp_path, args):
     assert len(run.error_lines) == 1 and "is not writable (Permission denied" in run.error_lines[0], run.stderr
     assert "No model file" not in run.stderr
     assert list(readonly.iterdir()) == []
+
+
+# --- experiment folders: the same marker rule, kept as shards are written -------------------------------------
+
+
+def test_experiment_folders_follow_the_same_marker_rule(tmp_path):
+    """The issue's findings for experiment folders, from the CLI: summarize and reruns overwrote an edited
+    report.html, --force deleted a user's forest.html, reruns deleted any .tmp-* file. Now the marker lists
+    every file with its SHA-256 (the same hash outputs.py records), and only listed, unchanged files are
+    replaced or deleted."""
+    from workbench.experiments.storage import MARKER as EXPERIMENT_MARKER
+    from workbench.experiments.storage import Folder
+    from workbench.outputs import file_sha256
+
+    (tmp_path / "rows.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Pick a number from 0 to {b}: "}) + "\n" for b in range(4, 10))
+    )
+    (tmp_path / "spec.toml").write_text(
+        'metrics = ["kl"]\n[model]\nspec = "tiny-qwen2"\ndevice = "cpu"\n[dataset]\npath = "rows.jsonl"\n'
+        '[conditions]\nzero = [{ site = "z", op = "zero", blocks = [1] }]\n[stats]\nresamples = 999\n'
+    )
+    exp = tmp_path / "exp"
+    first = workbench("experiment", "run", "spec.toml", "--out", "exp", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    listed = Folder(exp).files
+    on_disk = {p.relative_to(exp).as_posix() for p in exp.rglob("*") if p.is_file() and p.name != EXPERIMENT_MARKER}
+    assert set(listed) == on_disk
+    assert all(listed[rel]["sha256"] == file_sha256(exp / rel) for rel in on_disk)
+
+    (exp / "report.html").write_text("<html>my annotations</html>")
+    before = snapshot(exp)
+    for args in (["experiment", "summarize", "exp"], ["experiment", "run", "spec.toml", "--out", "exp"]):
+        run = workbench(*args, cwd=tmp_path)
+        assert run.returncode == 20 and "Traceback" not in run.stderr
+        assert len(run.error_lines) == 1 and "report.html changed since the workbench wrote it" in run.error_lines[0]
+        assert snapshot(exp) == before
+
+    (exp / "report.html").rename(tmp_path / "my-report.html")  # the fix the message names
+    (exp / "forest.html").write_text("<html>my own figure</html>")
+    (exp / ".tmp-notes").write_text("mine")
+    kept = {k: v for k, v in snapshot(exp).items() if k.endswith(("forest.html", ".tmp-notes"))}
+    again = workbench("experiment", "run", "spec.toml", "--out", "exp", "--force", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {k: v for k, v in snapshot(exp).items() if k.endswith(("forest.html", ".tmp-notes"))} == kept
+    assert (tmp_path / "my-report.html").read_text() == "<html>my annotations</html>"
