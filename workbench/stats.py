@@ -140,8 +140,7 @@ def bootstrap_interval(
         return low, high, [m or "none: fewer than 2 items" for m in methods]
     rng = rng or np.random.default_rng(0)
     group, batch = _layout(len(todo), n, resamples, budget)
-    start = rng.bit_generator.state
-    end = None
+    start = end = rng.bit_generator.state  # every group ends in the same state (it draws the same)
     lo, hi = np.full(len(todo), np.nan), np.full(len(todo), np.nan)
     undefined = np.zeros(len(todo), bool)
     for first in range(0, len(todo), group):
@@ -221,7 +220,7 @@ def sign_flip_test(
         rng = rng or np.random.default_rng(0)
         group, batch = _layout(len(todo), n, resamples, budget)
         batch = _divisor_at_most(resamples, batch)
-        start, end = rng.bit_generator.state, None
+        start = end = rng.bit_generator.state  # every group ends in the same state (it draws the same)
         for first in range(0, len(todo), group):
             rows_now = todo[first : first + group]
             rng.bit_generator.state = start  # every group of rows reads the same sign patterns

@@ -607,10 +607,7 @@ def _intervention(value: Any, where: str) -> Intervention:
 
 def _fields_of(cls: type, values: Mapping[str, Any]) -> Any:
     """``values`` over ``cls``'s defaults, as attributes: what ``cls(**values)`` would hold, for its ``check``."""
-    defaults = {
-        f.name: f.default if f.default is not dataclasses.MISSING else None
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-    }
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else None for f in dataclasses.fields(cls)}
     return SimpleNamespace(**{**defaults, **values})
 
 
