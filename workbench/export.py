@@ -88,10 +88,23 @@ def figure_bytes(fig, suffix: str, *, width: int | None = None, height: int | No
     if suffix not in STATIC_FORMATS:
         raise ExportError(f"Unknown figure format {suffix!r}: use .html, .json, .png, .svg or .pdf.")
     _require_browser()
+    import plotly.io as pio
+
+    from workbench.plots import static_safe
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "kopts ignored" when a server is running
-            return fig.to_image(format=suffix[1:].replace("jpg", "jpeg"), width=width, height=height, scale=scale)
+            # Strings with characters an SVG cannot hold (a control character in a token) are escaped in the
+            # copy that is rendered; the figure itself is untouched.
+            return pio.to_image(
+                static_safe(fig.to_dict()),
+                format=suffix[1:].replace("jpg", "jpeg"),
+                width=width,
+                height=height,
+                scale=scale,
+                validate=False,
+            )
     except Exception as exc:  # kaleido wraps browser failures in many types
         raise ExportError(
             f"Could not render a {suffix} image with kaleido ({_first_line(exc)}): save as .html instead."

@@ -281,7 +281,7 @@ class LogitLensResult(Result):
             what = "probability" if kind == "targets" else "rank (0 = top)"
             return plots.heatmap(
                 array.numpy(),
-                x=array.coords["target"],
+                x=[plots.show_token(t) for t in array.coords["target"]],
                 y=layers,
                 colorbar=what,
                 text=np.vectorize(lambda v: f"{v:.2f}" if kind == "targets" else f"{int(v)}")(array.numpy()),
