@@ -345,3 +345,27 @@ def test_a_foreign_folder_is_still_refused(tmp_path, tiny_qwen2):
     with pytest.raises(ExperimentError, match=r"holds files the workbench did not write"):
         run_experiment(spec, foreign, model=tiny_qwen2, force=True)
     assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+
+
+# --- kills at the worst moments -----------------------------------------------------------------------------
+
+
+def test_a_kill_between_listing_and_renaming_leaves_a_file_still_ours(copy):
+    """A run killed after the marker lists a new summary.json but before the rename leaves the previous
+    version: also written by the workbench, so it is still replaced (not refused as the user's)."""
+    _, out = copy
+    Folder(out)._append({"file": "summary.json", "sha256": "0" * 64, "size": 3})  # the new version, never renamed
+    before = (out / "summary.json").read_bytes()
+    summarize(out)
+    assert (out / "summary.json").read_bytes() == before  # rebuilt: the same bytes, and listed again
+    assert Folder(out).state("summary.json") == "ours"
+
+
+def test_a_kill_right_after_creating_the_marker_leaves_a_usable_folder(tmp_path, tiny_qwen2):
+    spec = make_spec(tmp_path / "spec", SMALL)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_bytes(b"")  # created, its first line never written
+    result = run_experiment(spec, out, model=tiny_qwen2)
+    assert result.computed > 0
+    assert json.loads((out / MARKER).read_text().splitlines()[0])["workbench_experiment"] == 2

@@ -18,7 +18,7 @@ import pytest
 
 from workbench.errors import ExperimentError
 from workbench.experiments import run_experiment
-from workbench.experiments.storage import MARKER, SHARDS
+from workbench.experiments.storage import MARKER, SHARDS, TMP_PREFIX
 
 from .helpers import rows
 
@@ -100,7 +100,7 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path):
     assert f"{total - len(kept)} shards computed, {len(kept)} reused" in resumed.stdout
     after = shards(killed)
     assert all(after[name] == stamp for name, stamp in kept.items())  # finished shards were not recomputed
-    assert len(after) == total and not list((killed / SHARDS).glob(".tmp-*"))
+    assert len(after) == total and not list((killed / SHARDS).glob(f"{TMP_PREFIX}*"))
 
     a, b = pq.read_table(whole / "results.parquet"), pq.read_table(killed / "results.parquet")
     assert a.schema.equals(b.schema, check_metadata=False)

@@ -158,6 +158,7 @@ class Folder:
         self.marker = self.out / MARKER
         self.files: dict[str, dict[str, Any]] = {}
         self.tmps: list[str] = []
+        self.empty = False
         self._load()
 
     # --- reading the marker ---------------------------------------------------------------------------
@@ -167,6 +168,10 @@ class Folder:
                 f"{self.marker} is not the workbench's marker (a symlink or not a file): move it away or use "
                 "another --out (nothing was changed)."
             )
+        self.empty = self.marker.stat().st_size == 0  # killed between creating the marker and its first line
+        if self.empty:
+            self.files, self.tmps = {}, []
+            return
         try:
             lines = self.marker.read_bytes().decode("utf-8").split("\n")
             header = json.loads(lines[0])
@@ -188,7 +193,11 @@ class Folder:
             if not isinstance(record, dict):
                 continue
             if isinstance(record.get("file"), str) and isinstance(record.get("sha256"), str):
-                files[record["file"]] = {"sha256": record["sha256"], "size": record.get("size")}
+                # Every content written since the last deletion counts as ours: a run killed between listing
+                # a new version and renaming it into place leaves the previous version, also the workbench's.
+                known = files.get(record["file"], {}).get("known", {})
+                known = {**known, record["sha256"]: record.get("size")}
+                files[record["file"]] = {"sha256": record["sha256"], "size": record.get("size"), "known": known}
             elif isinstance(record.get("deleted"), str):
                 files.pop(record["deleted"], None)
             elif isinstance(record.get("tmp"), str):
@@ -200,6 +209,8 @@ class Folder:
 
     def _append(self, record: dict[str, Any]) -> None:
         line = ("\n" + json.dumps(record, ensure_ascii=False) + "\n").encode()  # "\n" first: after a cut-off line
+        if self.empty:
+            line, self.empty = _header_line().encode() + line, False
         with disk_errors(self.marker):
             fd = os.open(self.marker, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
             try:
@@ -234,8 +245,14 @@ class Folder:
         record = self.files.get(rel)
         if record is None or path.is_symlink() or not path.is_file():
             return "foreign"
-        if path.stat().st_size != record.get("size") or file_sha256(path) != record["sha256"]:
+        known = record.get("known") or {record["sha256"]: record.get("size")}
+        if path.stat().st_size not in known.values():
             return "changed"
+        digest = file_sha256(path)
+        if digest not in known:
+            return "changed"
+        if digest != record["sha256"]:  # an earlier version of ours: list it as the current one
+            self.files[rel] = {"sha256": digest, "size": known[digest], "known": known}
         return "ours"
 
     def require_replaceable(self, rel: str) -> None:
@@ -292,7 +309,7 @@ class Folder:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
-        self.files[rel] = {"sha256": record["sha256"], "size": record["size"]}
+        self.files[rel] = {"sha256": record["sha256"], "size": record["size"], "known": {record["sha256"]: len(data)}}
         _sync_dir(path.parent)
         return path
 
@@ -353,7 +370,8 @@ class Folder:
         lines = [_header_line()]
         for rel in sorted(self.files):
             if self.state(rel) == "ours":
-                lines.append(json.dumps({"file": rel, **self.files[rel]}, ensure_ascii=False) + "\n")
+                record = {"file": rel, "sha256": self.files[rel]["sha256"], "size": self.files[rel]["size"]}
+                lines.append(json.dumps(record, ensure_ascii=False) + "\n")
         tmp_rel = f"{TMP_PREFIX}{secrets.token_hex(8)}"
         self._append({"tmp": tmp_rel})
         tmp = self.out / tmp_rel
