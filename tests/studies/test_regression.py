@@ -18,9 +18,10 @@ GOLDEN = Path(__file__).parent / "golden"
 # A tripwire, not a measurement: the golden files were written on one CPU, and float32 sums reordered by another
 # CPU's kernels or thread count move a probability or KL by a few ulp × the largest logit × the depth (1.5449337 vs
 # 1.5449311 was seen across two 2-core machines: 1.7e-6 relative). 1e-4 relative is 50× that and still catches any
-# change of method; values near 0 get an absolute floor of 1e-6 (float32 noise on logits of order 10).
+# change of method. Values near 0 (a KL of 0.01 nats) get an absolute floor of 1e-5: float32 noise of ~1e-6 on
+# logits of order 10, through 30 blocks and a log-softmax, moves a small KL or probability by up to a few 1e-6.
 RTOL = 1e-4
-ATOL = 1e-6
+ATOL = 1e-5
 
 
 def assert_same(ours, golden, path="record"):
@@ -28,6 +29,9 @@ def assert_same(ours, golden, path="record"):
         assert isinstance(ours, dict) and set(ours) >= set(golden), (path, sorted(set(golden) - set(ours or {})))
         for key in golden:
             assert_same(ours[key], golden[key], f"{path}.{key}")
+    elif path.endswith(".headline"):
+        # sentences built from the numbers checked above; later sections add sentences after the golden ones
+        assert isinstance(ours, list) and len(ours) >= len(golden), path
     elif isinstance(golden, list):
         assert isinstance(ours, list) and len(ours) == len(golden), path
         for i, (a, b) in enumerate(zip(ours, golden, strict=True)):

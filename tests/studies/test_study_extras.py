@@ -67,7 +67,15 @@ def test_lens_check_reads_the_fitted_lens(tiny_qwen2, tiny_lens, extras_study):
     assert check["survives"] in (True, False, None)
     np.testing.assert_allclose(check["kl"]["linear lens"], result["kl_to_final"].sel(prompt=0).numpy()[:-1, 0], atol=0)
     keys = [f.key for f in study.figures]
-    assert keys[-2:] == ["lens_check", "dataset_effects"]
+    assert keys[keys.index("lens_check") :] == [
+        "lens_check",
+        "digit_lens",
+        "dataset_effects",
+        "writers_heads",
+        "writers_blocks",
+        "writers_paths",
+        "writers_dataset",
+    ]
 
 
 def test_a_study_with_both_sections_reloads_exactly(extras_study):

@@ -26,9 +26,12 @@ from workbench.models import Model
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens
 from workbench.run import run
 from workbench.studies.defaults import GENERATE_PROMPT, STUDY_PROMPT
+from workbench.studies.digit_lens import digit_lens_figures, measure_digit_lens
+from workbench.studies.figure import Figure
+from workbench.studies.writers import measure_writers, writers_figures, writers_headline, writers_over_dataset
 from workbench.tokens import DIGITS, digit_token_ids, find_position, to_tokens
 
-__all__ = ["GENERATE_PROMPT", "STUDY_PROMPT"]
+__all__ = ["GENERATE_PROMPT", "STUDY_PROMPT", "Figure"]
 
 # Odd prompts in the spirit of the study's section 7: absurd bounds and ranges.
 SWEEP_PROMPTS = (
@@ -102,15 +105,6 @@ class Plan:
     source_prompt: str
     sweep_prompts: list[str]
     notes: list[str]
-
-
-@dataclass
-class Figure:
-    key: str
-    title: str
-    caption: str
-    figure: Any
-    section: str
 
 
 @dataclass
@@ -280,11 +274,26 @@ def measure(
     sweep = prompt_sweep(model, plan.sweep_prompts, digit_ids)
 
     results = {"logit_lens": lens, "attention": attention, "identity": identity, **edits}
-    extra: dict[str, Any] = {}
+    fitted = None
     if options.lens is not None or options.fit_lens:
         step("fitting a linear lens" if options.fit_lens else "the fitted lens")
-        results["tuned_lens"] = fitted_lens_view(model, options)
-        extra["lens_check"] = lens_check(results["tuned_lens"], model.facts.n_layers)
+        fitted = results["tuned_lens"] = fitted_lens_view(model, options)
+    step("when the digit is decided")
+    digit_lens = measure_digit_lens(model, prompt, plan.bound_position, lens, fitted)
+    step("who writes the digits")
+    extra: dict[str, Any] = {
+        "digit_lens": digit_lens,
+        "writers": measure_writers(
+            model,
+            prompt,
+            plan.source_prompt,
+            attention.attention_to(plan.bound_position).numpy(),
+            plan.late_blocks,
+            options.source_bound,
+        ),
+    }
+    if fitted is not None:
+        extra["lens_check"] = lens_check(fitted, model.facts.n_layers)
     if options.dataset is not None:
         step("effects over the dataset")
         from workbench.studies.dataset_effects import run_dataset_effects
@@ -300,6 +309,12 @@ def measure(
         )
         extra["dataset_effects"] = over.effects()
         extra["dataset_summary"] = over.summary  # the forest plot, stamped with the run's manifest hash
+        step("who writes the digits, over the dataset")
+        from workbench.studies.dataset_effects import load_study_dataset
+
+        data = load_study_dataset(options.dataset)
+        data = data.without(over.skipped, report=False) if over.skipped else data
+        extra["writers"]["dataset"] = writers_over_dataset(model, data, options.resamples)
     record = make_record(model, options, plan, dists, clean, results, sweep_rows, sweep, extra)
     return record, results
 
@@ -506,7 +521,9 @@ def study_figures(record: dict[str, Any], results: dict[str, Any]) -> list[Figur
         *_intervention_figures(record),
         *_sweep_figures(record),
         *_lens_check_figures(record),
+        *digit_lens_figures(record),
         *_dataset_figures(record),
+        *writers_figures(record),
     ]
 
 
@@ -750,6 +767,8 @@ def headline(record: dict[str, Any]) -> list[str]:
     lines.append(f"Prompt sweep: {len(sweep)} prompts; top digit per prompt: " + ", ".join(firsts) + ".")
     if "lens_check" in record:
         lines.append(record["lens_check"]["verdict"])
+    if "digit_lens" in record:
+        lines.append(record["digit_lens"]["verdict"])
     if "dataset_effects" in record:
         effects = record["dataset_effects"]
         parts = []
@@ -761,7 +780,7 @@ def headline(record: dict[str, Any]) -> list[str]:
             f"Over {_dataset_size(effects)} prompts, the change in p(digit above the source's bound), mean "
             "[95% interval]: " + "; ".join(parts) + "."
         )
-    return lines
+    return lines + writers_headline(record)
 
 
 def _short(text: str, width: int = 48) -> str:
