@@ -30,7 +30,7 @@ from workbench.tokens import position_indices
 
 # A chunk of (prompt, position) rows holds about this many vocabulary-sized float32 tensors per row at once
 # (the output's log-probabilities and probabilities, the layer's logits and log-probabilities, then either
-# the KL terms or the rank buckets, and the output's logits while its log-probabilities are computed).
+# the KL terms or the rank comparisons, and the output's logits while its log-probabilities are computed).
 LENS_ROW_COPIES = 6
 # At most this many rows per chunk, whatever the budget: the unembedding's matmul costs about the same per row
 # from ~200 rows on (SmolLM2 on 2 CPU cores: 3.7 ms a row at 28 rows, 1.4 ms at 227, 1.5 ms at 1000), so larger
@@ -48,23 +48,21 @@ def decode_ids(tokenizer, ids: torch.Tensor) -> np.ndarray:
 def ranks_above(
     logits: Float[torch.Tensor, "*rows vocab"], targets: Float[torch.Tensor, "*rows target"]
 ) -> Int[torch.Tensor, "*rows target"]:
-    """How many logits of each row are strictly larger than each target's (0 = top), in one pass over the row.
+    """How many logits of each row are strictly larger than each target's (0 = top; ties count as not above).
 
-    Each logit falls in the bucket of how many targets lie strictly below it (a binary search among the
-    row's sorted target logits); the rank of the j-th smallest target is the number of logits in buckets above
-    j. Integer counts, equal to ``(logits > target).sum(-1)`` target by target, ties included, and about 3×
-    faster than ten such comparisons over a 49k vocabulary.
+    Each comparison is written as 0.0/1.0 into one reused float32 buffer and summed along the row: a float
+    sum of ones is exact below 2**24 (far above any vocabulary), and about 4× faster than summing the
+    booleans of ``(logits > target).sum(-1)``, which widens every element to int64 (SmolLM2, 256 rows:
+    160 ms for ten targets, against 680 ms).
     """
-    shape, n = targets.shape, targets.shape[-1]
-    flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1, n)
-    rows = flat_targets.shape[0]
-    ordered, order = flat_targets.sort(-1)
-    buckets = torch.searchsorted(ordered.contiguous(), flat_logits.contiguous(), side="left", out_int32=True)
-    buckets += torch.arange(rows, dtype=torch.int32, device=buckets.device)[:, None] * (n + 1)
-    counts = buckets.view(-1).bincount(minlength=rows * (n + 1)).view(rows, n + 1)
-    del buckets
-    above = counts.flip(-1).cumsum(-1).flip(-1)[:, 1:]  # above[:, j]: logits above the j-th smallest target
-    return torch.empty_like(above).scatter_(-1, order, above).reshape(shape)
+    if logits.shape[-1] >= 1 << 24:  # a float32 count would no longer be exact
+        return torch.stack([(logits > targets[..., j : j + 1]).sum(-1) for j in range(targets.shape[-1])], -1)
+    buffer = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    ranks = torch.empty(targets.shape, dtype=torch.long, device=logits.device)
+    for j in range(targets.shape[-1]):
+        torch.gt(logits, targets[..., j : j + 1], out=buffer)
+        ranks[..., j] = buffer.sum(-1)
+    return ranks
 
 
 @register_probe
