@@ -35,7 +35,7 @@ import struct
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -508,3 +508,20 @@ def _png_with_text(data: bytes) -> bytes:
     body = PNG_MARK_KEYWORD + b"\0" + b"written by workbench"
     chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
     return data[:after_header] + chunk + data[after_header:]
+
+
+def write_through(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` by calling ``write(temporary)`` on a temporary sibling, then renaming it into place: never
+    half-written, with the mode a new file gets under the umask (``mkstemp`` alone gives 0600). For formats a
+    library writes itself (safetensors, ``torch.save``); the caller has checked that ``path`` may be replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,6 +40,7 @@ from workbench.lenses.collect import collect_residuals, residual_batches, residu
 from workbench.lenses.corpus import Corpus, make_corpus
 from workbench.lenses.lens import Lens, check_lens_path, kl_per_layer, model_header, unembed
 from workbench.memory import require_within_budget, rows_per_batch
+from workbench.outputs import write_through
 
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 SPLIT = (0.8, 0.1, 0.1)  # train, validation (ridge choice), test (the KL a lens reports)
@@ -510,12 +509,4 @@ def _read_checkpoint(checkpoint: Path, model) -> dict[str, Any]:
 
 
 def _write_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_through(path, lambda tmp: torch.save(state, tmp))

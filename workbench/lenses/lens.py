@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from jaxtyping import Float
 from workbench.errors import LensError
 from workbench.layers import resid_labels
 from workbench.memory import rows_per_batch
+from workbench.outputs import write_through
 from workbench.provenance import library_versions, model_fingerprint, tensor_hash
 
 LENS_FORMAT = "workbench.lens/1"
@@ -145,17 +145,9 @@ class Lens:
                 f"This lens has no model fingerprint in its header, so {path} could not be checked on load: "
                 "build it with fit_lens or Lens.identity(model), which record it."
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": LENS_FORMAT, **self.header, "tensors": _tensor_hashes(tensors)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(header, allow_nan=False)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        metadata = {HEADER_KEY: json.dumps(header, allow_nan=False)}
+        return write_through(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> Lens:
