@@ -369,3 +369,23 @@ def test_a_kill_right_after_creating_the_marker_leaves_a_usable_folder(tmp_path,
     result = run_experiment(spec, out, model=tiny_qwen2)
     assert result.computed > 0
     assert json.loads((out / MARKER).read_text().splitlines()[0])["workbench_experiment"] == 2
+
+
+def test_forest_png_is_listed_and_replaced_only_while_unchanged(copy, monkeypatch):
+    """``summarize --png`` writes forest.png through the marker (rendering stubbed: no Chromium needed)."""
+    import plotly.graph_objects as go
+
+    import workbench.export
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + b"\x00" * 13 + b"\x00\x00\x00\x00"
+    monkeypatch.setattr(workbench.export, "_require_browser", lambda: None)
+    monkeypatch.setattr(go.Figure, "to_image", lambda self, **kwargs: png)
+    _, out = copy
+    summarize(out, png=True)
+    assert Folder(out).state("forest.png") == "ours"
+    summarize(out, png=True)  # its own file: replaced
+    (out / "forest.png").write_bytes(png + b"edited")
+    before = snapshot(out)
+    with pytest.raises(UserFileError, match=r"forest\.png changed since"):
+        summarize(out, png=True)
+    assert snapshot(out) == before
