@@ -150,3 +150,10 @@ class AttributionError(ProbeError):
     a component or unit the model does not have, or a norm or projection that is not affine once frozen."""
 
     exit_code = 28
+
+
+class FeatureError(WorkbenchError, ValueError):
+    """An SAE/transcoder file that is missing, corrupt, of an unknown architecture, or that does not fit the
+    model's site."""
+
+    exit_code = 29
