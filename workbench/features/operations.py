@@ -13,10 +13,10 @@ The intervention's site and block must be the SAE's own (``metadata.hook_name``)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 
@@ -77,7 +77,7 @@ class FeatureOperation(Operation):
     """Base of the SAE operations: the SAE read in ``prepare`` (checked against the model, site and block)
     and ``apply`` = ``decode(edit(f)) + error``; subclasses implement :meth:`edit_features`."""
 
-    sae: str = ""
+    sae: str | os.PathLike | SparseAutoencoder = ""  # stored as the folder's path (a str) by __post_init__
     sites: ClassVar[tuple[str, ...]] = FEATURE_SITES
 
     def __post_init__(self) -> None:
@@ -87,7 +87,7 @@ class FeatureOperation(Operation):
         return ()
 
     def prepare(self, prep) -> SparseAutoencoder:
-        sae = load_sae(cached_sae(self.sae), prep.model)
+        sae = load_sae(cached_sae(str(self.sae)), prep.model)
         if sae.is_transcoder:
             raise FeatureError(
                 f"{self.sae} is a transcoder: editing through transcoders is not yet supported (use an SAE)."
@@ -134,7 +134,7 @@ class SAESplice(FeatureOperation):
     name: ClassVar[str] = "sae_splice"
 
     def describe(self) -> str:
-        return f"spliced through the SAE {Path(self.sae).name}"
+        return f"spliced through the SAE {Path(str(self.sae)).name}"
 
 
 @register_operation
@@ -142,7 +142,7 @@ class SAESplice(FeatureOperation):
 class FeatureAblate(FeatureOperation):
     """Set ``features`` to zero: the activation loses exactly their decoder contributions."""
 
-    features: tuple[int, ...] = ()
+    features: int | Sequence[int] = ()  # stored as a tuple by __post_init__
     name: ClassVar[str] = "feature_ablate"
 
     def __post_init__(self) -> None:
@@ -150,10 +150,10 @@ class FeatureAblate(FeatureOperation):
         object.__setattr__(self, "features", feature_list(self.features))
 
     def feature_indices(self) -> tuple[int, ...]:
-        return self.features
+        return cast(tuple[int, ...], self.features)
 
     def edit_features(self, features: torch.Tensor, sae: SparseAutoencoder) -> torch.Tensor:
-        features[..., list(self.features)] = 0.0
+        features[..., list(self.feature_indices())] = 0.0
         return features
 
     def describe(self) -> str:
@@ -165,7 +165,7 @@ class FeatureAblate(FeatureOperation):
 class FeatureScale(FeatureOperation):
     """Multiply ``features``' activations by ``factor``."""
 
-    features: tuple[int, ...] = ()
+    features: int | Sequence[int] = ()  # stored as a tuple by __post_init__
     factor: float = 1.0
     name: ClassVar[str] = "feature_scale"
 
@@ -175,10 +175,10 @@ class FeatureScale(FeatureOperation):
         object.__setattr__(self, "factor", finite_number(self.factor, "Feature scale factor", "factor=2.0"))
 
     def feature_indices(self) -> tuple[int, ...]:
-        return self.features
+        return cast(tuple[int, ...], self.features)
 
     def edit_features(self, features: torch.Tensor, sae: SparseAutoencoder) -> torch.Tensor:
-        features[..., list(self.features)] *= self.factor
+        features[..., list(self.feature_indices())] *= self.factor
         return features
 
     def describe(self) -> str:
@@ -190,7 +190,7 @@ class FeatureScale(FeatureOperation):
 class FeatureClamp(FeatureOperation):
     """Set ``features``' activations to ``value`` at every selected position (active or not)."""
 
-    features: tuple[int, ...] = ()
+    features: int | Sequence[int] = ()  # stored as a tuple by __post_init__
     value: float = 0.0
     name: ClassVar[str] = "feature_clamp"
 
@@ -200,10 +200,10 @@ class FeatureClamp(FeatureOperation):
         object.__setattr__(self, "value", finite_number(self.value, "Feature clamp value", "value=5.0"))
 
     def feature_indices(self) -> tuple[int, ...]:
-        return self.features
+        return cast(tuple[int, ...], self.features)
 
     def edit_features(self, features: torch.Tensor, sae: SparseAutoencoder) -> torch.Tensor:
-        features[..., list(self.features)] = self.value
+        features[..., list(self.feature_indices())] = self.value
         return features
 
     def describe(self) -> str:
