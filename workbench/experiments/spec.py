@@ -32,7 +32,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from workbench.datasets import Dataset, from_records, from_template, load_dataset
-from workbench.errors import ExperimentError, WorkbenchError
+from workbench.errors import ExperimentError, InterventionError, WorkbenchError
 from workbench.interventions import Intervention
 from workbench.interventions.operations import Mean, Patch
 from workbench.interventions.sites import head_kind
@@ -599,6 +599,8 @@ def _intervention(value: Any, where: str) -> Intervention:
         )
     try:
         return Intervention.from_dict(dict(value))
+    except InterventionError as exc:  # keeps its own exit code (12), as from the API and the CLI
+        raise InterventionError(f"Condition {where!r}: {exc}") from None
     except WorkbenchError as exc:
         raise ExperimentError(f"Condition {where!r}: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a field of the wrong type deeper down

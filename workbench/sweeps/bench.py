@@ -94,9 +94,27 @@ def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def core_probes(model, prompt: str) -> list:
+    """The five core probes as a study would run them: the logit lens, attention, the middle block as the
+    identity, attention to the second token masked from the middle on, and keys/values patched from the prompt
+    with its last character changed (a source of the same length)."""
+    from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens
+
+    n = model.facts.n_layers
+    source = prompt.replace("9]", "5]") if "9]" in prompt else prompt
+    return [
+        LogitLens(),
+        AttentionCapture(),
+        BlockReplacement(blocks=[n // 2]),
+        AttentionMask(keys=[1], blocks=list(range(n // 2, n))),
+        ActivationPatch(source=source, site="kv", blocks=[n // 4]),
+    ]
+
+
 def probe_overhead(model, prompt: str, *, repeats: int = 10, device: str | None = None) -> dict:
     """Plain forward vs forward with the five observers' hooks (capture only) vs ``workbench.run.run``
-    with LogitLens + AttentionCapture (capture + result building); kept bytes vs ``run_with_cache``."""
+    with LogitLens + AttentionCapture (capture + result building) and with the five core probes
+    (``run_vs_forward``, results built); kept bytes vs ``run_with_cache``."""
     from workbench.probes import AttentionCapture, LogitLens
     from workbench.run import run
 
@@ -130,6 +148,8 @@ def probe_overhead(model, prompt: str, *, repeats: int = 10, device: str | None 
     obs_min, obs_med = best(observed)
     cache_min, cache_med = best(cached)
     run_min, run_med = best(lambda: run(model, prompt, [LogitLens(), AttentionCapture()]))
+    five = core_probes(model, prompt)
+    five_min, _ = best(lambda: run(model, prompt, five))
     _, cache = cached()
     return {
         "model": model.facts.name,
@@ -142,6 +162,8 @@ def probe_overhead(model, prompt: str, *, repeats: int = 10, device: str | None 
         "observer_ratio": obs_min / plain_min,
         "observer_ratio_median": obs_med / plain_med,
         "workbench_run_ratio": run_min / plain_min,
+        "run_five_probes_s": five_min,
+        "run_vs_forward": five_min / plain_min,
         "observer_kept_bytes": _tensor_bytes(kept.values()),
         "observer_hooks": len(kept),
         "run_with_cache_bytes": _tensor_bytes(cache.values()),
