@@ -28,10 +28,10 @@ from workbench.probes.registry import register_probe
 from workbench.results import Named, Result
 from workbench.tokens import position_indices
 
-# A chunk of (prompt, position) rows holds about this many vocabulary-sized float32 tensors per row at once
-# (the output's log-probabilities and probabilities, the layer's logits and log-probabilities, then either
-# the KL terms or the rank comparisons, and the output's logits while its log-probabilities are computed).
-LENS_ROW_COPIES = 6
+# A chunk of (prompt, position) rows holds at most this many vocabulary-sized float32 tensors per row at once:
+# the output's log-probabilities and probabilities, the layer's logits, and either the rank comparisons'
+# buffer or the layer's log-probabilities (the KL is computed in place on them).
+LENS_ROW_COPIES = 4
 # At most this many rows per chunk, whatever the budget: the unembedding's matmul costs about the same per row
 # from ~200 rows on (SmolLM2 on 2 CPU cores: 3.7 ms a row at 28 rows, 1.4 ms at 227, 1.5 ms at 1000), so larger
 # chunks would only add memory (256 rows of a 49k vocabulary: 300 MiB).
@@ -131,7 +131,7 @@ class LogitLens(Probe):
     @staticmethod
     def chunk_shape(n_prompts: int, n_positions: int, d_vocab: int, device: Any = "cpu") -> tuple[int, int]:
         """(prompts, positions) per chunk: as many rows as :data:`LENS_ROW_COPIES` vocabulary-sized float32
-        copies per row allow within the memory budget, at most :data:`LENS_CHUNK_ROWS`; a row that alone
+        tensors per row allow within the memory budget, at most :data:`LENS_CHUNK_ROWS`; a row that alone
         exceeds the budget is refused (:class:`BudgetError`)."""
         bytes_per_row = LENS_ROW_COPIES * 4 * d_vocab
         require_within_budget(
@@ -174,19 +174,20 @@ class LogitLens(Probe):
                 final_p = final_logp.exp()
                 for layer in range(n_layers):
                     logits = logits_of(layer, prompts, columns)
+                    if n_targets:  # first, so that the comparisons' buffer and the log-probabilities never coexist
+                        t_rank[prompts, layer, columns] = ranks_above(logits, logits[..., target_ids])
                     logp = logits.log_softmax(-1)
+                    del logits
                     top_logp, idx = logp.topk(self.k, dim=-1)  # exp is monotone: the top-k of the probabilities
                     top_p[prompts, layer, columns] = top_logp.exp()
                     top_idx[prompts, layer, columns] = idx
-                    # KL(final ‖ layer) = Σ p_final (log p_final − log p_layer), metrics.kl_divergence's formula with
-                    # the output's log-probabilities computed once per chunk rather than once per layer.
-                    diff = final_logp - logp
-                    kl[prompts, layer, columns] = diff.mul_(final_p).sum(-1)
-                    del diff
                     if n_targets:
                         t_prob[prompts, layer, columns] = logp[..., target_ids].exp()
-                        t_rank[prompts, layer, columns] = ranks_above(logits, logits[..., target_ids])
-                    del logits, logp
+                    # KL(final ‖ layer) = Σ p_final (log p_final − log p_layer), metrics.kl_divergence's formula with
+                    # the output's log-probabilities computed once per chunk rather than once per layer; in place
+                    # on the layer's log-probabilities (their last use; −b + a is a − b exactly).
+                    kl[prompts, layer, columns] = logp.neg_().add_(final_logp).mul_(final_p).sum(-1)
+                    del logp
         top_tok = decode_ids(ctx.model.tokenizer, top_idx)
         coords = dict(
             prompt=list(range(len(ctx.prompts))),
