@@ -34,3 +34,6 @@ __all__ = [
     "TunedLensResult",
     "LensComparison",
 ]
+
+# The SAE probe lives with the SAEs (workbench.features); imported here so it registers with the built-ins.
+import workbench.features.probe  # noqa: E402, F401
