@@ -727,3 +727,86 @@ def test_experiment_bad_inputs_are_one_line_and_leave_every_file(experiment_resu
     assert leftovers(sandbox) == [] and not (sandbox / "r").exists()
     assert run.returncode == code, run.stderr
     assert len(run.error_lines) == 1 and case.says in run.error_lines[0], run.stderr
+
+
+# ===== Features: SAE folders (the features block) ==============================================================
+# An SAE folder that is missing, corrupt, of an unknown architecture or that does not fit the model ends in
+# one FeatureError line (exit 29) before any work, the sandbox (every SAE folder in it) byte-identical.
+
+FEATURE_CASES = {
+    "sae is a file": (Case(["probe", "sae_features", "-m", T, "-o", "sae=mine.json"], says="no SAE folder"), 29),
+    "sae is a user's folder": (Case(["probe", "sae_features", "-m", T, "-o", "sae=data"], says="no cfg.json"), 29),
+    "sae missing": (Case(["probe", "sae_features", "-m", T, "-o", "sae=nowhere"], says="no SAE folder"), 29),
+    "sae cfg not JSON": (Case(["probe", "sae_features", "-m", T, "-o", "sae=badjson"], says="not readable JSON"), 29),
+    "sae weights damaged": (
+        Case(["probe", "sae_features", "-m", T, "-o", "sae=badweights"], says="not a readable safetensors"),
+        29,
+    ),
+    "sae gated": (Case(["probe", "sae_features", "-m", T, "-o", "sae=gated"], says="unknown SAE architecture"), 29),
+    "sae too narrow": (Case(["probe", "sae_features", "-m", T, "-o", "sae=narrow"], says="32-wide"), 29),
+    "sae past the last block": (Case(["probe", "sae_features", "-m", T, "-o", "sae=deep"], says="4 blocks"), 29),
+    "sae weights NaN": (Case(["probe", "sae_features", "-m", T, "-o", "sae=nan"], says="NaN"), 29),
+    "sae no option": (Case(["probe", "sae_features", "-m", T], says="sae=DIR"), 29),
+    "sae k=0": (Case(["probe", "sae_features", "-m", T, "-o", "sae=good", "-o", "k=0"], says="k (top features"), 8),
+}
+
+
+def make_feature_sandbox(root: Path) -> Path:
+    import json
+
+    from safetensors.torch import save_file
+
+    root = make_sandbox(root)
+
+    def folder(name: str, d_in: int = 64, hook: str = "blocks.1.hook_resid_pre", arch: str = "standard") -> Path:
+        g = torch.Generator().manual_seed(0)
+        path = root / name
+        path.mkdir()
+        weights = {
+            "W_enc": torch.randn(d_in, 32, generator=g),
+            "W_dec": torch.randn(32, d_in, generator=g),
+            "b_enc": torch.zeros(32),
+            "b_dec": torch.zeros(d_in),
+        }
+        if name == "nan":
+            weights["W_dec"][0, 0] = float("nan")
+        save_file(weights, str(path / "sae_weights.safetensors"))
+        cfg = {"d_in": d_in, "d_sae": 32, "architecture": arch, "metadata": {"hook_name": hook}}
+        (path / "cfg.json").write_text(json.dumps(cfg))
+        return path
+
+    folder("good")
+    folder("badjson")
+    (root / "badjson" / "cfg.json").write_text("{not json")
+    folder("badweights")
+    (root / "badweights" / "sae_weights.safetensors").write_bytes(b"\x00" * 40)
+    folder("gated", arch="gated")
+    folder("narrow", d_in=32)
+    folder("deep", hook="blocks.9.hook_resid_pre")
+    folder("nan")
+    return root
+
+
+@pytest.fixture(scope="module")
+def feature_results(tmp_path_factory) -> dict[str, tuple[Run, dict, dict, Path]]:
+    root = tmp_path_factory.mktemp("fuzz-features")
+    sandboxes = {name: make_feature_sandbox(root / f"case{i}") for i, name in enumerate(FEATURE_CASES)}
+    with ThreadPoolExecutor(4) as pool:
+        futures = {name: pool.submit(run_case, FEATURE_CASES[name][0], sandboxes[name]) for name in FEATURE_CASES}
+        done = {name: (*future.result(), sandboxes[name]) for name, future in futures.items()}
+    for sandbox in sandboxes.values():
+        (sandbox / "ro").chmod(0o755)
+        (sandbox / "secret.txt").chmod(0o644)
+    return done
+
+
+@pytest.mark.parametrize("name", list(FEATURE_CASES))
+def test_feature_bad_inputs_are_one_line_with_their_exit_code(feature_results, name):
+    case, code = FEATURE_CASES[name]
+    run, before, after, sandbox = feature_results[name]
+    assert "Traceback" not in run.stdout + run.stderr, run.stderr
+    assert not any(line.startswith("internal error:") for line in run.stderr.splitlines()), run.stderr
+    assert after == before, "a pre-existing file or folder changed"
+    assert leftovers(sandbox) == []
+    assert run.returncode == code, run.stderr
+    assert len(run.error_lines) == 1 and case.says in run.error_lines[0], run.stderr
