@@ -24,10 +24,10 @@ import torch
 from jaxtyping import Float
 
 from workbench.errors import ProbeError
+from workbench.metric_names import DEFAULT_METRIC, METRIC_FORMS
 from workbench.tokens import digit_token_ids, single_token_id
 
 MetricFn = Callable[..., torch.Tensor]
-DEFAULT_METRIC = "kl"
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,6 @@ def kl_to_clean() -> Metric:
         return kl_divergence(clean.expand_as(logits), logits)
 
     return Metric("KL(clean ‖ edited)", fn, needs_clean=True)
-
-
-METRIC_FORMS = "kl, prob:6,7,8,9, logit_diff:9,5, logit:9, rank:9, digits_above:5"
 
 
 def resolve_metric(model, spec: str | Metric | MetricFn | None = None) -> Metric:

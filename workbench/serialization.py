@@ -254,7 +254,14 @@ def result_from_dict(data: dict[str, Any]):
 # The workbench's modules and packages (with every submodule) that define Result subclasses: imported — never a
 # module named in a file — before a saved class is looked up. tests/reliability/test_roundtrip.py checks that
 # every Result subclass in the package's source is reached from here.
-BUILT_IN_RESULT_MODULES = ("workbench.results", "workbench.probes", "workbench.sweeps", "workbench.attribution")
+BUILT_IN_RESULT_MODULES = (
+    "workbench.results",
+    "workbench.probes",
+    "workbench.sweeps",
+    "workbench.attribution",
+    "workbench.features",
+    "workbench.circuits",
+)
 RESULT_ENTRY_POINT_GROUP = "workbench.results"
 _RESULT_CLASSES: dict[str, type] = {}  # "module:qualname" -> class
 _RESULT_PLUGINS: dict[str, type] = {}  # entry-point name -> class

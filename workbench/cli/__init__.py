@@ -63,16 +63,10 @@ def _register() -> None:
 
 
 def _quiet_libraries() -> None:
-    """The CLI shows its own progress; transformers' per-tensor bars and warnings are noise there."""
+    """The CLI shows its own progress; transformers' per-tensor bars and warnings are noise there. Said through
+    the environment, which transformers reads when it is imported: the CLI does not import it to parse options."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
 
 
 def one_line(text: object) -> str:

@@ -9,7 +9,7 @@ import typer
 
 from workbench.cli import app, out_folder
 from workbench.cli.bench import OUT_OPT, sweep_app
-from workbench.metrics import METRIC_FORMS
+from workbench.metric_names import METRIC_FORMS
 from workbench.outputs import PROBE
 from workbench.studies.defaults import SOURCE_PROMPT, STUDY_PROMPT
 

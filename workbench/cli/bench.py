@@ -7,8 +7,8 @@ import json
 import typer
 
 from workbench.cli import app
-from workbench.metrics import METRIC_FORMS
-from workbench.studies.random_number import STUDY_PROMPT
+from workbench.metric_names import METRIC_FORMS
+from workbench.studies.defaults import STUDY_PROMPT
 
 bench_app = typer.Typer(
     help="Benchmarks: our sweeps vs TransformerLens' patching, and the cost of observers.", no_args_is_help=True

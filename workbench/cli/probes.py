@@ -19,7 +19,7 @@ from workbench.cli.models import SPEC_HELP
 from workbench.cli.options import describe_default, parse_options, probe_options
 from workbench.errors import ProbeError
 from workbench.outputs import PROBE
-from workbench.studies.random_number import STUDY_PROMPT
+from workbench.studies.defaults import STUDY_PROMPT
 
 probes_app = typer.Typer(
     help="Registered probes (built-in, @register_probe, and installed plugins).", no_args_is_help=True

@@ -41,7 +41,7 @@ INTERVENTION_HELP = (
 )
 
 
-from workbench.sampling.audit import DEFAULT_PROMPT as PROMPT_DEFAULT  # noqa: E402  (the audit's question)
+from workbench.studies.defaults import STUDY_PROMPT as PROMPT_DEFAULT  # noqa: E402  (the audit's question)
 
 
 def load_next_token_model(spec: str):
