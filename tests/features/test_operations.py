@@ -174,3 +174,15 @@ def test_misplaced_or_malformed_feature_edits_are_refused(tiny_qwen2, sae_dir, t
         FeatureScale(str(sae_dir), [1], factor=float("nan"))
     with pytest.raises(FeatureError, match="save it first"):
         SAESplice(sae=type(load_sae(sae_dir))(load_sae(sae_dir).cfg, load_sae(sae_dir).weights))
+
+
+def test_the_sae_is_read_and_checked_once_for_a_whole_sweep(tiny_qwen2, tmp_path, monkeypatch):
+    import workbench.features.sae as sae_module
+
+    folder = random_sae_folder(tmp_path / "once", seed=12)
+    calls = []
+    real = sae_module.hook_widths
+    monkeypatch.setattr(sae_module, "hook_widths", lambda *a: calls.append(1) or real(*a))
+    template = Intervention("resid_pre", FeatureAblate(sae=str(folder), features=[0]), blocks=1)
+    sweep = intervention_sweep(tiny_qwen2, PROMPT, template, over=("position",), method="naive")
+    assert sweep.meta["cells"] > 1 and len(calls) == 1  # one width check, not one forward per cell

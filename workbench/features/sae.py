@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,7 @@ class SparseAutoencoder:
         self._float = {name: t.float() for name, t in self.weights.items()}
         self.n_heads: int | None = None  # hook_z SAEs: set when bound to a model, so decode restores the heads
         self.site, self.block = site_of_hook(self.hook_name)
+        self._fitted: weakref.ref | None = None  # the bridge check_model accepted this SAE for
 
     # ----- facts ---------------------------------------------------------------------------------
 
@@ -375,7 +377,11 @@ class SparseAutoencoder:
     # ----- the model ---------------------------------------------------------------------------------
 
     def check_model(self, model) -> None:
-        """Refuse, in one line, an SAE whose hook the model lacks or whose width does not fit the site."""
+        """Refuse, in one line, an SAE whose hook the model lacks or whose width does not fit the site (checked
+        once per model: every resolve of an operation in a sweep asks again)."""
+        fitted = self._fitted() if self._fitted is not None else None
+        if fitted is model.bridge:
+            return
         wanted = [("hook_name", self.hook_name, self.d_in)]
         if self.is_transcoder:
             wanted.append(("hook_name_out", self.hook_name_out, self.d_out))
@@ -414,6 +420,7 @@ class SparseAutoencoder:
                 )
             if self.cfg["reshape_activations"] == "hook_z" and len(shape) > 3:
                 self.n_heads = int(shape[-2])
+        self._fitted = weakref.ref(model.bridge)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the SAELens folder (cfg.json, sae_weights.safetensors, activation_scaler.json when scaled)
