@@ -186,3 +186,20 @@ def test_the_sae_is_read_and_checked_once_for_a_whole_sweep(tiny_qwen2, tmp_path
     template = Intervention("resid_pre", FeatureAblate(sae=str(folder), features=[0]), blocks=1)
     sweep = intervention_sweep(tiny_qwen2, PROMPT, template, over=("position",), method="naive")
     assert sweep.meta["cells"] > 1 and len(calls) == 1  # one width check, not one forward per cell
+
+
+def test_generation_runs_feature_edits_on_every_new_token(tiny_qwen2, sae_dir):
+    from workbench.sampling import generate, greedy
+
+    plain = generate(tiny_qwen2, PROMPT, greedy(), max_new_tokens=6, stop_at_eos=False)
+    splice = [Intervention("resid_pre", SAESplice(str(sae_dir)), blocks=1)]
+    spliced = generate(tiny_qwen2, PROMPT, greedy(), max_new_tokens=6, stop_at_eos=False, interventions=splice)
+    assert torch.equal(spliced.tokens, plain.tokens)
+    # a splice moves log-probabilities by rounding only (see SPLICE_TOL)
+    assert (spliced.logprobs - plain.logprobs).abs().max() <= SPLICE_TOL
+    sae = load_sae(sae_dir)
+    steer = [Intervention("resid_pre", FeatureSteer(str(sae_dir), feature=5, coefficient=8.0), blocks=1)]
+    add = [Intervention("resid_pre", Add(vector=sae.decoder_direction(5), coefficient=8.0), blocks=1)]
+    a = generate(tiny_qwen2, PROMPT, greedy(), max_new_tokens=6, stop_at_eos=False, interventions=steer)
+    b = generate(tiny_qwen2, PROMPT, greedy(), max_new_tokens=6, stop_at_eos=False, interventions=add)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
