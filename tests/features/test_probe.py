@@ -104,3 +104,17 @@ def test_cli_runs_the_probe_and_refuses_a_bad_folder(sae_dir, tmp_path):
     assert snapshot(tmp_path) == before
     missing = workbench("probe", "sae_features", "--model", "tiny-qwen2")
     assert missing.returncode == 29 and "sae=DIR" in missing.stderr
+
+
+def test_a_transcoder_is_read_at_its_input_hook(tiny_qwen2, tmp_path):
+    from tests.features.helpers import random_weights, saelens_cfg, write_folder
+
+    cfg = saelens_cfg("transcoder", hook_name="blocks.1.ln2.hook_normalized", apply_b_dec_to_input=False, d_out=64)
+    cfg["metadata"]["hook_name_out"] = "blocks.1.hook_mlp_out"
+    w = random_weights("transcoder", seed=2)
+    folder = write_folder(tmp_path / "tc", cfg, w)
+    result = run(tiny_qwen2, PROMPT, SAEFeatures(sae=str(folder), k=3))["sae_features"]
+    x = clean_act(tiny_qwen2, "blocks.1.ln2.hook_normalized")
+    f = (x @ w["W_enc"] + w["b_enc"]).relu()  # Transcoder.encode: no b_dec subtracted
+    assert np.allclose(result["top_activations"].numpy(), f.topk(3, dim=-1).values.numpy(), atol=TOL)
+    assert "relative_error" not in result.arrays and "promoted_tokens" in result.arrays
