@@ -203,3 +203,32 @@ def test_generation_runs_feature_edits_on_every_new_token(tiny_qwen2, sae_dir):
     a = generate(tiny_qwen2, PROMPT, greedy(), max_new_tokens=6, stop_at_eos=False, interventions=steer)
     b = generate(tiny_qwen2, PROMPT, greedy(), max_new_tokens=6, stop_at_eos=False, interventions=add)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
+
+
+@pytest.mark.parametrize(
+    "site, hook",
+    [
+        ("resid_mid", "blocks.2.hook_resid_mid"),  # written through attn_out
+        ("resid_post", "blocks.2.hook_resid_post"),
+        ("attn_out", "blocks.2.hook_attn_out"),
+        ("mlp_out", "blocks.2.hook_mlp_out"),
+        ("mlp_hidden", "blocks.2.mlp.hook_post"),
+    ],
+)
+def test_ablation_at_every_site_kind_equals_subtracting_the_decoder_contribution(tiny_qwen2, tmp_path, site, hook):
+    from workbench.features.sae import hook_widths
+
+    width = hook_widths(tiny_qwen2, [hook])[hook][-1]
+    folder = random_sae_folder(tmp_path / site, hook_name=hook, d_in=width, seed=13)
+    spliced = run(tiny_qwen2, PROMPT, Intervention(site, SAESplice(str(folder)), blocks=2))
+    assert (spliced.logits["intervened"] - spliced.logits["clean"]).abs().max() <= SPLICE_TOL
+    sae = load_sae(folder)
+    x = clean_act(tiny_qwen2, hook)
+    i = active_feature(sae, x)
+    contribution = sae.encode(x)[..., i : i + 1] * sae.weights["W_dec"][i]
+    # resid_mid = resid_pre + attn_out; on the bridge an edit of hook_resid_mid reaches the MLP's input but not the
+    # skip connection, so the reference subtracts the contribution where the residual stream is written: attn_out
+    where = "blocks.2.hook_attn_out" if site == "resid_mid" else hook
+    expected = rerun(tiny_qwen2, where, lambda a: a - contribution)
+    out = run(tiny_qwen2, PROMPT, Intervention(site, FeatureAblate(str(folder), [i]), blocks=2))
+    assert (out.logits["intervened"] - expected).abs().max() <= EDIT_TOL
