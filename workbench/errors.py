@@ -157,3 +157,10 @@ class FeatureError(WorkbenchError, ValueError):
     model's site."""
 
     exit_code = 29
+
+
+class CircuitError(ProbeError):
+    """A circuit that cannot be found or evaluated: a family whose residual stream is not a sum of per-head
+    writes, an edge or node name the graph does not have, or a circuit file that is damaged or for another model."""
+
+    exit_code = 30

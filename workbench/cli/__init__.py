@@ -54,7 +54,7 @@ def _register() -> None:
 
     from workbench.cli import models  # noqa: F401
 
-    for module in ("probes", "study", "report", "sampling", "bench", "experiment", "lens", "attribute"):
+    for module in ("probes", "study", "report", "sampling", "bench", "experiment", "lens", "attribute", "circuit"):
         try:
             importlib.import_module(f"workbench.cli.{module}")
         except ModuleNotFoundError as exc:

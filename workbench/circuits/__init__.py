@@ -1,0 +1,2 @@
+"""Circuits: which edges between heads and MLPs carry the answer — EAP and EAP-IG edge scores on any pre-norm
+family (grouped-query attention included), and circuits evaluated exactly."""
