@@ -86,7 +86,7 @@ def _finite_or_none(value: float | None) -> float | None:
 
 def static_safe(value: Any) -> Any:
     """A copy of a figure's dict (``fig.to_dict()``) with every string free of the characters that break a
-    static export (:data:`_XML_UNSAFE`, escaped); numbers and everything else untouched. The last line of
+    static export (``_XML_UNSAFE``, escaped); numbers and everything else untouched. The last line of
     defence for figures drawn without these helpers (export runs it on every PNG/SVG/PDF)."""
     if isinstance(value, str):
         return _XML_UNSAFE.sub(lambda m: repr(m.group())[1:-1], value) if _XML_UNSAFE.search(value) else value

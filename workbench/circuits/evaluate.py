@@ -43,14 +43,16 @@ def circuit_metrics(
     """The metric at the last position for each circuit ``circuits[c, writer, reader]`` (True: in the circuit)."""
     clean, corrupt = align_prompts(model, prompt, source)
     corrupted = writer_activations(model, graph, corrupt).float()  # [W, pos, d]
-    with torch.no_grad():
-        reference = model.bridge(clean.to(model.device))[:, -1]
+    reference = None
+    if metric.needs_clean:  # a KL to the clean run's own distribution
+        with torch.no_grad():
+            reference = model.bridge(clean.to(model.device))[:, -1]
     rows = batch or _rows(model, graph, clean.shape[-1])
     out = []
     for start in range(0, circuits.shape[0], rows):
         chunk = circuits[start : start + rows]
         logits = _patched_run(model, graph, clean, corrupted, chunk)
-        out.append(metric(logits, reference.expand_as(logits)).double().cpu())
+        out.append(metric(logits, None if reference is None else reference.expand_as(logits)).double().cpu())
     return torch.cat(out)
 
 
@@ -114,8 +116,11 @@ def _corrector(change: torch.Tensor, out_of: torch.Tensor, readers: list[int], u
     """The hook that subtracts, from each of ``readers``' inputs, the out-of-circuit writers' change."""
 
     def hook(act, hook=None):
-        mask = out_of[:, :upstream, readers]  # [rows, U, V]
-        correction = torch.einsum("rupd,ruv->rpvd", change[:, :upstream], mask).to(act)
+        mask = out_of[:, :upstream, readers].transpose(1, 2)  # [rows, V, U]
+        rows, _, n_pos, d = change.shape
+        # one batched matrix product over a contiguous prefix of the buffer (no copy of the writers' changes)
+        correction = torch.bmm(mask, change[:, :upstream].reshape(rows, upstream, n_pos * d))
+        correction = correction.view(rows, len(readers), n_pos, d).transpose(1, 2).to(act)  # [rows, pos, V, d]
         if kind in ("q", "k", "v"):
             return act - correction  # [rows, pos, heads, d]
         return act - correction[:, :, 0]

@@ -79,7 +79,7 @@ def reader_gradients(
     graph: Graph,
     tokens: torch.Tensor,
     metric: Metric,
-    reference: torch.Tensor,
+    reference: torch.Tensor | None,
     embeddings: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``∂metric/∂(input of each reader)`` ``[readers, pos, d_model]`` for one prompt; ``embeddings`` (the residual
@@ -158,22 +158,18 @@ def edge_scores(
 
 def _pair_scores(model, graph, clean, corrupt, metric_fn, steps: int, convention: str) -> torch.Tensor:
     base, other = (clean, corrupt) if convention == "noising" else (corrupt, clean)
-    with torch.no_grad():
-        reference = model.bridge(clean.to(model.device))[:, -1].detach()  # what a KL compares with: the clean run
-    delta = writer_activations(model, graph, other) - writer_activations(model, graph, base)  # [W, pos, d]
+    reference = None
+    if metric_fn.needs_clean:  # what a KL compares with: the clean run
+        with torch.no_grad():
+            reference = model.bridge(clean.to(model.device))[:, -1].detach()
+    at_base, at_other = writer_activations(model, graph, base), writer_activations(model, graph, other)
+    delta = at_other - at_base  # [W, pos, d]
     if steps == 1:
         grads = reader_gradients(model, graph, base, metric_fn, reference)
     else:
-        start, end = _embeddings(model, base), _embeddings(model, other)
+        start, end = at_base[:1].float(), at_other[:1].float()  # the writer "input": the stream entering block 0
         grads = torch.zeros(len(graph.readers), *delta.shape[1:], dtype=torch.float64)
         for k in range(steps):
             grads += reader_gradients(model, graph, base, metric_fn, reference, start + (k / steps) * (end - start))
         grads /= steps
     return torch.einsum("wpd,rpd->wr", delta, grads)
-
-
-def _embeddings(model, tokens: torch.Tensor) -> torch.Tensor:
-    kept: dict = {}
-    with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(SITES["resid_pre"].hook_name(0), _keep(kept, "x"))]):
-        model.bridge(tokens.to(model.device))
-    return kept["x"].float()

@@ -107,7 +107,7 @@ class LogitLens(Probe):
 
     def read_layers(self, record: ProbeRecord, keep: list[int], read) -> LogitLensResult:
         """Every saved residual row read into logits by ``read(model, resid)`` (a fitted lens passes its own
-        ``read(model, resid, layer)``), summarised chunk by chunk (see :meth:`_summarise`)."""
+        ``read(model, resid, layer)``), summarised chunk by chunk (see ``_summarise``)."""
         ctx, phase = record.context, record.last_phase
         labels = resid_labels(ctx.facts.n_layers)
         saved, output = record.saved[phase], record.logits[phase]
@@ -132,7 +132,7 @@ class LogitLens(Probe):
     def chunk_shape(n_prompts: int, n_positions: int, d_vocab: int, device: Any = "cpu") -> tuple[int, int]:
         """(prompts, positions) per chunk: as many rows as :data:`LENS_ROW_COPIES` vocabulary-sized float32
         tensors per row allow within the memory budget, at most :data:`LENS_CHUNK_ROWS`; a row that alone
-        exceeds the budget is refused (:class:`BudgetError`)."""
+        exceeds the budget is refused (:class:`~workbench.errors.BudgetError`)."""
         bytes_per_row = LENS_ROW_COPIES * 4 * d_vocab
         require_within_budget(
             bytes_per_row,
