@@ -253,9 +253,6 @@ def test_the_issue_command_writes_every_image(tmp_path):
         ET.parse(out / f"logit_lens.{kind}.svg")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="SweepResult.figure indexes a second axis a one-axis sweep lacks (sweeps/result.py)"
-)
 def test_a_one_axis_sweep_has_a_figure(tiny_qwen2):
     from workbench.sweeps import intervention_sweep
 

@@ -73,7 +73,12 @@ class SweepResult(Result):
             values = values.transpose(0, 2, 1).reshape(-1, values.shape[1])
             rows = [f"{r} · head {h}" for r in rows for h in heads]
             dims = [f"{dims[0]} · {dims[2]}", dims[1]]
-        columns = array.coords[array.dims[1]]
+        if values.ndim == 1:  # one swept axis: a single row of cells
+            values = values[None, :]
+            dims = ["sweep", dims[0]]
+            columns, rows = array.coords[array.dims[0]], [str(self.meta.get("site", "cells"))]
+        else:
+            columns = array.coords[array.dims[1]]
         x = (
             plots.tick_labels(columns)
             if any(isinstance(c, str) for c in columns)
