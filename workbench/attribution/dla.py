@@ -308,13 +308,9 @@ def _heads(model, b: int, row: dict, pulled: torch.Tensor):
     worth, b_o = pullback(o, _pull(post, pulled), n_heads * d_head)  # [prompt, n_heads * d_head]: W_O u
     per_head = (z * worth.reshape(z.shape)).sum(-1)  # [prompt, n_heads]
     comps = [Component("head", b, h, facts.head_to_group[h]) for h in range(n_heads)]
-    cols = [per_head[:, h] for h in range(n_heads)]
-    written = _write_bias(post, b_o)
-    if float(written.abs().max()) > 0:
-        comps.append(Component("attn_bias", b))
-        cols.append((written * pulled).sum(-1))
-    write = projected if post is None else post.linear(projected) + post.bias
-    return comps, cols, write
+    return _with_bias(
+        comps, [per_head[:, h] for h in range(n_heads)], Component("attn_bias", b), post, b_o, projected, pulled
+    )
 
 
 def _neurons(model, b: int, row: dict, pulled: torch.Tensor):
@@ -329,11 +325,14 @@ def _neurons(model, b: int, row: dict, pulled: torch.Tensor):
     worth, b_out = pullback(out, _pull(post, pulled), hidden.shape[-1])
     per_neuron = hidden * worth  # [prompt, d_mlp]
     comps = [Component("neuron", b, neuron=n) for n in range(hidden.shape[-1])]
-    cols = list(per_neuron.unbind(-1))
-    written = _write_bias(post, b_out)
+    return _with_bias(comps, list(per_neuron.unbind(-1)), Component("mlp_bias", b), post, b_out, projected, pulled)
+
+
+def _with_bias(comps, cols, bias_part: Component, post, bias, projected, pulled):
+    """The parts plus the projection's bias (where it writes anything) and the write they all add up to."""
+    written = _write_bias(post, bias)
     if float(written.abs().max()) > 0:
-        comps.append(Component("mlp_bias", b))
-        cols.append((written * pulled).sum(-1))
+        comps, cols = [*comps, bias_part], [*cols, (written * pulled).sum(-1)]
     write = projected if post is None else post.linear(projected) + post.bias
     return comps, cols, write
 
