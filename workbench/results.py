@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -115,6 +116,95 @@ class Named:
         from workbench.serialization import named_from_dict
 
         return named_from_dict(data)
+
+
+class LazyArrays(dict):
+    """A result's named arrays, computed the first time anything reads them: a probe whose arrays are costly (the
+    logit lens unembeds every layer and position) hands over the work instead of its output, so ``run`` builds
+    results that cost nothing until a table, a figure or the file asks."""
+
+    def __init__(self, compute: Callable[[], dict[str, Named]] | None = None) -> None:
+        super().__init__()
+        self._compute = compute
+
+    def _fill(self) -> None:
+        compute, self._compute = self._compute, None
+        if compute is not None:
+            super().update(compute())
+
+    @property
+    def computed(self) -> bool:
+        return self._compute is None
+
+    def __getitem__(self, key):
+        self._fill()
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value) -> None:
+        self._fill()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self._fill()
+        super().__delitem__(key)
+
+    def __contains__(self, key) -> bool:
+        self._fill()
+        return super().__contains__(key)
+
+    def __iter__(self):
+        self._fill()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._fill()
+        return super().__len__()
+
+    def __eq__(self, other) -> bool:
+        self._fill()
+        return super().__eq__(other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        self._fill()
+        return super().__repr__()
+
+    def __reduce__(self):
+        self._fill()
+        return (dict, (dict(self),))
+
+    def keys(self):
+        self._fill()
+        return super().keys()
+
+    def values(self):
+        self._fill()
+        return super().values()
+
+    def items(self):
+        self._fill()
+        return super().items()
+
+    def get(self, key, default=None):
+        self._fill()
+        return super().get(key, default)
+
+    def pop(self, key, *default):
+        self._fill()
+        return super().pop(key, *default)
+
+    def setdefault(self, key, default=None):
+        self._fill()
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs) -> None:
+        self._fill()
+        super().update(*args, **kwargs)
+
+    def copy(self) -> dict:
+        self._fill()
+        return dict(self)
 
 
 def to_jsonable(value: Any) -> Any:

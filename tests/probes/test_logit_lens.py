@@ -227,3 +227,36 @@ def test_ranks_above_counts_strictly_larger_logits():
     assert ranks.dtype == torch.int64 and torch.equal(ranks, expected)
     top = logits.argmax(-1, keepdim=True)
     assert (ranks_above(logits, logits.gather(-1, top)) == 0).all()
+
+
+def test_lazy_arrays_compute_once_when_first_read():
+    """The lens hands its result LazyArrays: nothing is computed until something reads them, then once. (In the
+    test session the type checker reads a result's arrays as it is built, so the laziness itself is shown here;
+    `workbench bench probe-overhead` measures what it saves.)"""
+    import copy
+    import pickle
+
+    from workbench.results import LazyArrays, Named
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": Named(torch.ones(2), ("i",))}
+
+    for read in (
+        lambda a: a["x"],
+        lambda a: "x" in a,
+        lambda a: list(a),
+        len,
+        lambda a: a.items(),
+        lambda a: a.get("x"),
+    ):
+        arrays = LazyArrays(compute)
+        assert not arrays.computed and not calls
+        read(arrays)
+        read(arrays)
+        assert arrays.computed and len(calls) == 1
+        calls.clear()
+    arrays = LazyArrays(compute)
+    assert copy.deepcopy(arrays).keys() == {"x"} and pickle.loads(pickle.dumps(arrays)).keys() == {"x"}

@@ -17,7 +17,7 @@ import torch
 from workbench import load_result, load_run, save_run
 from workbench.errors import ExportError
 from workbench.probes import ActivationPatch, AttentionCapture, AttentionMask, BlockReplacement, LogitLens
-from workbench.results import Comparison, Named, Result
+from workbench.results import Comparison, LazyArrays, Named, Result
 from workbench.run import run
 from workbench.serialization import INLINE_LIMIT, decode, encode
 
@@ -28,6 +28,8 @@ PROBES = ["logit_lens", "attention", "block_replacement", "attention_mask", "pat
 
 def assert_same_value(a, b, where="value"):
     """Equal and of the same types all the way down (NaN equals NaN)."""
+    # arrays computed on first read (LazyArrays) compare as the dict they compute
+    a, b = (dict(x) if isinstance(x, LazyArrays) else x for x in (a, b))
     assert type(a) is type(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
     if isinstance(a, float):
         assert (math.isnan(a) and math.isnan(b)) or a == b, where

@@ -25,7 +25,7 @@ from workbench.layers import resid_labels
 from workbench.memory import require_within_budget, rows_per_batch
 from workbench.probes.base import Probe, ProbeRecord, RunContext
 from workbench.probes.registry import register_probe
-from workbench.results import Named, Result
+from workbench.results import LazyArrays, Named, Result
 from workbench.tokens import position_indices
 
 # A chunk of (prompt, position) rows holds at most this many vocabulary-sized float32 tensors per row at once:
@@ -153,6 +153,32 @@ class LogitLens(Probe):
         keep: list[int],
         d_vocab: int,
     ) -> LogitLensResult:
+        """The result, whose arrays (:meth:`_arrays`) are computed when first read: ``run`` builds it for the cost
+        of nothing, a table or figure pays once. The memory budget is checked now, before any work."""
+        shape = self.chunk_shape(len(ctx.prompts), len(keep), d_vocab, ctx.model.device)
+
+        def compute() -> dict[str, Named]:
+            with torch.no_grad():
+                return self._arrays(ctx, logits_of, labels, keep, shape)
+
+        return LogitLensResult(
+            arrays=LazyArrays(compute),
+            meta={
+                "readout": ctx.readout,
+                "positions": keep,
+                "k": self.k,
+                "layer_convention": "embeddings, after block i (from 0), final",
+            },
+        )
+
+    def _arrays(
+        self,
+        ctx: RunContext,
+        logits_of: Callable[[int, slice, slice], torch.Tensor],
+        labels: list[str],
+        keep: list[int],
+        shape: tuple[int, int],
+    ) -> dict[str, Named]:
         """Top-k, KL to the output, target probabilities and ranks of every (prompt, layer, position), computed
         one chunk of (prompt, position) rows at a time, every layer of a chunk in turn: no
         ``[layers, positions, vocab]`` tensor ever exists (the largest is one layer of one chunk)."""
@@ -165,7 +191,7 @@ class LogitLens(Probe):
         kl = torch.zeros(n_prompts, n_layers, n_pos, device=device)
         t_prob = torch.zeros(n_prompts, n_layers, n_pos, n_targets, device=device)
         t_rank = torch.zeros(n_prompts, n_layers, n_pos, n_targets, dtype=torch.long, device=device)
-        step_b, step_p = self.chunk_shape(n_prompts, n_pos, d_vocab, device)
+        step_b, step_p = shape
         for b0 in range(0, n_prompts, step_b):
             prompts = slice(b0, b0 + step_b)
             for p0 in range(0, n_pos, step_p):
@@ -205,15 +231,7 @@ class LogitLens(Probe):
         if n_targets:
             arrays["target_probs"] = Named(t_prob, dims + ("target",), coords)
             arrays["target_ranks"] = Named(t_rank, dims + ("target",), coords)
-        return LogitLensResult(
-            arrays=arrays,
-            meta={
-                "readout": ctx.readout,
-                "positions": keep,
-                "k": self.k,
-                "layer_convention": "embeddings, after block i (from 0), final",
-            },
-        )
+        return arrays
 
 
 @dataclass(repr=False)
