@@ -31,8 +31,6 @@ from workbench.studies.figure import Figure
 from workbench.studies.writers import measure_writers, writers_figures, writers_headline, writers_over_dataset
 from workbench.tokens import DIGITS, digit_token_ids, find_position, to_tokens
 
-__all__ = ["GENERATE_PROMPT", "STUDY_PROMPT", "Figure"]
-
 # Odd prompts in the spirit of the study's section 7: absurd bounds and ranges.
 SWEEP_PROMPTS = (
     "I'm generating a random number between [0, -inf]. The number is ",
