@@ -20,13 +20,12 @@ from typing import Any
 
 import torch
 
-from workbench.attribution.linear import CHECK, FrozenNorm, apply, freeze_norm, pullback
+from workbench.attribution.linear import CHECK, FrozenNorm, apply, freeze_norm, post_norm, pullback
 from workbench.errors import AttributionError
-from workbench.layers import resid_labels
 from workbench.metrics import Metric, resolve_metric
 from workbench.models import load_model
 from workbench.reads import Read, capture
-from workbench.tokens import resolve_readout, to_tokens
+from workbench.tokens import resolve_readout, single_token_id, to_tokens
 
 UNITS = ("component", "head", "layer", "neuron")
 EXACT_KINDS = ("logit", "logit_diff")  # metrics that are a fixed direction in (uncapped) logit space
@@ -116,22 +115,7 @@ def _direction(model, spec: str | Metric, raw: torch.Tensor, cap: float) -> tupl
 
 
 def _token_ids(model, spec: str) -> list[int]:
-    from workbench.tokens import single_token_id
-
     return [single_token_id(model, t) for t in spec.partition(":")[2].split(",")]
-
-
-def _layer_of(bridge, block: int):
-    return bridge.blocks[block]._original_component
-
-
-def _post_norm(bridge, block: int, which: str):
-    """Gemma 2/3 and OLMo 2 normalise what attention and the MLP write before adding it (``post_*_layernorm``
-    beside ``post_feedforward_layernorm``); other families add the projection's output as it is."""
-    layer = _layer_of(bridge, block)
-    if not hasattr(layer, "post_feedforward_layernorm"):
-        return None
-    return getattr(layer, "post_attention_layernorm" if which == "attn" else "post_feedforward_layernorm")
 
 
 def _pull(norm: FrozenNorm | None, direction: torch.Tensor) -> torch.Tensor:
@@ -291,7 +275,7 @@ def _check_sum(got: torch.Tensor, expected: torch.Tensor, what: str, of: str) ->
 
 
 def _frozen_post(bridge, block: int, which: str, projected: torch.Tensor) -> FrozenNorm | None:
-    post = _post_norm(bridge, block, which)
+    post = post_norm(bridge, block, which)
     return None if post is None else freeze_norm(post, projected, f"post-{which} norm of block {block}")
 
 
@@ -335,7 +319,3 @@ def _with_bias(comps, cols, bias_part: Component, post, bias, projected, pulled)
         comps, cols = [*comps, bias_part], [*cols, (written * pulled).sum(-1)]
     write = projected if post is None else post.linear(projected) + post.bias
     return comps, cols, write
-
-
-def accumulated_labels(n_layers: int) -> list[str]:
-    return resid_labels(n_layers)[:-1]

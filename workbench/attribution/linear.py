@@ -98,3 +98,13 @@ def freeze_norm(norm: torch.nn.Module, x: torch.Tensor, what: str) -> FrozenNorm
             "direct attribution needs an affine norm once its scale is fixed."
         )
     return frozen
+
+
+def post_norm(bridge, block: int, which: str) -> torch.nn.Module | None:
+    """The norm between block ``block``'s attention (``which="attn"``) or MLP (``"mlp"``) output and the residual
+    stream: Gemma 2/3 and OLMo 2 normalise what both write (``post_*_layernorm`` beside
+    ``post_feedforward_layernorm``); other families add the projection's output as it is (None)."""
+    layer = bridge.blocks[block]._original_component
+    if not hasattr(layer, "post_feedforward_layernorm"):
+        return None
+    return getattr(layer, "post_attention_layernorm" if which == "attn" else "post_feedforward_layernorm")

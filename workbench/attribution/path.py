@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from workbench import plots
+from workbench.attribution.linear import post_norm
 from workbench.errors import AttributionError
 from workbench.interventions.sites import SITES
-from workbench.memory import memory_budget
+from workbench.memory import rows_per_batch
 from workbench.metrics import Metric, resolve_metric
 from workbench.models import load_model
 from workbench.reads import Read, capture
@@ -215,12 +216,10 @@ def _cache(model, tokens: torch.Tensor) -> tuple[dict, torch.Tensor]:
 def _attn_write(model, block: int, z: torch.Tensor) -> torch.Tensor:
     """What block ``block``'s attention writes for ``z`` ``[rows, pos, heads, d_head]``: the output projection
     and, on Gemma 2/3 and OLMo 2, the post-attention norm."""
-    from workbench.attribution.dla import _post_norm
-
     attn = model.bridge.blocks[block].attn
     o = getattr(attn.o, "_original_component", attn.o)
     out = o(z.flatten(-2))
-    post = _post_norm(model.bridge, block, "attn")
+    post = post_norm(model.bridge, block, "attn")
     return post(out) if post is not None else out
 
 
@@ -240,7 +239,7 @@ def _delta(model, s: Node, clean: dict, corrupt: dict) -> torch.Tensor:
 def _rows_per_batch(model, n_pos: int) -> int:
     facts = model.facts
     per_row = 4 * n_pos * (facts.d_model * 8 + facts.d_vocab)  # a row's activations and logits, float32
-    return max(1, min(256, memory_budget() // max(1, per_row)))
+    return rows_per_batch(per_row, model.device, cap=256)
 
 
 def _through_receiver(model, tokens, deltas, r: Node, readout: int, batch: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from workbench.circuits.graph import READER_SITES, WRITER_SITES, Graph, split_in
 from workbench.circuits.scores import writer_activations
 from workbench.errors import CircuitError
 from workbench.interventions.sites import SITES
-from workbench.memory import memory_budget
+from workbench.memory import rows_per_batch
 from workbench.metrics import Metric
 from workbench.tokens import align_prompts
 
@@ -60,7 +60,7 @@ def _rows(model, graph: Graph, n_pos: int) -> int:
     facts = model.facts
     # a row's slice of the change buffer, its activations through a block (a few copies) and its readout
     per_row = 4 * n_pos * (len(graph.writers) + 16) * facts.d_model + 4 * facts.d_vocab
-    return max(1, min(64, memory_budget() // max(1, per_row)))
+    return rows_per_batch(per_row, model.device, cap=64)
 
 
 @torch.no_grad()

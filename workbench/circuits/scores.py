@@ -26,6 +26,7 @@ from workbench.errors import CircuitError
 from workbench.interventions.sites import SITES
 from workbench.metrics import Metric, resolve_metric
 from workbench.models import load_model
+from workbench.reads import Read, capture
 from workbench.tokens import align_prompts
 
 METHODS = ("eap", "eap-ig-inputs")
@@ -46,32 +47,16 @@ class EdgeScores:
 
 
 def writer_activations(model, graph: Graph, tokens: torch.Tensor) -> torch.Tensor:
-    """Every writer's activation ``[writers, pos, d_model]`` for one prompt (batch of 1)."""
-    kept: dict[tuple[str, int], torch.Tensor] = {}
-    hooks = []
-    for kind, site in WRITER_SITES.items():
-        for block in [0] if kind == "input" else range(graph.n_layers):
-            hooks.append((SITES[site].hook_name(block), _keep(kept, (kind, block))))
-    with torch.no_grad(), split_inputs(model), model.bridge.hooks(fwd_hooks=hooks):
-        model.bridge(tokens.to(model.device))
-    return stack_writers(graph, kept)
-
-
-def stack_writers(graph: Graph, kept: dict) -> torch.Tensor:
-    """``[rows?, writers, pos, d]`` in the graph's writer order from per-site activations."""
-    parts = [kept[("input", 0)][..., None, :, :]]
-    for block in range(graph.n_layers):
-        parts.append(kept[("head", block)].movedim(-2, -3))  # [.., pos, head, d] -> [.., head, pos, d]
-        parts.append(kept[("mlp", block)][..., None, :, :])
-    out = torch.cat(parts, -3)
-    return out[0] if out.shape[0] == 1 and out.dim() == 4 else out
-
-
-def _keep(kept: dict, key):
-    def hook(act, hook=None):
-        kept[key] = act.detach().double()
-
-    return hook
+    """Every writer's activation ``[writers, pos, d_model]`` for one prompt (batch of 1), in the graph's order."""
+    blocks = tuple(range(graph.n_layers))
+    reads = [Read(WRITER_SITES["input"], (0,)), Read(WRITER_SITES["head"], blocks), Read(WRITER_SITES["mlp"], blocks)]
+    with torch.no_grad(), split_inputs(model):
+        cache, _ = capture(model, tokens, reads)
+    parts = [cache[(WRITER_SITES["input"], 0)][0, None]]
+    for block in blocks:
+        parts.append(cache[(WRITER_SITES["head"], block)][0].movedim(-2, 0))  # [pos, head, d] -> [head, pos, d]
+        parts.append(cache[(WRITER_SITES["mlp"], block)][0, None])
+    return torch.cat(parts).double()
 
 
 def reader_gradients(
