@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from workbench import plots
 from workbench.attribution.dla import check_unit, direct_logit_attribution
+from workbench.attribution.result import heads_figure
 from workbench.datasets import Dataset, load_dataset
 from workbench.errors import AttributionError
 from workbench.interventions.intervention import fill
@@ -66,17 +67,11 @@ class DatasetAttributionResult(Result):
         if kind == "heads":
             if "heads" not in self.arrays:
                 raise AttributionError("No per-head means: attribute the dataset with unit='head'.")
-            groups = self.meta["head_to_group"]
-            order = sorted(range(len(groups)), key=lambda h: (groups[h], h))
-            return plots.heatmap(
-                self["heads"].numpy()[:, order],
-                x=[f"h{h} · kv{groups[h]}" for h in order],
-                y=[f"block {b}" for b in self["heads"].coords["block"]],
+            return heads_figure(
+                self["heads"].numpy(),
+                self.meta["head_to_group"],
                 colorbar=f"mean {self.meta['metric']}",
-                diverging=True,
                 title=f"Mean direct attribution per head over {self.meta['n']} prompts ({self.model})",
-                x_title="query head · key/value head",
-                y_title="block",
             )
         rows = self.ranked(top)
         fig = go.Figure(

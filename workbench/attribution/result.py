@@ -20,6 +20,22 @@ NOTE = (
 )
 
 
+def heads_figure(grid: np.ndarray, head_to_group: list[int], *, colorbar: str, title: str):
+    """Blocks × query heads, the heads grouped by the key/value head they read (``h2 · kv0``): what DLA, its
+    dataset means and the study draw per head."""
+    order = sorted(range(len(head_to_group)), key=lambda h: (head_to_group[h], h))
+    return plots.heatmap(
+        np.asarray(grid)[:, order],
+        x=[f"h{h} · kv{head_to_group[h]}" for h in order],
+        y=[f"block {b}" for b in range(np.asarray(grid).shape[0])],
+        colorbar=colorbar,
+        diverging=True,
+        title=title,
+        x_title="query head · key/value head",
+        y_title="block",
+    )
+
+
 def attribution_result(attribution: Attribution, model, prompts: list[str]) -> AttributionResult:
     """The result of :func:`~workbench.attribution.direct_logit_attribution` with its figures. Arrays stay
     float64 (numpy), so the saved values still sum to ``total`` to the last digit."""
@@ -103,18 +119,11 @@ class AttributionResult(Result):
         if kind == "heads":
             if "heads" not in self.arrays:
                 raise ResultError("This attribution has no per-head values: run it with unit='head'.")
-            groups = self.meta["head_to_group"]
-            order = sorted(range(len(groups)), key=lambda h: (groups[h], h))
-            grid = self["heads"].numpy()[prompt][:, order]
-            return plots.heatmap(
-                grid,
-                x=[f"h{h} · kv{groups[h]}" for h in order],
-                y=[f"block {b}" for b in self["heads"].coords["block"]],
+            return heads_figure(
+                self["heads"].numpy()[prompt],
+                self.meta["head_to_group"],
                 colorbar=metric,
-                diverging=True,
                 title=f"Direct logit attribution per head: {metric} ({self.model})",
-                x_title="query head · key/value head",
-                y_title="block",
             )
         if kind == "components":
             blocks = self["attn"].coords["block"]

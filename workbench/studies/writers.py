@@ -16,6 +16,7 @@ import numpy as np
 from workbench import plots
 from workbench.attribution import direct_logit_attribution
 from workbench.attribution.path import path_patching
+from workbench.attribution.result import heads_figure
 from workbench.studies.figure import Figure
 
 SECTION = "9. Who writes the digits"
@@ -69,9 +70,6 @@ def writers_figures(record: dict[str, Any]):
     if "writers" not in record:
         return
     w, name = record["writers"], record["model"]["name"]
-    groups = w["head_to_group"]
-    order = sorted(range(len(groups)), key=lambda h: (groups[h], h))
-    grid = np.asarray(w["heads"])[:, order]
     how = "linearised at the final logits" if not w["exact"] else "exact"
     yield Figure(
         "writers_heads",
@@ -79,15 +77,11 @@ def writers_figures(record: dict[str, Any]):
         f"What each query head writes into {w['metric']} at the last position ({how}; final norm frozen), blocks × "
         f"heads grouped by key/value head. The parts sum to {w['total']:+.4f}; the metric is {w['metric_value']:.4f}. "
         "Largest: " + ", ".join(f"{label} {value:+.3f}" for label, value in w["top"][:5]) + ".",
-        plots.heatmap(
-            grid,
-            x=[f"h{h} · kv{groups[h]}" for h in order],
-            y=[f"block {b}" for b in range(grid.shape[0])],
+        heads_figure(
+            np.asarray(w["heads"]),
+            w["head_to_group"],
             colorbar=w["metric"],
-            diverging=True,
             title=f"Direct attribution of {w['metric']} per head ({name})",
-            x_title="query head · key/value head",
-            y_title="block",
         ),
         SECTION,
     )
